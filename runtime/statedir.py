@@ -1,0 +1,25 @@
+"""Where retinue keeps per-container state: `STATE_DIR/<runc root, escaped>/<container id>`.
+
+Container ids are unique only within one runc `--root` (Docker's and containerd's namespaces each
+have their own), so the root is part of the key. The hot path calls `container_dir` and one
+`os.path.isdir`: nothing here may import anything.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def valid_id(container_id: str) -> bool:
+    """runc's own rule (`^[\\w+\\-.]+$`), minus the names that are path components."""
+    if not container_id or container_id in (".", ".."):
+        return False
+    return all(c.isalnum() or c in "_+-." for c in container_id) and container_id.isascii()
+
+
+def root_key(root: str) -> str:
+    return os.path.abspath(root).strip("/").replace("%", "%25").replace("/", "%2F") or "%2F"
+
+
+def container_dir(state_dir: str, root: str, container_id: str) -> str:
+    return os.path.join(state_dir, root_key(root), container_id)
