@@ -88,6 +88,11 @@ def make_bundle(tmp_path: Path, rootfs_dir: Path) -> BundleFactory:
         spec["root"] = {"path": str(rootfs_dir), "readonly": True}
         if env:
             spec["process"]["env"].extend(env)
+        # The shared rootfs is read-only; give each container a writable /tmp of its own.
+        spec["mounts"].append(
+            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "nodev", "mode=1777"]}
+        )
         if annotations:
             spec["annotations"] = annotations
         if edit:
