@@ -1,9 +1,10 @@
 """`retinue-hook STAGE CONTAINER_DIR`: run by runc at createRuntime, poststart and poststop.
 
-runc runs it in its own namespaces with the container's OCI state on stdin. A hook that fails
-fails the container's create (createRuntime) or is only logged (poststart, poststop), so this
-program validates its input strictly and exits non-zero with one line on stderr, which runc
-includes in its own error.
+runc runs it in the runtime's namespaces with the container's OCI state on stdin. It forwards the
+state, unparsed, to the container's supervisor (json alone would double this program's start-up
+time, and it runs on every create). With no supervisor (nothing but mounts and env attached, or
+the supervisor already gone) there is nothing to tell and it succeeds; at poststop it removes a
+state directory that a dead supervisor left behind.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import sys
 
 STAGES = ("createRuntime", "poststart", "poststop")
+SOCKET_NAME = "control.sock"
 
 
 def fail(msg: str) -> int:
@@ -19,27 +21,60 @@ def fail(msg: str) -> int:
     return 1
 
 
-def read_state() -> dict[str, object]:
-    import json
+def _json_string(text: str) -> str:
+    out = ['"']
+    for c in text:
+        if c in '"\\':
+            out.append("\\" + c)
+        elif ord(c) < 0x20:
+            out.append(f"\\u{ord(c):04x}")
+        else:
+            out.append(c)
+    out.append('"')
+    return "".join(out)
 
-    data = b""
-    while chunk := os.read(0, 65536):
-        data += chunk
-    state = json.loads(data)
-    if not isinstance(state, dict) or not isinstance(state.get("id"), str):
-        raise ValueError("OCI state on stdin has no container id")
-    return state
+
+def tell_supervisor(container_dir: str, stage: str, state: bytes) -> int:
+    import _socket
+
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        try:
+            sock.connect(os.path.join(container_dir, SOCKET_NAME))
+        except OSError:
+            if stage == "poststop" and os.path.isdir(container_dir):
+                import shutil
+
+                shutil.rmtree(container_dir, ignore_errors=True)
+            return 0
+        request = (
+            '{"op":"hook","stage":' + _json_string(stage)
+            + ',"state":' + _json_string(state.decode("utf-8", "replace")) + "}\n"
+        )
+        sock.sendall(request.encode())
+        reply = b""
+        while not reply.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    finally:
+        sock.close()
+    if b'"ok": true' not in reply and b'"ok":true' not in reply:
+        return fail(f"{stage}: supervisor answered {reply.decode('utf-8', 'replace').strip()!r}")
+    return 0
 
 
 def main() -> int:
     argv = sys.argv
-    if len(argv) != 3 or argv[1] not in STAGES:
+    if len(argv) != 3 or argv[1] not in STAGES or not argv[2].startswith("/"):
         return fail(f"usage: retinue-hook {{{'|'.join(STAGES)}}} CONTAINER_DIR (got {argv[1:]})")
-    try:
-        read_state()
-    except ValueError as e:
-        return fail(f"{argv[1]}: invalid OCI state on stdin: {e}")
-    return 0
+    data = b""
+    while chunk := os.read(0, 65536):
+        data += chunk
+    if not data.strip().startswith(b"{"):
+        return fail(f"{argv[1]}: expected the OCI state (a JSON object) on stdin")
+    return tell_supervisor(argv[2], argv[1], data)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,14 @@ def check(config_path: str | None) -> None:
     click.echo(f"runtime:  {runtime}")
     click.echo(f"policy:   {cfg.policy_path or '(none)'} ({len(cfg.policy.attach)} rules)")
     for rule in cfg.policy.attach:
-        click.echo(f"  {rule.name}: {len(rule.mounts)} mounts, {len(rule.env)} env")
+        extra = f", services {', '.join(rule.services)}" if rule.services else ""
+        click.echo(f"  {rule.name}: {len(rule.mounts)} mounts, {len(rule.env)} env{extra}")
+    click.echo(f"services: {cfg.services_dir or '(none)'} ({len(cfg.services)} defined)")
+    for name, svc in sorted(cfg.services.items()):
+        kind = "required" if svc.required else "optional"
+        deps = [f"{k} {', '.join(getattr(svc, k))}" for k in ("requires", "wants", "after")
+                if getattr(svc, k)]
+        click.echo(f"  {name}: {kind}{'; ' + '; '.join(deps) if deps else ''}")
     click.echo("ok")
 
 
@@ -115,3 +122,104 @@ def demo(workdir: str) -> None:
     from . import demo as demo_module
 
     sys.exit(demo_module.run(workdir))
+
+
+def _containers(state_dir: str) -> list[tuple[str, str]]:
+    """(runc root, container dir) of every container that has a supervisor."""
+    out = []
+    try:
+        roots = sorted(os.listdir(state_dir))
+    except OSError:
+        return []
+    for key in roots:
+        root_dir = os.path.join(state_dir, key)
+        if key == "cache" or not os.path.isdir(root_dir):
+            continue
+        root = "/" + key.replace("%2F", "/").replace("%25", "%")
+        for cid in sorted(os.listdir(root_dir)):
+            out.append((root, os.path.join(root_dir, cid)))
+    return out
+
+
+def _age(since: float | None) -> str:
+    if not since:
+        return "-"
+    import time
+
+    seconds = int(time.time() - since)
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h"
+
+
+@main.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.argument("container_id", required=False)
+def status(config_path: str | None, as_json: bool, container_id: str | None) -> None:
+    """Show the services of every container (or of CONTAINER_ID)."""
+    from .supervisor import control
+
+    cfg = _load(config_path)
+    found = []
+    for root, directory in _containers(cfg.settings.state_dir):
+        if container_id and os.path.basename(directory) != container_id:
+            continue
+        try:
+            reply = control.request(os.path.join(directory, control.SOCKET_NAME), {"op": "status"}, 5)
+        except (control.SupervisorGone, OSError, ValueError):
+            reply = {"id": os.path.basename(directory), "phase": "supervisor gone", "services": []}
+        reply["root"] = root
+        reply.pop("ok", None)
+        found.append(reply)
+    if container_id and not found:
+        click.echo(f"retinue: no container {container_id!r} with services", err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+        return
+    header = ("CONTAINER", "SERVICE", "STATE", "PID", "RESTARTS", "READY", "LAST EXIT")
+    rows = [header]
+    for c in found:
+        if not c["services"]:
+            rows.append((c["id"][:20], "-", c["phase"], "-", "-", "-", "-"))
+        for s in c["services"]:
+            state = s["state"] + ("" if s["required"] else " (optional)")
+            rows.append((
+                c["id"][:20], s["name"], state, str(s["pid"] or "-"), str(s["restarts"]),
+                _age(s["ready_since"]), s["last_exit"] or "-",
+            ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
+    for r in rows:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=False)) + "  " + r[-1])
+
+
+@main.command()
+@config_option
+@click.option("-f", "--follow", is_flag=True, help="Keep printing what the service writes.")
+@click.argument("container_id")
+@click.argument("service")
+def logs(config_path: str | None, follow: bool, container_id: str, service: str) -> None:
+    """Print a service's log (kept on the host after the container is gone)."""
+    import time
+
+    cfg = _load(config_path)
+    path = os.path.join(cfg.settings.log_dir, container_id, f"{service}.log")
+    if not os.path.exists(path):
+        click.echo(f"retinue: {path}: no such log", err=True)
+        sys.exit(1)
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(65536)
+            if chunk:
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.buffer.flush()
+                continue
+            if not follow:
+                return
+            if os.stat(path).st_ino != os.fstat(f.fileno()).st_ino:
+                f.close()
+                f = open(path, "rb")  # noqa: SIM115 - rotated: follow the new file
+            time.sleep(0.2)

@@ -81,7 +81,10 @@ def default_hook(self_path: str) -> str:
 
 def load(config_path: str, explicit: bool, path_env: str, self_path: str) -> dict[str, Any]:
     """The compiled configuration; raises ConfigError or LowerRuntimeError when it is unusable."""
-    key = (FORMAT, explicit, path_env, os.path.abspath(self_path))
+    # The package directory's mtime changes on every (re)install, so a new version never reads
+    # a cache written by an old one.
+    package_stamp = os.stat(os.path.dirname(__file__)).st_mtime_ns
+    key = (FORMAT, package_stamp, explicit, path_env, os.path.abspath(self_path))
     compiled = _read(config_path, key)
     if compiled is not None:
         return compiled

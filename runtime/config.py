@@ -14,6 +14,7 @@ import os
 import posixpath
 import re
 import tomllib
+import types
 import typing
 from collections.abc import Callable
 from typing import Any
@@ -68,6 +69,8 @@ class Rule:
     when: When
     mounts: list[Mount] = attrs.field(factory=list)
     env: dict[str, str] = attrs.field(factory=_empty_dict)
+    # Services every selected container gets; the container cannot opt out of them.
+    services: list[str] = attrs.field(factory=list)
 
 
 @attrs.frozen
@@ -97,6 +100,8 @@ class Config:
     settings: Settings
     policy_path: str
     policy: Policy
+    services_dir: str
+    services: dict[str, Any]  # name -> services.Service
     files: tuple[str, ...]  # every file and directory read, for the cache's validity check
 
 
@@ -212,6 +217,29 @@ def _make_converter() -> cattrs.Converter:
 
         return hook
 
+    def scalar_union_factory(t: Any) -> Callable[[Any, Any], Any]:
+        members = typing.get_args(t)
+        allowed = {m for m in members if m is not type(None)}
+        if float in allowed:
+            allowed.add(int)
+        described = " or ".join(_describe_type(m) for m in members if m is not type(None))
+
+        def hook(value: Any, _: Any) -> Any:
+            if value is None and type(None) in members:
+                return None
+            if type(value) not in allowed:
+                raise _Mismatch(described, value)
+            return value
+
+        return hook
+
+    def is_scalar_union(t: Any) -> bool:
+        if typing.get_origin(t) not in (typing.Union, types.UnionType):
+            return False
+        members = [m for m in typing.get_args(t) if m is not type(None)]
+        return len(members) > 1 and all(m in (str, int, float, bool) for m in members)
+
+    conv.register_structure_hook_factory(is_scalar_union, scalar_union_factory)
     conv.register_structure_hook_factory(lambda t: typing.get_origin(t) is dict, mapping_factory)
     conv.register_structure_hook_factory(lambda t: typing.get_origin(t) is list, list_factory)
 
@@ -398,7 +426,7 @@ def load(path: str | None = None) -> Config:
         path, explicit = config_path()
     if not explicit and not os.path.exists(path):
         # No configuration at all: pass everything through to runc/crun on PATH.
-        return Config(path, Settings(), "", Policy(), (path,))
+        return Config(path, Settings(), "", Policy(), "", {}, (path,))
     settings = structure(read_toml(path), Settings, path)
     _raise_if(check_settings(settings, path))
     base = os.path.dirname(os.path.abspath(path))
@@ -411,7 +439,24 @@ def load(path: str | None = None) -> Config:
             policy = structure(read_toml(policy_path), Policy, policy_path)
             _raise_if(check_policy(policy, policy_path))
             policy = _resolve_sources(policy, os.path.dirname(policy_path))
-    return Config(path, settings, policy_path, policy, tuple(files))
+    from . import services as services_module
+
+    services_dir = os.path.join(base, settings.services) if settings.services else ""
+    services: dict[str, Any] = {}
+    if services_dir:
+        services, service_files = services_module.load_dir(services_dir)
+        files += service_files
+    errors = []
+    for i, rule in enumerate(policy.attach):
+        for j, name in enumerate(rule.services):
+            if name not in services:
+                defined = ", ".join(sorted(services)) or "none"
+                errors.append(
+                    f"{policy_path}: attach[{i}].services[{j}]: no service {name!r} in "
+                    f"{services_dir} (defined: {defined})"
+                )
+    _raise_if(errors)
+    return Config(path, settings, policy_path, policy, services_dir, services, tuple(files))
 
 
 def _resolve_sources(policy: Policy, base: str) -> Policy:
@@ -433,6 +478,8 @@ def _resolve_sources(policy: Policy, base: str) -> Policy:
 
 def compile_config(cfg: Config, runtime: str, hook: str) -> dict[str, Any]:
     """The plain-data form the hot path reads: only builtins, so `marshal` can store it."""
+    from . import services as services_module
+
     s = cfg.settings
     return {
         "runtime": runtime,
@@ -448,7 +495,12 @@ def compile_config(cfg: Config, runtime: str, hook: str) -> dict[str, Any]:
                 "command": list(r.when.command),
                 "mounts": [(m.source, m.destination) for m in r.mounts],
                 "env": list(r.env.items()),
+                "services": list(r.services),
             }
             for r in cfg.policy.attach
         ],
+        "services": {
+            name: services_module.compile_service(name, svc, cfg.services_dir)
+            for name, svc in cfg.services.items()
+        },
     }

@@ -17,6 +17,9 @@ if TYPE_CHECKING:
     Spec = dict[str, Any]
 
 ATTACHED_ANNOTATION = "io.retinue.attached"
+SERVICES_RECORD_ANNOTATION = "io.retinue.attached-services"
+SERVICE_PREFIX = "/retinue"
+NOTIFY_DIR = "/run/retinue"
 HOOK_STAGES = ("createRuntime", "poststart", "poststop")
 BIND_OPTIONS = ("rbind", "ro", "nosuid", "nodev")
 
@@ -102,11 +105,38 @@ def retinue_hooks(hook_path: str, container_dir: str) -> list[tuple[str, dict[st
     ]
 
 
-def apply(spec: Spec, rules: list[dict[str, Any]], hook_path: str, container_dir: str) -> Spec:
-    """Every edit the selected rules call for, then the hooks and the record of what attached."""
+def service_mounts(services: list[dict[str, Any]], container_dir: str) -> list[dict[str, Any]]:
+    """Each service's files, read-only under /retinue/NAME, and the notify sockets if needed."""
+    mounts = [bind_mount(s["files"], f"{SERVICE_PREFIX}/{s['name']}") for s in services]
+    if any(s["ready"] == "notify" for s in services):
+        # Only the notify sockets' directory is shared with the container, never the control
+        # socket beside it.
+        mounts.append(
+            {
+                "destination": NOTIFY_DIR,
+                "type": "bind",
+                "source": f"{container_dir}/notify",
+                "options": ["rbind", "nosuid", "nodev", "noexec"],
+            }
+        )
+    return mounts
+
+
+def apply(
+    spec: Spec,
+    rules: list[dict[str, Any]],
+    hook_path: str,
+    container_dir: str,
+    services: list[dict[str, Any]] | None = None,
+) -> Spec:
+    """Every edit the selected rules and services call for, then the hooks and the record."""
     for rule in rules:
         spec = add_mounts(spec, [bind_mount(src, dst) for src, dst in rule["mounts"]])
         spec = set_env(spec, rule["env"])
+    if services:
+        spec = add_mounts(spec, service_mounts(services, container_dir))
     spec = add_hooks(spec, retinue_hooks(hook_path, container_dir))
-    names = ",".join(rule["name"] for rule in rules)
-    return annotate(spec, {ATTACHED_ANNOTATION: names})
+    record = {ATTACHED_ANNOTATION: ",".join(rule["name"] for rule in rules)}
+    if services:
+        record[SERVICES_RECORD_ANNOTATION] = ",".join(s["name"] for s in services)
+    return annotate(spec, record)

@@ -40,3 +40,50 @@ def matches(rule: dict[str, Any], spec: dict[str, Any]) -> bool:
 
 def select(rules: list[dict[str, Any]], spec: dict[str, Any]) -> list[dict[str, Any]]:
     return [rule for rule in rules if matches(rule, spec)]
+
+
+SERVICES_ANNOTATION = "io.retinue.services"
+SERVICES_ENV = "RETINUE_SERVICES"
+
+
+def requested_services(spec: dict[str, Any]) -> tuple[list[str], str]:
+    """The services the container asks for itself, and where it asked (for error messages).
+
+    The annotation wins over the env variable (dockerd 20.10 can only set env).
+    """
+    annotations = spec.get("annotations") or {}
+    if SERVICES_ANNOTATION in annotations:
+        raw, source = annotations[SERVICES_ANNOTATION], f"annotation {SERVICES_ANNOTATION}"
+    else:
+        env = spec_env(spec)
+        if SERVICES_ENV not in env:
+            return [], ""
+        raw, source = env[SERVICES_ENV], f"env {SERVICES_ENV}"
+    names = [n.strip() for n in raw.split(",") if n.strip()]
+    return list(dict.fromkeys(names)), source
+
+
+def attached_services(
+    compiled: dict[str, Any], rules: list[dict[str, Any]], spec: dict[str, Any]
+) -> list[str]:
+    """Every service the container gets, dependencies included, in dependency order.
+
+    Raises ValueError (with a message for the container's owner) when it asks for a service the
+    administrator did not define or did not make selectable.
+    """
+    from . import graph
+
+    defined = compiled["services"]
+    mandatory = [name for rule in rules for name in rule["services"]]
+    requested, source = requested_services(spec)
+    for name in requested:
+        if name not in defined or not defined[name]["selectable"]:
+            names = ", ".join(sorted(n for n, s in defined.items() if s["selectable"])) or "none"
+            raise ValueError(
+                f"the container asks for service {name!r} ({source}), which is not defined "
+                f"(selectable services: {names})"
+            )
+    g = {n: (s["requires"], s["wants"], s["after"]) for n, s in defined.items()}
+    chosen = graph.closure(g, [*mandatory, *requested])
+    layers = graph.start_layers(g, chosen)
+    return [name for layer in layers for name in layer]

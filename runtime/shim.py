@@ -1,23 +1,32 @@
 """`retinue-runtime`: called exactly like runc.
 
 The entry point is small on purpose: parse argv, decide, and either hand the call to the lower
-runtime with execve or take the create path. A pass-through call imports only `os`, `sys`,
-`marshal` and `_signal`; everything else is loaded on the paths that need it.
+runtime with execve or take one of the paths that need more. A pass-through call imports only
+`os`, `sys`, `marshal` and `_signal`; everything else is loaded on the paths that use it.
+
+Paths that are not pass-through:
+- create/run of a container the policy selects: edit the bundle, spawn the supervisor;
+- start/kill/delete of a container that has a supervisor: talk to it first.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+
+from . import argv as runc_argv
+from . import confcache, lower, runclog, statedir
+from .errors import RetinueError
+
 TYPE_CHECKING = False  # typing costs ~10 ms to import; mypy reads this as True
 if TYPE_CHECKING:
     from typing import Any, NoReturn
 
-from . import argv as runc_argv
-from . import confcache, lower, runclog
-from .errors import RetinueError
-
 PREFIX = "retinue: "
+# Signals that ask a container to stop: its services are stopped first, in reverse order, each
+# with its own stop signal and timeout; SIGKILL kills them at once.
+GRACEFUL_SIGNALS = frozenset({2, 3, 15})  # SIGINT, SIGQUIT, SIGTERM
+SIGKILL = 9
 
 
 def _self_path() -> str:
@@ -35,26 +44,46 @@ def _which(name: str) -> str:
 def load_config() -> dict[str, Any]:
     explicit = os.environ.get(confcache.CONFIG_ENV, "")
     return confcache.load(
-        explicit or confcache.DEFAULT_CONFIG, bool(explicit), os.environ.get("PATH", ""), _self_path()
+        explicit or confcache.DEFAULT_CONFIG,
+        bool(explicit),
+        os.environ.get("PATH", ""),
+        _self_path(),
     )
+
+
+def lower_globals(args: runc_argv.RuncArgs) -> list[str]:
+    """The global flags a supervisor must repeat when it calls the lower runtime itself."""
+    out = ["--root", args.root]
+    if "systemd-cgroup" in args.globals:
+        out.append("--systemd-cgroup")
+    if "rootless" in args.globals:
+        out += ["--rootless", args.globals["rootless"]]
+    return out
 
 
 def create(args: runc_argv.RuncArgs, compiled: dict[str, Any]) -> None:
     """Edit the bundle if the policy selects the container; leave it byte-for-byte alone if not."""
-    if not compiled["rules"]:
+    if not compiled["rules"] and not compiled["services"]:
         return
-    from . import bundle, edits, policy, statedir
+    from . import bundle, edits, policy
 
     path, spec = bundle.load(args.bundle)
     rules = policy.select(compiled["rules"], spec)
-    if not rules:
+    try:
+        names = policy.attached_services(compiled, rules, spec)
+    except ValueError as e:
+        raise RetinueError(str(e)) from None
+    if not rules and not names:
         return
     container_id = args.container_id
     if not statedir.valid_id(container_id):
         # runc refuses it with its own message; there is nothing for us to attach to.
         return
     container_dir = statedir.container_dir(compiled["state_dir"], args.root, container_id)
-    edited = edits.apply(spec, rules, compiled["hook"], container_dir)
+    services = [compiled["services"][n] for n in names]
+    edited = edits.apply(spec, rules, compiled["hook"], container_dir, services)
+    if services:
+        start_supervisor(args, compiled, spec, services, container_dir)
     if edited is spec:
         return
     try:
@@ -63,16 +92,136 @@ def create(args: runc_argv.RuncArgs, compiled: dict[str, Any]) -> None:
         raise RetinueError(f"{path}: cannot write: {e.strerror}") from None
 
 
+def start_supervisor(
+    args: runc_argv.RuncArgs,
+    compiled: dict[str, Any],
+    spec: dict[str, Any],
+    services: list[dict[str, Any]],
+    container_dir: str,
+) -> None:
+    from . import execspec
+    from .supervisor import spawn
+
+    container_id = args.container_id
+    processes: dict[str, dict[str, Any]] = {}
+    for svc in services:
+        processes[svc["name"]] = execspec.process(svc, spec, container_id)
+        if svc["ready"] == "exec":
+            processes[f"{svc['name']}.probe"] = execspec.process(
+                svc, spec, container_id, args=svc["ready_target"]
+            )
+    plan = {
+        "id": container_id,
+        "root": args.root,
+        "lower": compiled["runtime"],
+        "lower_globals": lower_globals(args),
+        "bundle": os.path.abspath(args.bundle),
+        "log_dir": compiled["log_dir"],
+        "services": services,
+        "creator_pid": os.getpid(),
+    }
+    try:
+        if spawn.prepare(container_dir, plan, processes):
+            log = os.path.join(compiled["log_dir"], container_id, "supervisor.log")
+            spawn.spawn(container_dir, log)
+    except OSError as e:
+        raise RetinueError(f"cannot prepare {container_dir}: {e.strerror}") from None
+
+
+def _signal_number(text: str) -> int:
+    if text.isdigit():
+        return int(text)
+    import _signal
+
+    name = text.upper()
+    name = name if name.startswith("SIG") else "SIG" + name
+    return int(getattr(_signal, name, 0))
+
+
+def _request(container_dir: str, message: dict[str, Any]) -> dict[str, Any]:
+    from .supervisor import control
+
+    return control.request(os.path.join(container_dir, control.SOCKET_NAME), message)
+
+
+def _gone_message(container_id: str, log_dir: str) -> str:
+    log = os.path.join(log_dir, container_id, "supervisor.log")
+    return (
+        f"the supervisor of container {container_id} is gone (killed or crashed; see {log})"
+    )
+
+
+def supervised(args: runc_argv.RuncArgs, compiled: dict[str, Any], container_dir: str) -> None:
+    """start, kill and delete of a container that has services: the supervisor goes first."""
+    from .supervisor.control import SupervisorGone
+
+    command, container_id = args.command, args.container_id
+    gone = _gone_message(container_id, compiled["log_dir"])
+    if command == "start":
+        try:
+            reply = _request(container_dir, {"op": "start"})
+        except SupervisorGone:
+            raise RetinueError(
+                f"{gone}: its services cannot run, so the container is not started; "
+                "delete it and create it again"
+            ) from None
+        if not reply.get("ok"):
+            raise RetinueError(str(reply.get("error")))
+    elif command == "kill":
+        sig = _signal_number(args.positionals[1] if len(args.positionals) > 1 else "SIGTERM")
+        if sig in GRACEFUL_SIGNALS or sig == SIGKILL:
+            try:
+                _request(container_dir, {"op": "stop", "force": sig == SIGKILL})
+            except SupervisorGone:
+                runclog.log(args, "warning", f"{PREFIX}{gone}; its services were not stopped")
+    elif command == "delete":
+        force = "force" in args.options or "f" in args.options
+        if not force and _is_running(compiled["runtime"], args):
+            return  # the lower runtime refuses to delete it, with its own message
+        try:
+            _request(container_dir, {"op": "delete", "force": force})
+        except SupervisorGone:
+            import shutil
+
+            runclog.log(args, "warning", f"{PREFIX}{gone}; removed its state {container_dir}")
+            shutil.rmtree(container_dir, ignore_errors=True)
+
+
+def _is_running(runtime: str, args: runc_argv.RuncArgs) -> bool:
+    import json
+    import subprocess
+
+    out = subprocess.run(
+        [runtime, *lower_globals(args), "state", args.container_id],
+        capture_output=True, stdin=subprocess.DEVNULL,
+    )
+    if out.returncode != 0:
+        return False
+    try:
+        return bool(json.loads(out.stdout).get("status") in ("running", "paused"))
+    except ValueError:
+        return False
+
+
 def main() -> NoReturn:
     argv = sys.argv
     args = runc_argv.parse(argv)
     try:
         compiled = load_config()
-        if args.command in ("create", "run"):
+        command = args.command
+        if command in ("create", "run"):
             create(args, compiled)
+        elif command in ("start", "kill", "delete") and compiled["services"]:
+            container_id = args.container_id
+            if statedir.valid_id(container_id):
+                container_dir = statedir.container_dir(compiled["state_dir"], args.root, container_id)
+                if os.path.isdir(container_dir):
+                    supervised(args, compiled, container_dir)
         lower.handoff(compiled["runtime"], argv)
     except RetinueError as e:
         runclog.fail(args, PREFIX + str(e))
+    except Exception as e:  # a bug: still one error line the engine can show, not a traceback
+        runclog.fail(args, f"{PREFIX}internal error: {type(e).__name__}: {e}")
     raise AssertionError("unreachable")
 
 

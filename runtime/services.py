@@ -1,0 +1,317 @@
+"""Service definitions: one TOML file per service in the services directory.
+
+    # /etc/retinue/services/metrics.toml  (the file name is the service name)
+    description = "node metrics on :9100"
+    files = "/opt/retinue/metrics"      # host directory, mounted read-only at /retinue/metrics
+    command = ["bin/agent", "--port", "9100"]   # relative to files, or absolute under /retinue/metrics
+    user = "65534:65534"
+    capabilities = ["CAP_NET_BIND_SERVICE"]
+    env = { LEVEL = "info" }
+    required = true                     # gates the container's entrypoint
+    requires = ["proxy"]                # pulled in; started after it is ready; fails if it fails
+    wants = []                          # pulled in; started after it; its failure is tolerated
+    after = []                          # ordering only, if the other is attached anyway
+    [ready]                             # started | tcp | exec | file | notify
+    tcp = 9100
+    timeout = "30s"
+    [restart]
+    policy = "on-failure"               # no | on-failure | always
+    delay = "1s"
+    max_delay = "30s"
+    reset_after = "60s"
+    burst = 5
+    interval = "30s"
+    [stop]
+    signal = "SIGTERM"
+    timeout = "10s"
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal as signal_module
+from typing import Any
+
+import attrs
+
+from . import graph
+from .config import describe_value, read_toml, structure
+from .errors import ConfigError
+
+MOUNT_PREFIX = "/retinue"
+SERVICE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}\Z")
+CAPABILITY = re.compile(r"CAP_[A-Z_]+\Z")
+RESTART_POLICIES = ("no", "on-failure", "always")
+
+
+@attrs.frozen
+class Ready:
+    """How the service tells it is ready; at most one of tcp, exec, file, notify."""
+
+    tcp: int | None = None
+    exec: list[str] | None = None
+    file: str | None = None
+    notify: bool = False
+    timeout: str | float = "30s"
+    interval: str | float = "50ms"
+
+
+@attrs.frozen
+class Restart:
+    policy: str = "on-failure"
+    delay: str | float = "1s"
+    max_delay: str | float = "30s"
+    reset_after: str | float = "60s"
+    burst: int = 5
+    interval: str | float = "30s"
+
+
+@attrs.frozen
+class Stop:
+    signal: str = "SIGTERM"
+    timeout: str | float = "10s"
+
+
+@attrs.frozen
+class Service:
+    files: str
+    command: list[str]
+    description: str = ""
+    user: str | int = "0:0"
+    capabilities: list[str] = attrs.field(factory=list)
+    env: dict[str, str] = attrs.field(factory=dict)
+    working_dir: str = "/"
+    required: bool = True
+    selectable: bool = True
+    requires: list[str] = attrs.field(factory=list)
+    wants: list[str] = attrs.field(factory=list)
+    after: list[str] = attrs.field(factory=list)
+    ready: Ready = attrs.field(factory=Ready)
+    restart: Restart = attrs.field(factory=Restart)
+    stop: Stop = attrs.field(factory=Stop)
+
+
+def parse_duration(value: str | float) -> float:
+    """Seconds from 1.5, "30s", "100ms", "1m30s"; ValueError otherwise."""
+    if isinstance(value, bool):
+        raise ValueError
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError
+        return float(value)
+    text = value.strip()
+    if not text or not re.fullmatch(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h))+", text):
+        raise ValueError
+    unit = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    return sum(float(n) * unit[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", text))
+
+
+def parse_user(value: str | int) -> tuple[int, int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError
+        return value, value
+    if value == "root":
+        return 0, 0
+    if value == "nobody":
+        return 65534, 65534
+    uid, _, gid = str(value).partition(":")
+    if not uid.isdigit() or (gid and not gid.isdigit()):
+        raise ValueError
+    return int(uid), int(gid or uid)
+
+
+def mount_point(name: str) -> str:
+    return f"{MOUNT_PREFIX}/{name}"
+
+
+def container_command(name: str, command: list[str]) -> list[str]:
+    """The command as the container sees it: relative paths are inside the service's files."""
+    first = command[0]
+    if not first.startswith("/"):
+        first = f"{mount_point(name)}/{first}"
+    return [first, *command[1:]]
+
+
+def _inside_files(name: str, path: str) -> bool:
+    normalized = os.path.normpath(path)
+    return path.startswith("/") and normalized.startswith(mount_point(name) + "/") and ".." not in path.split("/")
+
+
+def check_service(name: str, svc: Service, source: str, files_base: str) -> list[str]:
+    """Meaning checks for one service; each message names the file, key and value."""
+    errors: list[str] = []
+
+    def err(key: str, msg: str) -> None:
+        errors.append(f"{source}: {key}: {msg}")
+
+    if not SERVICE_NAME.match(name):
+        err("(file name)", f"service names are lowercase letters, digits, '_' or '-', got {name!r}")
+    files = svc.files if os.path.isabs(svc.files) else os.path.join(files_base, svc.files)
+    if not svc.files or ".." in svc.files.split("/"):
+        err("files", f"expected a host directory without '..', got {svc.files!r}")
+    elif not os.path.isdir(files):
+        err("files", f"{files}: no such directory")
+    if not svc.command:
+        err("command", "expected a non-empty list of strings, got an empty list")
+    else:
+        first = svc.command[0]
+        if first.startswith("/") and not _inside_files(name, first):
+            err(
+                "command[0]",
+                f"must be one of the service's own files (relative to `files`, or under "
+                f"{mount_point(name)}/), got {first!r}",
+            )
+        elif not first or ".." in first.split("/"):
+            err("command[0]", f"must be a path inside the service's files, got {first!r}")
+        elif os.path.isdir(files):
+            rel = first[len(mount_point(name)) + 1 :] if first.startswith("/") else first
+            host = os.path.join(files, rel)
+            if not os.path.isfile(host):
+                err("command[0]", f"{first!r}: no such file in {files}")
+            elif not os.access(host, os.X_OK):
+                err("command[0]", f"{first!r}: {host} is not executable")
+    try:
+        parse_user(svc.user)
+    except ValueError:
+        err("user", f"expected uid[:gid], 'root' or 'nobody', got {describe_value(svc.user)}")
+    for i, cap in enumerate(svc.capabilities):
+        if not CAPABILITY.match(cap):
+            err(f"capabilities[{i}]", f"expected a name like CAP_NET_ADMIN, got {cap!r}")
+    for key in svc.env:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            err("env", f"invalid variable name {key!r}")
+    if not svc.working_dir.startswith("/"):
+        err("working_dir", f"expected an absolute path, got {svc.working_dir!r}")
+    ready = svc.ready
+    kinds = [k for k in ("tcp", "exec", "file") if getattr(ready, k) is not None]
+    if ready.notify:
+        kinds.append("notify")
+    if len(kinds) > 1:
+        err("ready", f"give at most one of tcp, exec, file, notify; got {', '.join(kinds)}")
+    if ready.tcp is not None and not 0 < ready.tcp < 65536:
+        err("ready.tcp", f"expected a port 1-65535, got {ready.tcp}")
+    if ready.file is not None and not ready.file.startswith("/"):
+        err("ready.file", f"expected an absolute path in the container, got {ready.file!r}")
+    if ready.exec is not None:
+        if not ready.exec:
+            err("ready.exec", "expected a non-empty command")
+        elif ready.exec[0].startswith("/") and not _inside_files(name, ready.exec[0]):
+            err("ready.exec[0]", f"must be one of the service's own files, got {ready.exec[0]!r}")
+    durations: list[tuple[str, str | float]] = [
+        ("ready.timeout", ready.timeout), ("ready.interval", ready.interval),
+        ("restart.delay", svc.restart.delay), ("restart.max_delay", svc.restart.max_delay),
+        ("restart.reset_after", svc.restart.reset_after), ("restart.interval", svc.restart.interval),
+        ("stop.timeout", svc.stop.timeout),
+    ]
+    for key, value in durations:
+        try:
+            parse_duration(value)
+        except ValueError:
+            err(key, f"expected a duration like 30s, 100ms or 1m30s, got {describe_value(value)}")
+    if svc.restart.policy not in RESTART_POLICIES:
+        err("restart.policy", f"expected one of {', '.join(RESTART_POLICIES)}, got {svc.restart.policy!r}")
+    if svc.restart.burst < 1:
+        err("restart.burst", f"expected at least 1, got {svc.restart.burst}")
+    if not svc.stop.signal.startswith("SIG") or not hasattr(signal_module, svc.stop.signal):
+        err("stop.signal", f"expected a signal name like SIGTERM, got {svc.stop.signal!r}")
+    return errors
+
+
+def check_graph(services: dict[str, Service], sources: dict[str, str]) -> list[str]:
+    errors = []
+    for name, svc in services.items():
+        for key in ("requires", "wants", "after"):
+            for dep in getattr(svc, key):
+                if dep == name:
+                    errors.append(f"{sources[name]}: {key}: service {name!r} depends on itself")
+                elif dep not in services:
+                    errors.append(
+                        f"{sources[name]}: {key}: service {name!r} depends on {dep!r}, "
+                        f"which is not defined"
+                    )
+    g = {n: (list(s.requires), list(s.wants), list(s.after)) for n, s in services.items()}
+    cycle = graph.find_cycle(g)
+    if cycle:
+        errors.append(
+            f"{sources[cycle[0]]}: dependency cycle: {' -> '.join(cycle)}"
+        )
+    return errors
+
+
+def load_dir(directory: str, files_base: str | None = None) -> tuple[dict[str, Service], list[str]]:
+    """Every `*.toml` in `directory`; raises ConfigError listing every problem."""
+    services: dict[str, Service] = {}
+    sources: dict[str, str] = {}
+    errors: list[str] = []
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return {}, []
+    except OSError as e:
+        raise ConfigError(f"{directory}: cannot list the services directory: {e.strerror}") from None
+    files: list[str] = [directory]
+    for entry in names:
+        if not entry.endswith(".toml"):
+            continue
+        path = os.path.join(directory, entry)
+        files.append(path)
+        name = entry[: -len(".toml")]
+        try:
+            svc = structure(read_toml(path), Service, path)
+        except ConfigError as e:
+            errors.append(str(e))
+            continue
+        errors += check_service(name, svc, path, files_base or directory)
+        services[name] = svc
+        sources[name] = path
+    if not errors:
+        errors += check_graph(services, sources)
+    if errors:
+        raise ConfigError("\n".join(errors))
+    return services, files
+
+
+def compile_service(name: str, svc: Service, files_base: str) -> dict[str, Any]:
+    """Plain data for the hot path and the supervisor (marshal-able)."""
+    uid, gid = parse_user(svc.user)
+    ready = svc.ready
+    if ready.tcp is not None:
+        kind, target = "tcp", ready.tcp
+    elif ready.exec is not None:
+        kind, target = "exec", container_command(name, ready.exec)
+    elif ready.file is not None:
+        kind, target = "file", ready.file
+    elif ready.notify:
+        kind, target = "notify", None
+    else:
+        kind, target = "started", None
+    files = svc.files if os.path.isabs(svc.files) else os.path.join(files_base, svc.files)
+    return {
+        "name": name,
+        "files": os.path.normpath(files),
+        "command": container_command(name, svc.command),
+        "uid": uid,
+        "gid": gid,
+        "capabilities": list(svc.capabilities),
+        "env": sorted(svc.env.items()),
+        "cwd": svc.working_dir,
+        "required": svc.required,
+        "selectable": svc.selectable,
+        "requires": list(svc.requires),
+        "wants": list(svc.wants),
+        "after": list(svc.after),
+        "ready": kind,
+        "ready_target": target,
+        "ready_timeout": parse_duration(ready.timeout),
+        "ready_interval": parse_duration(ready.interval),
+        "restart": svc.restart.policy,
+        "restart_delay": parse_duration(svc.restart.delay),
+        "restart_max_delay": parse_duration(svc.restart.max_delay),
+        "restart_reset_after": parse_duration(svc.restart.reset_after),
+        "restart_burst": svc.restart.burst,
+        "restart_interval": parse_duration(svc.restart.interval),
+        "stop_signal": int(getattr(signal_module, svc.stop.signal)),
+        "stop_timeout": parse_duration(svc.stop.timeout),
+    }

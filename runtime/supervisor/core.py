@@ -1,0 +1,602 @@
+"""The supervisor's state machine: services, the gate, restarts and the ordered stop.
+
+Everything runs on one asyncio loop owned by `Supervisor.run`; every task is created in its
+TaskGroup (or a TaskGroup nested in one of its tasks) and is waited for before the process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import os
+import shutil
+import signal
+import socket
+import time
+from typing import Any
+
+from . import control, procs, readiness
+from .logs import RotatingLog
+
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Exits by these signals are a clean stop, not a failure (as systemd's on-failure has it).
+CLEAN_SIGNALS = frozenset({signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE})
+NOTIFY_DIR_IN_CONTAINER = "/run/retinue"
+
+
+def _now() -> float:
+    return time.time()
+
+
+class Service:
+    """One service of one container, and everything known about its current run."""
+
+    def __init__(self, spec: dict[str, Any], log: RotatingLog) -> None:
+        self.spec = spec
+        self.name: str = spec["name"]
+        self.log = log
+        self.state = "waiting"
+        self.pid: int | None = None
+        self.restarts = 0
+        self.failures = 0
+        self.ready_since: float | None = None
+        self.started_at: float | None = None
+        self.last_exit: str | None = None
+        self.reason: str | None = None
+        self.starts: collections.deque[float] = collections.deque()
+        self.stopping = False
+        self.gave_up = False
+        self.exit_future: asyncio.Future[int] | None = None
+        self.runner: asyncio.Task[None] | None = None
+        self.notified = asyncio.Event()
+        # Resolves once: None when first ready, else why it never became ready.
+        self.settled: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self.stopped = asyncio.Event()
+
+    def settle(self, error: str | None) -> None:
+        if not self.settled.done():
+            self.settled.set_result(error)
+
+    def note(self, text: str) -> None:
+        self.log.write(f"retinue: {time.strftime('%Y-%m-%dT%H:%M:%S')} {text}\n".encode())
+
+    def last_output(self) -> str:
+        lines = [
+            line for line in self.log.tail(2048).decode("utf-8", "replace").splitlines()
+            if line.strip() and not line.startswith("retinue: ")
+        ]
+        return lines[-1][:200] if lines else "(none)"
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "state": self.state,
+            "required": self.spec["required"],
+            "pid": self.pid,
+            "restarts": self.restarts,
+            "ready_since": self.ready_since,
+            "last_exit": self.last_exit,
+            "reason": self.reason,
+        }
+
+
+class Supervisor:
+    def __init__(self, container_dir: str, plan: dict[str, Any]) -> None:
+        self.dir = container_dir
+        self.plan = plan
+        self.id: str = plan["id"]
+        self.lower: list[str] = [plan["lower"], *plan["lower_globals"]]
+        self.phase = "created"
+        self.init_pid: int | None = None
+        self.stopping = False
+        self.done = asyncio.Event()
+        self.started: asyncio.Task[str | None] | None = None
+        self.stop_task: asyncio.Task[None] | None = None
+        log_dir = os.path.join(plan["log_dir"], self.id)
+        self.services = {
+            s["name"]: Service(s, RotatingLog(os.path.join(log_dir, f"{s['name']}.log")))
+            for s in plan["services"]
+        }
+        self.order: list[str] = [s["name"] for s in plan["services"]]
+        self.dependents: dict[str, list[str]] = {n: [] for n in self.order}
+        for name in self.order:
+            for dep in self.predecessors(name):
+                self.dependents[dep].append(name)
+        self.tg: asyncio.TaskGroup
+        self.reaper: procs.Reaper
+        self._watched: list[int] = []
+        # Connection handlers are the control server's tasks; kept so that the last replies
+        # (delete, poststop) are written before the process exits.
+        self._handlers: set[asyncio.Task[Any]] = set()
+
+    # -- graph ------------------------------------------------------------------------------
+
+    def predecessors(self, name: str) -> list[str]:
+        spec = self.services[name].spec
+        wanted = dict.fromkeys([*spec["requires"], *spec["wants"], *spec["after"]])
+        return [d for d in wanted if d in self.services and d != name]
+
+    # -- life of the supervisor ---------------------------------------------------------------
+
+    async def run(self, ready_fd: int) -> None:
+        loop = asyncio.get_running_loop()
+        self.reaper = procs.Reaper(loop)
+        procs.become_subreaper()
+        sock_path = os.path.join(self.dir, control.SOCKET_NAME)
+        server = await asyncio.start_unix_server(self.handle, path=sock_path)
+        os.chmod(sock_path, 0o600)
+        notify_socks = self.open_notify_sockets()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self.tg = tg
+                tg.create_task(self.watch_creator(self.plan["creator_pid"]))
+                os.write(ready_fd, b"1")
+                os.close(ready_fd)
+                await self.done.wait()
+                await self.stop_services(force=True)
+                for svc in self.services.values():
+                    if svc.runner:
+                        svc.runner.cancel()
+                raise _Finished
+        except* _Finished:
+            pass
+        finally:
+            server.close()
+            current = asyncio.current_task()
+            handlers = [t for t in self._handlers if t is not current and not t.done()]
+            if handlers:
+                await asyncio.wait(handlers, timeout=5)
+            for sock in notify_socks:
+                loop.remove_reader(sock.fileno())
+                sock.close()
+            for fd in self._watched:
+                loop.remove_reader(fd)
+                os.close(fd)
+            self.reaper.close()
+            for svc in self.services.values():
+                svc.log.close()
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def finish(self) -> None:
+        self.done.set()
+
+    # -- the container's processes ----------------------------------------------------------
+
+    def watch_pid(self, pid: int, on_exit: Any) -> None:
+        """Call on_exit() once `pid` has exited (pidfd: no polling, works for non-children)."""
+        loop = asyncio.get_running_loop()
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            loop.call_soon(on_exit)
+            return
+        self._watched.append(fd)
+
+        def readable() -> None:
+            loop.remove_reader(fd)
+            on_exit()
+
+        loop.add_reader(fd, readable)
+
+    async def watch_creator(self, creator_pid: int) -> None:
+        """When the process running the lower create exits, check that the container exists."""
+        exited = asyncio.Event()
+        self.watch_pid(creator_pid, exited.set)
+        await exited.wait()
+        if self.init_pid is None:
+            state = await self.lower_state()
+            if state is None:
+                # The lower create failed: there is no container to serve.
+                self.finish()
+                return
+            if isinstance(state.get("pid"), int) and state["pid"] > 0:
+                self.container_created(state["pid"])
+
+    def container_created(self, pid: int) -> None:
+        if self.init_pid is not None:
+            return
+        self.init_pid = pid
+        self.watch_pid(pid, self.main_exited)
+
+    def main_exited(self) -> None:
+        # The kernel kills every process of the container's PID namespace with its init; the
+        # services' exits follow through the reaper. The container has ended.
+        self.phase = "stopped"
+        self.stopping = True
+        self.finish()
+
+    async def lower_state(self) -> dict[str, Any] | None:
+        status, out = await procs.run(self.reaper, [*self.lower, "state", self.id], timeout=30)
+        if status != 0:
+            return None
+        try:
+            state: dict[str, Any] = json.loads(out)
+        except ValueError:
+            return None
+        return state
+
+    # -- control requests -------------------------------------------------------------------
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
+        try:
+            line = await reader.readline()
+            try:
+                request = json.loads(line)
+                reply = await self.dispatch(request)
+            except Exception as e:  # a bad request must not take the supervisor down
+                reply = {"ok": False, "error": f"supervisor: {type(e).__name__}: {e}"}
+            writer.write(json.dumps(reply).encode() + b"\n")
+            await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def dispatch(self, request: dict[str, Any]) -> dict[str, Any]:
+        op = request.get("op")
+        if op == "status":
+            return {"ok": True, **self.status()}
+        if op == "start":
+            return await self.start()
+        if op == "stop":
+            await self.stop_services(force=bool(request.get("force")))
+            return {"ok": True}
+        if op == "delete":
+            await self.stop_services(force=bool(request.get("force")))
+            self.finish()
+            return {"ok": True}
+        if op == "hook":
+            return await self.hook(str(request.get("stage")), request.get("state") or "")
+        return {"ok": False, "error": f"unknown request {op!r}"}
+
+    async def hook(self, stage: str, raw_state: str) -> dict[str, Any]:
+        try:
+            state = json.loads(raw_state) if raw_state else {}
+        except ValueError:
+            state = {}
+        if stage == "createRuntime":
+            pid = state.get("pid")
+            if isinstance(pid, int) and pid > 0:
+                self.container_created(pid)
+        elif stage == "poststart":
+            self.phase = "running"
+        elif stage == "poststop":
+            await self.stop_services(force=False)
+            self.finish()
+        return {"ok": True}
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "phase": self.phase,
+            "init_pid": self.init_pid,
+            "supervisor_pid": os.getpid(),
+            "services": [self.services[n].status() for n in self.order],
+        }
+
+    # -- start and the gate -----------------------------------------------------------------
+
+    async def start(self) -> dict[str, Any]:
+        if self.stopping:
+            return {"ok": False, "error": "the container is stopping"}
+        if self.started is None:
+            if self.init_pid is None:
+                state = await self.lower_state()
+                if state is None:
+                    return {"ok": False, "error": f"container {self.id} does not exist"}
+                self.container_created(int(state.get("pid") or 0) or 0)
+            self.phase = "starting"
+            for name in self.order:
+                svc = self.services[name]
+                svc.runner = self.tg.create_task(self.run_service(svc))
+            self.started = self.tg.create_task(self.gate())
+        error = await asyncio.shield(self.started)
+        if error:
+            self.phase = "failed"
+            await self.stop_services(force=False)
+            return {"ok": False, "error": error}
+        self.phase = "starting-main"
+        return {"ok": True}
+
+    async def gate(self) -> str | None:
+        """None once every required service is ready; else the first reason one never will be."""
+        pending = {self.services[n].settled for n in self.order if self.services[n].spec["required"]}
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for future in done:
+                if future.result():
+                    return future.result()
+        return None
+
+    # -- one service ------------------------------------------------------------------------
+
+    async def run_service(self, svc: Service) -> None:
+        for dep_name in self.predecessors(svc.name):
+            dep = self.services[dep_name]
+            error = await asyncio.shield(dep.settled)
+            if error and dep_name in svc.spec["requires"]:
+                svc.state = "failed"
+                svc.reason = f'dependency "{dep_name}" failed'
+                svc.note(svc.reason)
+                svc.settle(f'service "{svc.name}" not started: dependency "{dep_name}" failed')
+                return
+        if svc.stopping:
+            return
+        deadline = self.tg.create_task(self.start_deadline(svc))
+        try:
+            await self.supervise(svc)
+        finally:
+            deadline.cancel()
+
+    async def start_deadline(self, svc: Service) -> None:
+        timeout = svc.spec["ready_timeout"]
+        try:
+            await asyncio.wait_for(asyncio.shield(svc.settled), timeout)
+            return
+        except TimeoutError:
+            pass
+        why = svc.last_exit or ("still running" if svc.pid else "not running")
+        svc.gave_up = True
+        svc.state = "failed"
+        svc.reason = f"not ready after {_seconds(timeout)}"
+        svc.note(f"{svc.reason}: {why}")
+        svc.settle(
+            f'service "{svc.name}" not ready after {_seconds(timeout)}: {why}; '
+            f"last output: {svc.last_output()}"
+        )
+        if svc.pid:
+            self.kill_tree(svc.pid, signal.SIGKILL)
+
+    async def supervise(self, svc: Service) -> None:
+        spec = svc.spec
+        while not (svc.stopping or svc.gave_up):
+            now = time.monotonic()
+            while svc.starts and svc.starts[0] < now - spec["restart_interval"]:
+                svc.starts.popleft()
+            if len(svc.starts) >= spec["restart_burst"]:
+                svc.state = "failed"
+                svc.reason = (
+                    f"start limit hit: {spec['restart_burst']} starts within "
+                    f"{_seconds(spec['restart_interval'])}"
+                )
+                svc.note(svc.reason)
+                svc.settle(
+                    f'service "{svc.name}" failed: {svc.last_exit}; {svc.reason}; '
+                    f"last output: {svc.last_output()}"
+                )
+                return
+            svc.starts.append(now)
+            status = await self.run_once(svc)
+            if svc.stopping or svc.gave_up:
+                break
+            clean = _is_clean(status)
+            policy = spec["restart"]
+            if policy == "no" or (policy == "on-failure" and clean):
+                svc.state = "exited" if clean else "failed"
+                svc.reason = None if clean else svc.last_exit
+                svc.settle(
+                    None if clean and svc.ready_since else
+                    f'service "{svc.name}" {svc.last_exit} before it was ready; '
+                    f"last output: {svc.last_output()}"
+                )
+                return
+            healthy_for = time.monotonic() - (svc.started_at or time.monotonic())
+            svc.failures = 1 if healthy_for >= spec["restart_reset_after"] else svc.failures + 1
+            delay = min(spec["restart_max_delay"], spec["restart_delay"] * 2 ** (svc.failures - 1))
+            svc.state = "backoff"
+            svc.note(f"{svc.last_exit}; restarting in {_seconds(delay)}")
+            await asyncio.sleep(delay)
+            svc.restarts += 1
+        if svc.stopping:
+            svc.state = "stopped"
+
+    async def run_once(self, svc: Service) -> int:
+        """Start the service once and wait for it to exit; returns its wait status."""
+        svc.state = "starting"
+        svc.ready_since = None
+        svc.notified.clear()
+        pid_file = os.path.join(self.dir, "pids", f"{svc.name}.pid")
+        process_file = os.path.join(self.dir, "process", f"{svc.name}.json")
+        try:
+            os.unlink(pid_file)
+        except FileNotFoundError:
+            pass
+        argv = [*self.lower, "exec", "--detach", "--pid-file", pid_file,
+                "--process", process_file, self.id]
+        wfd = self.service_output(svc)
+        try:
+            pid = procs.spawn(argv, stdout=wfd)
+        finally:
+            os.close(wfd)
+        status = await self.reaper.wait(pid)
+        if status != 0:
+            svc.last_exit = f"could not be started ({self.plan['lower']} exec {procs.describe_status(status)})"
+            return status
+        try:
+            with open(pid_file) as f:
+                svc.pid = int(f.read().strip())
+        except (OSError, ValueError):
+            svc.last_exit = "could not be started (no pid file)"
+            return 1 << 8
+        svc.started_at = time.monotonic()
+        svc.state = "running"
+        svc.note(f"started, pid {svc.pid}")
+        svc.exit_future = self.reaper.wait(svc.pid)
+        if svc.stopping:
+            self.kill_tree(svc.pid, signal.SIGKILL)
+        check = self.tg.create_task(self.check_ready(svc))
+        try:
+            status = await asyncio.shield(svc.exit_future)
+        finally:
+            check.cancel()
+        svc.pid = None
+        svc.last_exit = procs.describe_status(status)
+        svc.note(svc.last_exit)
+        return status
+
+    def service_output(self, svc: Service) -> int:
+        """A pipe whose read end feeds the service's log file; returns the write end."""
+        loop = asyncio.get_running_loop()
+        r, w = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(r, False)
+
+        def readable() -> None:
+            try:
+                data = os.read(r, 65536)
+            except BlockingIOError:
+                return
+            if data:
+                svc.log.write(data)
+            else:
+                loop.remove_reader(r)
+                os.close(r)
+
+        loop.add_reader(r, readable)
+        return w
+
+    async def check_ready(self, svc: Service) -> None:
+        spec = svc.spec
+        kind, target, interval = spec["ready"], spec["ready_target"], spec["ready_interval"]
+        pid = svc.pid
+        assert pid is not None
+        if kind == "tcp":
+            while not readiness.tcp_listening(pid, target):
+                await asyncio.sleep(interval)
+        elif kind == "file":
+            while not readiness.file_exists(pid, target):
+                await asyncio.sleep(interval)
+        elif kind == "notify":
+            await svc.notified.wait()
+        elif kind == "exec":
+            probe = os.path.join(self.dir, "process", f"{svc.name}.probe.json")
+            argv = [*self.lower, "exec", "--process", probe, self.id]
+            while True:
+                try:
+                    status, _ = await procs.run(self.reaper, argv, timeout=max(interval, 5.0))
+                except TimeoutError:
+                    status = 1
+                if status == 0:
+                    break
+                await asyncio.sleep(interval)
+        svc.state = "ready"
+        svc.ready_since = _now()
+        svc.note("ready")
+        svc.settle(None)
+
+    # -- notify sockets ---------------------------------------------------------------------
+
+    def open_notify_sockets(self) -> list[socket.socket]:
+        loop = asyncio.get_running_loop()
+        socks = []
+        for svc in self.services.values():
+            if svc.spec["ready"] != "notify":
+                continue
+            path = os.path.join(self.dir, "notify", f"{svc.name}.sock")
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+            sock.bind(path)
+            os.chmod(path, 0o666)  # the service may run as any user
+            sock.setblocking(False)
+            loop.add_reader(sock.fileno(), self.notify_readable, sock, svc)
+            socks.append(sock)
+        return socks
+
+    def notify_readable(self, sock: socket.socket, svc: Service) -> None:
+        try:
+            data, ancdata, _, _ = sock.recvmsg(4096, socket.CMSG_SPACE(12))
+        except BlockingIOError:
+            return
+        sender = 0
+        for level, kind, payload in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(payload) >= 4:
+                sender = int.from_bytes(payload[:4], "little")
+        # Only the service (or its children) may say it is ready, not the container's app.
+        if svc.pid is None or not readiness.is_descendant(sender, svc.pid):
+            return
+        if b"READY=1" in data.split(b"\n"):
+            svc.notified.set()
+
+    # -- stop ---------------------------------------------------------------------------------
+
+    async def stop_services(self, force: bool) -> None:
+        """Stop every service, each after the services that depend on it; idempotent."""
+        self.stopping = True
+        if self.stop_task is None:
+            self.stop_task = self.tg.create_task(self._stop_all(force))
+        elif force:
+            for svc in self.services.values():
+                if svc.pid:
+                    self.kill_tree(svc.pid, signal.SIGKILL)
+        await asyncio.shield(self.stop_task)
+
+    async def _stop_all(self, force: bool) -> None:
+        async with asyncio.TaskGroup() as tg:
+            for svc in self.services.values():
+                tg.create_task(self._stop_one(svc, force))
+
+    async def _stop_one(self, svc: Service, force: bool) -> None:
+        for name in self.dependents[svc.name]:
+            await self.services[name].stopped.wait()
+        svc.stopping = True
+        try:
+            if svc.pid is not None and svc.exit_future is not None:
+                svc.state = "stopping"
+                pid, spec = svc.pid, svc.spec
+                if force:
+                    self.kill_tree(pid, signal.SIGKILL)
+                else:
+                    svc.note(f"stopping with {signal.Signals(spec['stop_signal']).name}")
+                    _kill(pid, spec["stop_signal"])
+                    _kill(pid, signal.SIGCONT)
+                try:
+                    await asyncio.wait_for(asyncio.shield(svc.exit_future), spec["stop_timeout"])
+                except TimeoutError:
+                    svc.note(f"still running after {_seconds(spec['stop_timeout'])}: SIGKILL")
+                    self.kill_tree(pid, signal.SIGKILL)
+                    await asyncio.shield(svc.exit_future)
+            if svc.runner is not None and not svc.runner.done():
+                svc.runner.cancel()
+                try:
+                    await svc.runner
+                except asyncio.CancelledError:
+                    pass
+            if svc.state not in ("failed", "exited"):
+                svc.state = "stopped"
+            svc.settle(f'service "{svc.name}" stopped before it was ready')
+        finally:
+            svc.stopped.set()
+
+    def kill_tree(self, pid: int, sig: int) -> None:
+        """Signal `pid` and every process descended from it."""
+        victims = [pid]
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and int(entry) != pid and readiness.is_descendant(int(entry), pid):
+                victims.append(int(entry))
+        for victim in victims:
+            _kill(victim, sig)
+
+
+class _Finished(Exception):
+    """Raised inside the task group to end it once the supervisor is done."""
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _is_clean(status: int) -> bool:
+    if os.WIFSIGNALED(status):
+        return os.WTERMSIG(status) in CLEAN_SIGNALS
+    return os.waitstatus_to_exitcode(status) == 0
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}s" if value >= 1 or value == 0 else f"{value * 1000:g}ms"

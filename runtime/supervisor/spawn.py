@@ -1,0 +1,106 @@
+"""The shim's side of the supervisor: preparing its state directory and spawning it.
+
+Runs in the shim during create, before the lower create: the supervisor's control socket must be
+bound before the container exists, and the fds the engine handed the shim (the container's stdio,
+the console socket, --preserve-fds) must never leak into a process that outlives the call.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import sys
+
+from ..errors import RetinueError
+from . import control
+
+TYPE_CHECKING = False  # typing costs ~10 ms on the create path
+if TYPE_CHECKING:
+    from typing import Any
+
+READY_TIMEOUT_MS = 10_000
+
+
+def alive(container_dir: str) -> bool:
+    try:
+        control.request(os.path.join(container_dir, control.SOCKET_NAME), {"op": "status"}, 5)
+        return True
+    except (control.SupervisorGone, OSError, ValueError):
+        return False
+
+
+def prepare(container_dir: str, plan: dict[str, Any], processes: dict[str, dict[str, Any]]) -> bool:
+    """Write the supervisor's inputs; False if a live supervisor already owns this container."""
+    if os.path.isdir(container_dir):
+        if alive(container_dir):
+            return False
+        shutil.rmtree(container_dir)  # a stale directory from a supervisor that died
+    parent = os.path.dirname(container_dir)
+    os.makedirs(os.path.dirname(parent), mode=0o700, exist_ok=True)
+    os.makedirs(parent, mode=0o700, exist_ok=True)
+    os.mkdir(container_dir, 0o700)
+    for sub, mode in (("pids", 0o700), ("process", 0o700), ("notify", 0o755)):
+        os.mkdir(os.path.join(container_dir, sub), mode)
+        os.chmod(os.path.join(container_dir, sub), mode)
+    for name, proc in processes.items():
+        with open(os.path.join(container_dir, "process", f"{name}.json"), "w") as f:
+            json.dump(proc, f)
+    with open(os.path.join(container_dir, "plan.json"), "w") as f:
+        json.dump(plan, f)
+    return True
+
+
+def spawn(container_dir: str, log_path: str) -> int:
+    """Start the supervisor detached from the caller and wait until its socket is bound."""
+    site = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    code = (
+        f"import sys; sys.path.insert(0, {site!r}); "
+        "from retinue.supervisor.__main__ import main; main()"
+    )
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            os.setsid()
+            if os.fork() != 0:
+                os._exit(0)
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(devnull, fd)
+            os.closerange(3, w)
+            os.closerange(w + 1, 1 << 16)
+            os.set_inheritable(w, True)
+            import _signal
+
+            for sig in (_signal.SIGPIPE, _signal.SIGXFSZ):
+                _signal.signal(sig, _signal.SIG_DFL)
+            os.execv(sys.executable, [sys.executable, "-I", "-S", "-c", code, container_dir, str(w)])
+        finally:
+            os._exit(127)
+    os.close(w)
+    os.waitpid(pid, 0)
+    poller = select.poll()
+    poller.register(r, select.POLLIN)
+    try:
+        events = poller.poll(READY_TIMEOUT_MS)
+        ready = bool(events) and os.read(r, 1) == b"1"
+    finally:
+        os.close(r)
+    if not ready:
+        detail = _tail(log_path)
+        shutil.rmtree(container_dir, ignore_errors=True)
+        raise RetinueError(
+            f"the supervisor did not start{': ' + detail if detail else ''} (see {log_path})"
+        )
+    return pid
+
+
+def _tail(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            lines = f.read()[-2000:].decode("utf-8", "replace").strip().splitlines()
+        return lines[-1] if lines else ""
+    except OSError:
+        return ""
