@@ -61,10 +61,13 @@ def lower_globals(args: runc_argv.RuncArgs) -> list[str]:
     return out
 
 
-def create(args: runc_argv.RuncArgs, compiled: dict[str, Any]) -> None:
-    """Edit the bundle if the policy selects the container; leave it byte-for-byte alone if not."""
+def create(args: runc_argv.RuncArgs, compiled: dict[str, Any]) -> str | None:
+    """Edit the bundle if the policy selects the container; leave it byte-for-byte alone if not.
+
+    Returns the container's state directory when it has services (a supervisor was spawned).
+    """
     if not compiled["rules"] and not compiled["services"]:
-        return
+        return None
     from . import bundle, edits, policy
 
     path, spec = bundle.load(args.bundle)
@@ -74,22 +77,29 @@ def create(args: runc_argv.RuncArgs, compiled: dict[str, Any]) -> None:
     except ValueError as e:
         raise RetinueError(str(e)) from None
     if not rules and not names:
-        return
+        return None
     container_id = args.container_id
     if not statedir.valid_id(container_id):
         # runc refuses it with its own message; there is nothing for us to attach to.
-        return
+        return None
     container_dir = statedir.container_dir(compiled["state_dir"], args.root, container_id)
     services = [compiled["services"][n] for n in names]
     edited = edits.apply(spec, rules, compiled["hook"], container_dir, services)
     if services:
+        if args.command == "run" and (spec.get("process") or {}).get("terminal") and not (
+            args.option("console-socket")
+        ):
+            raise RetinueError(
+                "run with a terminal (process.terminal) is not supported for a container with "
+                "services; use create --console-socket, then start"
+            )
         start_supervisor(args, compiled, spec, services, container_dir)
-    if edited is spec:
-        return
-    try:
-        bundle.write_atomic(path, bundle.dumps(edited))
-    except OSError as e:
-        raise RetinueError(f"{path}: cannot write: {e.strerror}") from None
+    if edited is not spec:
+        try:
+            bundle.write_atomic(path, bundle.dumps(edited))
+        except OSError as e:
+            raise RetinueError(f"{path}: cannot write: {e.strerror}") from None
+    return container_dir if services else None
 
 
 def start_supervisor(
@@ -210,7 +220,11 @@ def main() -> NoReturn:
         compiled = load_config()
         command = args.command
         if command in ("create", "run"):
-            create(args, compiled)
+            container_dir = create(args, compiled)
+            if command == "run" and container_dir:
+                from . import run
+
+                run.run(args, compiled["runtime"], lower_globals(args), container_dir)
         elif command in ("start", "kill", "delete") and compiled["services"]:
             container_id = args.container_id
             if statedir.valid_id(container_id):

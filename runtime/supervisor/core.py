@@ -370,6 +370,8 @@ class Supervisor:
                     f"last output: {svc.last_output()}"
                 )
                 return
+            if svc.starts or svc.last_exit:
+                svc.restarts += 1
             svc.starts.append(now)
             status = await self.run_once(svc)
             if svc.stopping or svc.gave_up:
@@ -389,9 +391,8 @@ class Supervisor:
             svc.failures = 1 if healthy_for >= spec["restart_reset_after"] else svc.failures + 1
             delay = min(spec["restart_max_delay"], spec["restart_delay"] * 2 ** (svc.failures - 1))
             svc.state = "backoff"
-            svc.note(f"{svc.last_exit}; restarting in {_seconds(delay)}")
+            svc.note(f"restarting in {_seconds(delay)}")
             await asyncio.sleep(delay)
-            svc.restarts += 1
         if svc.stopping:
             svc.state = "stopped"
 
