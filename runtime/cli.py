@@ -94,7 +94,8 @@ def plan(config_path: str | None, container_id: str, root: str, bundle_dir: str)
     click.echo(f"# rules: {', '.join(r['name'] for r in rules)}")
     before[-1] += "\n"
     after[-1] += "\n"
-    sys.stdout.writelines(difflib.unified_diff(before, after, f"a/{path}", f"b/{path}"))
+    shown = path.lstrip("/")
+    sys.stdout.writelines(difflib.unified_diff(before, after, f"a/{shown}", f"b/{shown}"))
 
 
 @main.command()

@@ -444,7 +444,9 @@ def load(path: str | None = None) -> Config:
     services_dir = os.path.join(base, settings.services) if settings.services else ""
     services: dict[str, Any] = {}
     if services_dir:
-        services, service_files = services_module.load_dir(services_dir)
+        # A service's relative `files` is relative to this config file's directory, like every
+        # other path in config.toml.
+        services, service_files = services_module.load_dir(services_dir, base)
         files += service_files
     errors = []
     for i, rule in enumerate(policy.attach):
@@ -500,7 +502,7 @@ def compile_config(cfg: Config, runtime: str, hook: str) -> dict[str, Any]:
             for r in cfg.policy.attach
         ],
         "services": {
-            name: services_module.compile_service(name, svc, cfg.services_dir)
+            name: services_module.compile_service(name, svc, os.path.dirname(os.path.abspath(cfg.path)))
             for name, svc in cfg.services.items()
         },
     }

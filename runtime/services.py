@@ -2,7 +2,8 @@
 
     # /etc/retinue/services/metrics.toml  (the file name is the service name)
     description = "node metrics on :9100"
-    files = "/opt/retinue/metrics"      # host directory, mounted read-only at /retinue/metrics
+    files = "/opt/retinue/metrics"      # host directory (relative: to config.toml's directory),
+                                        # mounted read-only at /retinue/metrics
     command = ["bin/agent", "--port", "9100"]   # relative to files, or absolute under /retinue/metrics
     user = "65534:65534"
     capabilities = ["CAP_NET_BIND_SERVICE"]

@@ -10,6 +10,7 @@ import asyncio
 import collections
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -23,6 +24,7 @@ PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Exits by these signals are a clean stop, not a failure (as systemd's on-failure has it).
 CLEAN_SIGNALS = frozenset({signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE})
 NOTIFY_DIR_IN_CONTAINER = "/run/retinue"
+PF_EXITING = 0x4  # include/linux/sched.h
 
 
 def _now() -> float:
@@ -89,6 +91,8 @@ class Supervisor:
         self.lower: list[str] = [plan["lower"], *plan["lower_globals"]]
         self.phase = "created"
         self.init_pid: int | None = None
+        # A second pidfd of init, polled when a service dies to tell "the container ended".
+        self.init_pidfd: int | None = None
         self.stopping = False
         self.done = asyncio.Event()
         self.started: asyncio.Task[str | None] | None = None
@@ -153,6 +157,8 @@ class Supervisor:
             for fd in self._watched:
                 loop.remove_reader(fd)
                 os.close(fd)
+            if self.init_pidfd is not None:
+                os.close(self.init_pidfd)
             self.reaper.close()
             for svc in self.services.values():
                 svc.log.close()
@@ -198,6 +204,28 @@ class Supervisor:
             return
         self.init_pid = pid
         self.watch_pid(pid, self.main_exited)
+        try:
+            self.init_pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            self.init_pidfd = None
+
+    def init_exited(self) -> bool:
+        if self.init_pid is None:
+            return False
+        if self.init_pidfd is None:
+            return True
+        poller = select.poll()
+        poller.register(self.init_pidfd, select.POLLIN)
+        if poller.poll(0):
+            return True
+        # An exiting PID-namespace init kills the namespace and waits for it before its pidfd
+        # becomes readable: the services die while init is still "alive" but PF_EXITING.
+        try:
+            with open(f"/proc/{self.init_pid}/stat") as f:
+                flags = int(f.read().rpartition(")")[2].split()[6])
+        except (OSError, ValueError, IndexError):
+            return True
+        return bool(flags & PF_EXITING)
 
     def main_exited(self) -> None:
         # The kernel kills every process of the container's PID namespace with its init; the
@@ -374,6 +402,12 @@ class Supervisor:
                 svc.restarts += 1
             svc.starts.append(now)
             status = await self.run_once(svc)
+            if not svc.stopping and self.init_exited():
+                # The container's init died and the kernel killed the rest of its PID namespace;
+                # the service's exit may be reaped before the pidfd of init is read.
+                self.main_exited()
+                svc.stopping = True
+                svc.note("the container's main process exited; the kernel ended the service with it")
             if svc.stopping or svc.gave_up:
                 break
             clean = _is_clean(status)
@@ -393,7 +427,7 @@ class Supervisor:
             svc.state = "backoff"
             svc.note(f"restarting in {_seconds(delay)}")
             await asyncio.sleep(delay)
-        if svc.stopping:
+        if svc.stopping and svc.state not in ("failed", "exited"):
             svc.state = "stopped"
 
     async def run_once(self, svc: Service) -> int:
