@@ -14,6 +14,7 @@ import select
 import shutil
 import signal
 import socket
+import sys
 import time
 from typing import Any
 
@@ -164,7 +165,12 @@ class Supervisor:
                 svc.log.close()
             shutil.rmtree(self.dir, ignore_errors=True)
 
-    def finish(self) -> None:
+    def finish(self, reason: str) -> None:
+        if not self.done.is_set():
+            # One line in supervisor.log: when a container's services end unexpectedly, this is
+            # where an administrator finds out which path ended them.
+            print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} supervisor of {self.id} exiting: {reason}",
+                  file=sys.stderr, flush=True)
         self.done.set()
 
     # -- the container's processes ----------------------------------------------------------
@@ -194,7 +200,7 @@ class Supervisor:
             state = await self.lower_state()
             if state is None:
                 # The lower create failed: there is no container to serve.
-                self.finish()
+                self.finish("the lower create exited and the container does not exist")
                 return
             if isinstance(state.get("pid"), int) and state["pid"] > 0:
                 self.container_created(state["pid"])
@@ -232,7 +238,7 @@ class Supervisor:
         # services' exits follow through the reaper. The container has ended.
         self.phase = "stopped"
         self.stopping = True
-        self.finish()
+        self.finish("the container's main process exited")
 
     async def lower_state(self) -> dict[str, Any] | None:
         status, out = await procs.run(self.reaper, [*self.lower, "state", self.id], timeout=30)
@@ -276,7 +282,7 @@ class Supervisor:
             return {"ok": True}
         if op == "delete":
             await self.stop_services(force=bool(request.get("force")))
-            self.finish()
+            self.finish("the container is being deleted")
             return {"ok": True}
         if op == "hook":
             return await self.hook(str(request.get("stage")), request.get("state") or "")
@@ -295,7 +301,7 @@ class Supervisor:
             self.phase = "running"
         elif stage == "poststop":
             await self.stop_services(force=False)
-            self.finish()
+            self.finish("poststop hook: the container was deleted")
         return {"ok": True}
 
     def status(self) -> dict[str, Any]:
