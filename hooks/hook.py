@@ -48,8 +48,11 @@ def tell_supervisor(container_dir: str, stage: str, state: bytes) -> int:
                 shutil.rmtree(container_dir, ignore_errors=True)
             return 0
         request = (
-            '{"op":"hook","stage":' + _json_string(stage)
-            + ',"state":' + _json_string(state.decode("utf-8", "replace")) + "}\n"
+            '{"op":"hook","stage":'
+            + _json_string(stage)
+            + ',"state":'
+            + _json_string(state.decode("utf-8", "replace"))
+            + "}\n"
         )
         sock.sendall(request.encode())
         reply = b""

@@ -26,29 +26,72 @@ SUBCOMMAND_VALUE_FLAGS: dict[str, frozenset[str]] = {
     "run": _CREATE_VALUES,
     "restore": frozenset(
         {
-            "bundle", "b", "console-socket", "pid-file", "image-path", "work-path",
-            "manage-cgroups-mode", "empty-ns", "lsm-profile", "lsm-mount-context",
+            "bundle",
+            "b",
+            "console-socket",
+            "pid-file",
+            "image-path",
+            "work-path",
+            "manage-cgroups-mode",
+            "empty-ns",
+            "lsm-profile",
+            "lsm-mount-context",
         }
     ),
     "checkpoint": frozenset(
         {
-            "image-path", "work-path", "parent-path", "page-server", "manage-cgroups-mode",
-            "empty-ns", "status-fd",
+            "image-path",
+            "work-path",
+            "parent-path",
+            "page-server",
+            "manage-cgroups-mode",
+            "empty-ns",
+            "status-fd",
         }
     ),
     "exec": frozenset(
         {
-            "console-socket", "pidfd-socket", "cwd", "env", "e", "user", "u", "additional-gids",
-            "g", "process", "p", "pid-file", "process-label", "apparmor", "cap", "c",
-            "preserve-fds", "cgroup",
+            "console-socket",
+            "pidfd-socket",
+            "cwd",
+            "env",
+            "e",
+            "user",
+            "u",
+            "additional-gids",
+            "g",
+            "process",
+            "p",
+            "pid-file",
+            "process-label",
+            "apparmor",
+            "cap",
+            "c",
+            "preserve-fds",
+            "cgroup",
         }
     ),
     "update": frozenset(
         {
-            "resources", "r", "blkio-weight", "cpu-period", "cpu-quota", "cpu-rt-period",
-            "cpu-rt-runtime", "cpu-share", "cpuset-cpus", "cpuset-mems", "kernel-memory",
-            "kernel-memory-tcp", "memory", "memory-reservation", "memory-swap", "pids-limit",
-            "l3-cache-schema", "mem-bw-schema", "cpu-idle",
+            "resources",
+            "r",
+            "blkio-weight",
+            "cpu-period",
+            "cpu-quota",
+            "cpu-rt-period",
+            "cpu-rt-runtime",
+            "cpu-share",
+            "cpuset-cpus",
+            "cpuset-mems",
+            "kernel-memory",
+            "kernel-memory-tcp",
+            "memory",
+            "memory-reservation",
+            "memory-swap",
+            "pids-limit",
+            "l3-cache-schema",
+            "mem-bw-schema",
+            "cpu-idle",
         }
     ),
     "events": frozenset({"interval"}),
@@ -62,8 +105,25 @@ _STOP_AT_ID = frozenset({"exec", "ps"})
 
 SUBCOMMANDS = frozenset(
     {
-        "checkpoint", "create", "delete", "events", "exec", "features", "kill", "list", "pause",
-        "ps", "restore", "resume", "run", "spec", "start", "state", "update", "help", "h",
+        "checkpoint",
+        "create",
+        "delete",
+        "events",
+        "exec",
+        "features",
+        "kill",
+        "list",
+        "pause",
+        "ps",
+        "restore",
+        "resume",
+        "run",
+        "spec",
+        "start",
+        "state",
+        "update",
+        "help",
+        "h",
     }
 )
 
@@ -72,7 +132,12 @@ class RuncArgs:
     """What the shim needs to know about one runc invocation."""
 
     __slots__ = (
-        "argv", "globals", "command", "command_index", "options", "positionals",
+        "argv",
+        "command",
+        "command_index",
+        "globals",
+        "options",
+        "positionals",
     )
 
     def __init__(self, argv: list[str]) -> None:

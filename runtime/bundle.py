@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import json
 import os
+
+from .errors import SpecError
+
 TYPE_CHECKING = False  # typing costs ~10 ms to import; mypy reads this as True
 if TYPE_CHECKING:
     from typing import Any
 
-from .errors import SpecError
-
 HOOK_STAGES = (
-    "prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop",
+    "prestart",
+    "createRuntime",
+    "createContainer",
+    "startContainer",
+    "poststart",
+    "poststop",
 )
 
 
@@ -43,8 +49,12 @@ def _kind(value: object) -> str:
     if value is None:
         return "null"
     return {
-        str: "a string", bool: "a boolean", int: "a number", float: "a number",
-        list: "a list", dict: "an object",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        list: "a list",
+        dict: "an object",
     }.get(type(value), type(value).__name__)
 
 
@@ -104,7 +114,9 @@ def validate(spec: object) -> list[str]:
             if _expect(errors, f"hooks.{stage}", entries, list, "a list of hooks"):
                 for i, hook in enumerate(entries):
                     if _expect(errors, f"hooks.{stage}[{i}]", hook, dict, "an object"):
-                        _expect(errors, f"hooks.{stage}[{i}].path", hook.get("path"), str, "a string")
+                        _expect(
+                            errors, f"hooks.{stage}[{i}].path", hook.get("path"), str, "a string"
+                        )
     return errors
 
 
@@ -129,7 +141,12 @@ def load(bundle: str) -> tuple[str, dict[str, Any]]:
 
 
 def dumps(spec: dict[str, Any]) -> bytes:
-    return json.dumps(spec, ensure_ascii=False, separators=(",", ":")).encode()
+    try:
+        return json.dumps(spec, ensure_ascii=False, separators=(",", ":")).encode()
+    except UnicodeEncodeError:
+        # A lone surrogate escape ("\ud800") is valid JSON (Go reads it as U+FFFD) but has no
+        # UTF-8 form: write every non-ASCII character escaped, as such a file came.
+        return json.dumps(spec, separators=(",", ":")).encode()
 
 
 def write_atomic(path: str, data: bytes) -> None:

@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from . import bundle, config, confcache, edits, lower, policy, statedir
+from . import bundle, confcache, config, edits, lower, policy, statedir
 from .errors import RetinueError
 
 
@@ -31,7 +31,7 @@ config_option = click.option(
     "config_path",
     type=click.Path(dir_okay=False),
     default=None,
-    help=f"Configuration file (default: ${config.CONFIG_ENV} or {config.DEFAULT_CONFIG}).",
+    help=f"Configuration file (default: ${confcache.CONFIG_ENV} or {confcache.DEFAULT_CONFIG}).",
 )
 
 
@@ -60,8 +60,11 @@ def check(config_path: str | None) -> None:
     click.echo(f"services: {cfg.services_dir or '(none)'} ({len(cfg.services)} defined)")
     for name, svc in sorted(cfg.services.items()):
         kind = "required" if svc.required else "optional"
-        deps = [f"{k} {', '.join(getattr(svc, k))}" for k in ("requires", "wants", "after")
-                if getattr(svc, k)]
+        deps = [
+            f"{k} {', '.join(getattr(svc, k))}"
+            for k in ("requires", "wants", "after")
+            if getattr(svc, k)
+        ]
         click.echo(f"  {name}: {kind}{'; ' + '; '.join(deps) if deps else ''}")
     click.echo("ok")
 
@@ -101,10 +104,19 @@ def plan(config_path: str | None, container_id: str, root: str, bundle_dir: str)
 @main.command()
 @click.argument("engine", type=click.Choice(["docker", "containerd"]))
 @click.option("--dry-run", is_flag=True, help="Print the new file instead of writing it.")
-@click.option("--file", "target", type=click.Path(dir_okay=False), default=None,
-              help="The engine's config file (default: the engine's standard path).")
-@click.option("--runtime-path", default="/usr/local/bin/retinue-runtime", show_default=True,
-              help="Where retinue-runtime is installed.")
+@click.option(
+    "--file",
+    "target",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="The engine's config file (default: the engine's standard path).",
+)
+@click.option(
+    "--runtime-path",
+    default="/usr/local/bin/retinue-runtime",
+    show_default=True,
+    help="Where retinue-runtime is installed.",
+)
 @click.option("--name", default="retinue", show_default=True, help="The runtime's name.")
 def install(engine: str, dry_run: bool, target: str | None, runtime_path: str, name: str) -> None:
     """Register retinue-runtime with Docker or containerd, keeping the rest of the file."""
@@ -169,7 +181,9 @@ def status(config_path: str | None, as_json: bool, container_id: str | None) -> 
         if container_id and os.path.basename(directory) != container_id:
             continue
         try:
-            reply = control.request(os.path.join(directory, control.SOCKET_NAME), {"op": "status"}, 5)
+            reply = control.request(
+                os.path.join(directory, control.SOCKET_NAME), {"op": "status"}, 5
+            )
         except (control.SupervisorGone, OSError, ValueError):
             reply = {"id": os.path.basename(directory), "phase": "supervisor gone", "services": []}
         reply["root"] = root
@@ -188,10 +202,17 @@ def status(config_path: str | None, as_json: bool, container_id: str | None) -> 
             rows.append((c["id"][:20], "-", c["phase"], "-", "-", "-", "-"))
         for s in c["services"]:
             state = s["state"] + ("" if s["required"] else " (optional)")
-            rows.append((
-                c["id"][:20], s["name"], state, str(s["pid"] or "-"), str(s["restarts"]),
-                _age(s["ready_since"]), s["last_exit"] or "-",
-            ))
+            rows.append(
+                (
+                    c["id"][:20],
+                    s["name"],
+                    state,
+                    str(s["pid"] or "-"),
+                    str(s["restarts"]),
+                    _age(s["ready_since"]),
+                    s["last_exit"] or "-",
+                )
+            )
     widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
     for r in rows:
         click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=False)) + "  " + r[-1])

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import marshal
 import os
+
 TYPE_CHECKING = False  # typing costs ~10 ms to import; mypy reads this as True
 if TYPE_CHECKING:
     from typing import Any
@@ -53,7 +54,9 @@ def _read(config_path: str, key: tuple[Any, ...]) -> dict[str, Any] | None:
     return compiled
 
 
-def _write(config_path: str, key: tuple[Any, ...], files: list[str], compiled: dict[str, Any]) -> None:
+def _write(
+    config_path: str, key: tuple[Any, ...], files: list[str], compiled: dict[str, Any]
+) -> None:
     blob = marshal.dumps(
         {"key": key, "files": files, "stamps": _stamp(files), "compiled": compiled}
     )

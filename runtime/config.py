@@ -240,8 +240,8 @@ def _make_converter() -> cattrs.Converter:
         return len(members) > 1 and all(m in (str, int, float, bool) for m in members)
 
     conv.register_structure_hook_factory(is_scalar_union, scalar_union_factory)
-    conv.register_structure_hook_factory(lambda t: typing.get_origin(t) is dict, mapping_factory)
-    conv.register_structure_hook_factory(lambda t: typing.get_origin(t) is list, list_factory)
+    conv.register_structure_hook_factory(lambda t: _origin(t) is dict, mapping_factory)
+    conv.register_structure_hook_factory(lambda t: _origin(t) is list, list_factory)
 
     def class_factory(t: Any) -> Callable[[Any, Any], Any]:
         inner = cattrs.gen.make_dict_structure_fn(t, conv, _cattrs_forbid_extra_keys=True)
@@ -255,6 +255,10 @@ def _make_converter() -> cattrs.Converter:
 
     conv.register_structure_hook_factory(attrs.has, class_factory)
     return conv
+
+
+def _origin(t: Any) -> Any:
+    return typing.get_origin(t)
 
 
 class _KeyNote(str):
@@ -311,7 +315,9 @@ def validation_messages(exc: BaseException, path: str = "") -> list[str]:
     if isinstance(exc, KeyError):
         return [f"{here}: missing (required)"]
     if isinstance(exc, _Mismatch):
-        return [f"{here or '(top level)'}: expected {exc.expected}, got {describe_value(exc.value)}"]
+        return [
+            f"{here or '(top level)'}: expected {exc.expected}, got {describe_value(exc.value)}"
+        ]
     return [f"{here or '(top level)'}: {exc}"]
 
 
@@ -347,8 +353,10 @@ def read_toml(path: str) -> dict[str, Any]:
 def _check_abs(path: str, value: str, what: str) -> list[str]:
     if not value.startswith("/"):
         return [f"{path}: expected an absolute {what}, got {value!r}"]
-    if posixpath.normpath(value) != value.rstrip("/") or "/../" in value + "/":
-        return [f"{path}: expected a normalized absolute {what} (no '..', '.' or '//'), got {value!r}"]
+    if posixpath.normpath(value) != (value.rstrip("/") or "/") or "/../" in value + "/":
+        return [
+            f"{path}: expected a normalized absolute {what} (no '..', '.' or '//'), got {value!r}"
+        ]
     return []
 
 
@@ -374,7 +382,9 @@ def check_policy(policy: Policy, source: str) -> list[str]:
                 f"(at most 63), got {rule.name!r}"
             )
         if rule.name in seen:
-            errors.append(f"{at}.name: {rule.name!r} is already the name of attach[{seen[rule.name]}]")
+            errors.append(
+                f"{at}.name: {rule.name!r} is already the name of attach[{seen[rule.name]}]"
+            )
         seen.setdefault(rule.name, i)
         w = rule.when
         if not (w.always or w.annotations or w.env or w.command):
@@ -502,7 +512,9 @@ def compile_config(cfg: Config, runtime: str, hook: str) -> dict[str, Any]:
             for r in cfg.policy.attach
         ],
         "services": {
-            name: services_module.compile_service(name, svc, os.path.dirname(os.path.abspath(cfg.path)))
+            name: services_module.compile_service(
+                name, svc, os.path.dirname(os.path.abspath(cfg.path))
+            )
             for name, svc in cfg.services.items()
         },
     }

@@ -24,7 +24,8 @@ echo "[main] started: the gate opened, so web and metrics were ready before this
 echo "[main] RETINUE_GREETING=$RETINUE_GREETING"
 echo "[main] /retinue/demo, a read-only bind mount from the host:"
 sed 's/^/[main]   | /' /retinue/demo/README
-if touch /retinue/demo/probe 2>/dev/null; then echo "[main] writable?!"; else echo "[main] writing there fails: read-only"; fi
+if touch /retinue/demo/probe 2>/dev/null; then echo "[main] writable?!"
+else echo "[main] writing there fails: read-only"; fi
 echo "[main] GET http://127.0.0.1:8080/ -> $(wget -qO- http://127.0.0.1:8080/)"
 echo "[main] /tmp/metrics.prom -> $(cat /tmp/metrics.prom)"
 sleep 3
@@ -70,7 +71,9 @@ def run(workdir: str) -> int:
     _step(f"retinue-runtime start {CONTAINER_ID}   (returns once every required service is ready)")
     began = time.monotonic()
     started = subprocess.run([*runtime, "start", CONTAINER_ID])
-    click.echo(f"start returned after {time.monotonic() - began:.2f}s (status {started.returncode})")
+    click.echo(
+        f"start returned after {time.monotonic() - began:.2f}s (status {started.returncode})"
+    )
     if started.returncode:
         subprocess.run([*runtime, "delete", "--force", CONTAINER_ID])
         return started.returncode

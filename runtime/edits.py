@@ -7,13 +7,12 @@ not duplicate mounts, env or hooks) and appends in order (re-sorting mounts brok
 
 from __future__ import annotations
 
+from .errors import SpecError
+
 TYPE_CHECKING = False  # typing costs ~10 ms to import; mypy reads this as True
 if TYPE_CHECKING:
     from typing import Any
 
-from .errors import SpecError
-
-if TYPE_CHECKING:
     Spec = dict[str, Any]
 
 ATTACHED_ANNOTATION = "io.retinue.attached"

@@ -17,7 +17,9 @@ NOTIFY_DIR = "/run/retinue"
 CAP_SETS = ("bounding", "effective", "permitted", "inheritable", "ambient")
 
 
-def _capabilities(container: dict[str, Any] | None, extra: list[str], uid: int) -> dict[str, list[str]]:
+def _capabilities(
+    container: dict[str, Any] | None, extra: list[str], uid: int
+) -> dict[str, list[str]]:
     base = container or {}
     caps: dict[str, list[str]] = {}
     for name in CAP_SETS:

@@ -55,7 +55,8 @@ def resolve(configured: str, path_env: str, self_path: str) -> str:
             raise LowerRuntimeError(f"lower runtime {configured}: no such executable file")
         if _is_retinue(configured, self_path):
             raise LowerRuntimeError(
-                f"lower runtime {configured} is retinue-runtime itself; set `runtime` to runc or crun"
+                f"lower runtime {configured} is retinue-runtime itself; "
+                "set `runtime` to runc or crun"
             )
         return configured
     names = (configured,) if configured else DEFAULT_CANDIDATES
@@ -73,7 +74,7 @@ def resolve(configured: str, path_env: str, self_path: str) -> str:
 
 def handoff(lower: str, argv: list[str]) -> None:
     """Replace this process with the lower runtime, given the caller's own arguments."""
-    import _signal
+    import _signal  # type: ignore[import-not-found]  # `signal` imports enum: ~4 ms
 
     # Python ignores SIGPIPE and SIGXFSZ, and ignored dispositions survive execve; runc resets
     # them itself but crun and hook programs do not.

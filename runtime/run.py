@@ -24,8 +24,13 @@ from .supervisor import control
 PR_SET_CHILD_SUBREAPER = 36
 RUN_ONLY = frozenset({"detach", "d", "keep", "no-subreaper"})
 FORWARDED = (
-    signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
-    signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH,
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGWINCH,
 )
 
 

@@ -1,30 +1,30 @@
 """Service definitions: one TOML file per service in the services directory.
 
-    # /etc/retinue/services/metrics.toml  (the file name is the service name)
-    description = "node metrics on :9100"
-    files = "/opt/retinue/metrics"      # host directory (relative: to config.toml's directory),
-                                        # mounted read-only at /retinue/metrics
-    command = ["bin/agent", "--port", "9100"]   # relative to files, or absolute under /retinue/metrics
-    user = "65534:65534"
-    capabilities = ["CAP_NET_BIND_SERVICE"]
-    env = { LEVEL = "info" }
-    required = true                     # gates the container's entrypoint
-    requires = ["proxy"]                # pulled in; started after it is ready; fails if it fails
-    wants = []                          # pulled in; started after it; its failure is tolerated
-    after = []                          # ordering only, if the other is attached anyway
-    [ready]                             # started | tcp | exec | file | notify
-    tcp = 9100
-    timeout = "30s"
-    [restart]
-    policy = "on-failure"               # no | on-failure | always
-    delay = "1s"
-    max_delay = "30s"
-    reset_after = "60s"
-    burst = 5
-    interval = "30s"
-    [stop]
-    signal = "SIGTERM"
-    timeout = "10s"
+# /etc/retinue/services/metrics.toml  (the file name is the service name)
+description = "node metrics on :9100"
+files = "/opt/retinue/metrics"      # host directory (relative: to config.toml's directory),
+                                    # mounted read-only at /retinue/metrics
+command = ["bin/agent", "--port", "9100"]   # relative to files, or absolute under /retinue/metrics
+user = "65534:65534"
+capabilities = ["CAP_NET_BIND_SERVICE"]
+env = { LEVEL = "info" }
+required = true                     # gates the container's entrypoint
+requires = ["proxy"]                # pulled in; started after it is ready; fails if it fails
+wants = []                          # pulled in; started after it; its failure is tolerated
+after = []                          # ordering only, if the other is attached anyway
+[ready]                             # started | tcp | exec | file | notify
+tcp = 9100
+timeout = "30s"
+[restart]
+policy = "on-failure"               # no | on-failure | always
+delay = "1s"
+max_delay = "30s"
+reset_after = "60s"
+burst = 5
+interval = "30s"
+[stop]
+signal = "SIGTERM"
+timeout = "10s"
 """
 
 from __future__ import annotations
@@ -42,7 +42,53 @@ from .errors import ConfigError
 
 MOUNT_PREFIX = "/retinue"
 SERVICE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}\Z")
-CAPABILITY = re.compile(r"CAP_[A-Z_]+\Z")
+# Every capability Linux defines (capability.h, up to 6.x). A name that only looks right is not
+# enough: runc 1.1 merely warns about an unknown one and runs the service without it.
+CAPABILITIES = frozenset(
+    [
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_DAC_READ_SEARCH",
+        "CAP_FOWNER",
+        "CAP_FSETID",
+        "CAP_KILL",
+        "CAP_SETGID",
+        "CAP_SETUID",
+        "CAP_SETPCAP",
+        "CAP_LINUX_IMMUTABLE",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_NET_BROADCAST",
+        "CAP_NET_ADMIN",
+        "CAP_NET_RAW",
+        "CAP_IPC_LOCK",
+        "CAP_IPC_OWNER",
+        "CAP_SYS_MODULE",
+        "CAP_SYS_RAWIO",
+        "CAP_SYS_CHROOT",
+        "CAP_SYS_PTRACE",
+        "CAP_SYS_PACCT",
+        "CAP_SYS_ADMIN",
+        "CAP_SYS_BOOT",
+        "CAP_SYS_NICE",
+        "CAP_SYS_RESOURCE",
+        "CAP_SYS_TIME",
+        "CAP_SYS_TTY_CONFIG",
+        "CAP_MKNOD",
+        "CAP_LEASE",
+        "CAP_AUDIT_WRITE",
+        "CAP_AUDIT_CONTROL",
+        "CAP_SETFCAP",
+        "CAP_MAC_OVERRIDE",
+        "CAP_MAC_ADMIN",
+        "CAP_SYSLOG",
+        "CAP_WAKE_ALARM",
+        "CAP_BLOCK_SUSPEND",
+        "CAP_AUDIT_READ",
+        "CAP_PERFMON",
+        "CAP_BPF",
+        "CAP_CHECKPOINT_RESTORE",
+    ]
+)
 RESTART_POLICIES = ("no", "on-failure", "always")
 
 
@@ -137,7 +183,11 @@ def container_command(name: str, command: list[str]) -> list[str]:
 
 def _inside_files(name: str, path: str) -> bool:
     normalized = os.path.normpath(path)
-    return path.startswith("/") and normalized.startswith(mount_point(name) + "/") and ".." not in path.split("/")
+    return (
+        path.startswith("/")
+        and normalized.startswith(mount_point(name) + "/")
+        and ".." not in path.split("/")
+    )
 
 
 def check_service(name: str, svc: Service, source: str, files_base: str) -> list[str]:
@@ -178,8 +228,8 @@ def check_service(name: str, svc: Service, source: str, files_base: str) -> list
     except ValueError:
         err("user", f"expected uid[:gid], 'root' or 'nobody', got {describe_value(svc.user)}")
     for i, cap in enumerate(svc.capabilities):
-        if not CAPABILITY.match(cap):
-            err(f"capabilities[{i}]", f"expected a name like CAP_NET_ADMIN, got {cap!r}")
+        if cap not in CAPABILITIES:
+            err(f"capabilities[{i}]", f"expected a capability name like CAP_NET_ADMIN, got {cap!r}")
     for key in svc.env:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
             err("env", f"invalid variable name {key!r}")
@@ -201,9 +251,12 @@ def check_service(name: str, svc: Service, source: str, files_base: str) -> list
         elif ready.exec[0].startswith("/") and not _inside_files(name, ready.exec[0]):
             err("ready.exec[0]", f"must be one of the service's own files, got {ready.exec[0]!r}")
     durations: list[tuple[str, str | float]] = [
-        ("ready.timeout", ready.timeout), ("ready.interval", ready.interval),
-        ("restart.delay", svc.restart.delay), ("restart.max_delay", svc.restart.max_delay),
-        ("restart.reset_after", svc.restart.reset_after), ("restart.interval", svc.restart.interval),
+        ("ready.timeout", ready.timeout),
+        ("ready.interval", ready.interval),
+        ("restart.delay", svc.restart.delay),
+        ("restart.max_delay", svc.restart.max_delay),
+        ("restart.reset_after", svc.restart.reset_after),
+        ("restart.interval", svc.restart.interval),
         ("stop.timeout", svc.stop.timeout),
     ]
     for key, value in durations:
@@ -212,7 +265,10 @@ def check_service(name: str, svc: Service, source: str, files_base: str) -> list
         except ValueError:
             err(key, f"expected a duration like 30s, 100ms or 1m30s, got {describe_value(value)}")
     if svc.restart.policy not in RESTART_POLICIES:
-        err("restart.policy", f"expected one of {', '.join(RESTART_POLICIES)}, got {svc.restart.policy!r}")
+        err(
+            "restart.policy",
+            f"expected one of {', '.join(RESTART_POLICIES)}, got {svc.restart.policy!r}",
+        )
     if svc.restart.burst < 1:
         err("restart.burst", f"expected at least 1, got {svc.restart.burst}")
     if not svc.stop.signal.startswith("SIG") or not hasattr(signal_module, svc.stop.signal):
@@ -235,9 +291,7 @@ def check_graph(services: dict[str, Service], sources: dict[str, str]) -> list[s
     g = {n: (list(s.requires), list(s.wants), list(s.after)) for n, s in services.items()}
     cycle = graph.find_cycle(g)
     if cycle:
-        errors.append(
-            f"{sources[cycle[0]]}: dependency cycle: {' -> '.join(cycle)}"
-        )
+        errors.append(f"{sources[cycle[0]]}: dependency cycle: {' -> '.join(cycle)}")
     return errors
 
 
@@ -251,7 +305,9 @@ def load_dir(directory: str, files_base: str | None = None) -> tuple[dict[str, S
     except FileNotFoundError:
         return {}, []
     except OSError as e:
-        raise ConfigError(f"{directory}: cannot list the services directory: {e.strerror}") from None
+        raise ConfigError(
+            f"{directory}: cannot list the services directory: {e.strerror}"
+        ) from None
     files: list[str] = [directory]
     for entry in names:
         if not entry.endswith(".toml"):
@@ -278,6 +334,7 @@ def compile_service(name: str, svc: Service, files_base: str) -> dict[str, Any]:
     """Plain data for the hot path and the supervisor (marshal-able)."""
     uid, gid = parse_user(svc.user)
     ready = svc.ready
+    target: Any
     if ready.tcp is not None:
         kind, target = "tcp", ready.tcp
     elif ready.exec is not None:

@@ -86,8 +86,10 @@ def create(args: runc_argv.RuncArgs, compiled: dict[str, Any]) -> str | None:
     services = [compiled["services"][n] for n in names]
     edited = edits.apply(spec, rules, compiled["hook"], container_dir, services)
     if services:
-        if args.command == "run" and (spec.get("process") or {}).get("terminal") and not (
-            args.option("console-socket")
+        if (
+            args.command == "run"
+            and (spec.get("process") or {}).get("terminal")
+            and not (args.option("console-socket"))
         ):
             raise RetinueError(
                 "run with a terminal (process.terminal) is not supported for a container with "
@@ -141,7 +143,7 @@ def start_supervisor(
 def _signal_number(text: str) -> int:
     if text.isdigit():
         return int(text)
-    import _signal
+    import _signal  # type: ignore[import-not-found]
 
     name = text.upper()
     name = name if name.startswith("SIG") else "SIG" + name
@@ -156,9 +158,7 @@ def _request(container_dir: str, message: dict[str, Any]) -> dict[str, Any]:
 
 def _gone_message(container_id: str, log_dir: str) -> str:
     log = os.path.join(log_dir, container_id, "supervisor.log")
-    return (
-        f"the supervisor of container {container_id} is gone (killed or crashed; see {log})"
-    )
+    return f"the supervisor of container {container_id} is gone (killed or crashed; see {log})"
 
 
 def supervised(args: runc_argv.RuncArgs, compiled: dict[str, Any], container_dir: str) -> None:
@@ -203,7 +203,8 @@ def _is_running(runtime: str, args: runc_argv.RuncArgs) -> bool:
 
     out = subprocess.run(
         [runtime, *lower_globals(args), "state", args.container_id],
-        capture_output=True, stdin=subprocess.DEVNULL,
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
     )
     if out.returncode != 0:
         return False
@@ -228,7 +229,9 @@ def main() -> NoReturn:
         elif command in ("start", "kill", "delete") and compiled["services"]:
             container_id = args.container_id
             if statedir.valid_id(container_id):
-                container_dir = statedir.container_dir(compiled["state_dir"], args.root, container_id)
+                container_dir = statedir.container_dir(
+                    compiled["state_dir"], args.root, container_id
+                )
                 if os.path.isdir(container_dir):
                     supervised(args, compiled, container_dir)
         lower.handoff(compiled["runtime"], argv)

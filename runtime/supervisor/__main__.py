@@ -19,8 +19,11 @@ def main() -> None:
     log_dir = os.path.join(plan["log_dir"], plan["id"])
     os.makedirs(log_dir, mode=0o750, exist_ok=True)
     # Our own diagnostics (a traceback if something is very wrong) go next to the services' logs.
-    fd = os.open(os.path.join(log_dir, "supervisor.log"),
-                 os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+    fd = os.open(
+        os.path.join(log_dir, "supervisor.log"),
+        os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+        0o640,
+    )
     os.dup2(fd, 2)
     os.close(fd)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+from typing import Any
 
 SOCKET_NAME = "control.sock"
 
@@ -16,7 +17,9 @@ class SupervisorGone(Exception):
     """Nothing answers on the control socket: the supervisor has exited or was killed."""
 
 
-def request(path: str, message: dict[str, object], timeout: float | None = None) -> dict[str, object]:
+def request(
+    path: str, message: dict[str, Any], timeout: float | None = None
+) -> dict[str, Any]:
     """Send one request and wait for its reply; raises SupervisorGone if nobody answers."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:

@@ -66,7 +66,8 @@ class Service:
 
     def last_output(self) -> str:
         lines = [
-            line for line in self.log.tail(2048).decode("utf-8", "replace").splitlines()
+            line
+            for line in self.log.tail(2048).decode("utf-8", "replace").splitlines()
             if line.strip() and not line.startswith("retinue: ")
         ]
         return lines[-1][:200] if lines else "(none)"
@@ -169,8 +170,11 @@ class Supervisor:
         if not self.done.is_set():
             # One line in supervisor.log: when a container's services end unexpectedly, this is
             # where an administrator finds out which path ended them.
-            print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} supervisor of {self.id} exiting: {reason}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"{time.strftime('%Y-%m-%dT%H:%M:%S')} supervisor of {self.id} exiting: {reason}",
+                file=sys.stderr,
+                flush=True,
+            )
         self.done.set()
 
     # -- the container's processes ----------------------------------------------------------
@@ -339,7 +343,9 @@ class Supervisor:
 
     async def gate(self) -> str | None:
         """None once every required service is ready; else the first reason one never will be."""
-        pending = {self.services[n].settled for n in self.order if self.services[n].spec["required"]}
+        pending = {
+            self.services[n].settled for n in self.order if self.services[n].spec["required"]
+        }
         while pending:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             for future in done:
@@ -413,7 +419,9 @@ class Supervisor:
                 # the service's exit may be reaped before the pidfd of init is read.
                 self.main_exited()
                 svc.stopping = True
-                svc.note("the container's main process exited; the kernel ended the service with it")
+                svc.note(
+                    "the container's main process exited; the kernel ended the service with it"
+                )
             if svc.stopping or svc.gave_up:
                 break
             clean = _is_clean(status)
@@ -422,8 +430,9 @@ class Supervisor:
                 svc.state = "exited" if clean else "failed"
                 svc.reason = None if clean else svc.last_exit
                 svc.settle(
-                    None if clean and svc.ready_since else
-                    f'service "{svc.name}" {svc.last_exit} before it was ready; '
+                    None
+                    if clean and svc.ready_since
+                    else f'service "{svc.name}" {svc.last_exit} before it was ready; '
                     f"last output: {svc.last_output()}"
                 )
                 return
@@ -447,8 +456,16 @@ class Supervisor:
             os.unlink(pid_file)
         except FileNotFoundError:
             pass
-        argv = [*self.lower, "exec", "--detach", "--pid-file", pid_file,
-                "--process", process_file, self.id]
+        argv = [
+            *self.lower,
+            "exec",
+            "--detach",
+            "--pid-file",
+            pid_file,
+            "--process",
+            process_file,
+            self.id,
+        ]
         wfd = self.service_output(svc)
         try:
             pid = procs.spawn(argv, stdout=wfd)
@@ -456,7 +473,9 @@ class Supervisor:
             os.close(wfd)
         status = await self.reaper.wait(pid)
         if status != 0:
-            svc.last_exit = f"could not be started ({self.plan['lower']} exec {procs.describe_status(status)})"
+            svc.last_exit = (
+                f"could not be started ({self.plan['lower']} exec {procs.describe_status(status)})"
+            )
             return status
         try:
             with open(pid_file) as f:

@@ -91,16 +91,17 @@ def spawn(
             (os.POSIX_SPAWN_DUP2, out, 2),
         ]
         return os.posix_spawn(
-            argv[0], argv, env if env is not None else dict(os.environ),
-            file_actions=actions, setsigdef=(signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD),
+            argv[0],
+            argv,
+            env if env is not None else dict(os.environ),
+            file_actions=actions,
+            setsigdef=(signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD),
         )
     finally:
         os.close(devnull)
 
 
-async def run(
-    reaper: Reaper, argv: list[str], timeout: float | None = None
-) -> tuple[int, bytes]:
+async def run(reaper: Reaper, argv: list[str], timeout: float | None = None) -> tuple[int, bytes]:
     """Run argv to completion; returns (wait status, combined output). Kills it on timeout."""
     loop = asyncio.get_running_loop()
     r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)

@@ -21,7 +21,11 @@ def tcp_listening(pid: int, port: int) -> bool:
                 next(f, None)
                 for line in f:
                     fields = line.split()
-                    if len(fields) > 3 and fields[3] == TCP_LISTEN and fields[1].endswith(":" + want):
+                    if (
+                        len(fields) > 3
+                        and fields[3] == TCP_LISTEN
+                        and fields[1].endswith(":" + want)
+                    ):
                         return True
         except OSError:
             continue

@@ -72,11 +72,13 @@ def spawn(container_dir: str, log_path: str) -> int:
             os.closerange(3, w)
             os.closerange(w + 1, 1 << 16)
             os.set_inheritable(w, True)
-            import _signal
+            import _signal  # type: ignore[import-not-found]
 
             for sig in (_signal.SIGPIPE, _signal.SIGXFSZ):
                 _signal.signal(sig, _signal.SIG_DFL)
-            os.execv(sys.executable, [sys.executable, "-I", "-S", "-c", code, container_dir, str(w)])
+            os.execv(
+                sys.executable, [sys.executable, "-I", "-S", "-c", code, container_dir, str(w)]
+            )
         finally:
             os._exit(127)
     os.close(w)
