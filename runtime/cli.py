@@ -84,17 +84,25 @@ def plan(config_path: str | None, container_id: str, root: str, bundle_dir: str)
     try:
         path, spec = bundle.load(bundle_dir)
         rules = policy.select(compiled["rules"], spec)
-        if not rules:
+        # The same choice as the shim's create: the rules' services and the container's own.
+        try:
+            names = policy.attached_services(compiled, rules, spec)
+        except ValueError as e:
+            raise RetinueError(str(e)) from None
+        if not rules and not names:
             click.echo(f"{path}: no rule selects this container; it is passed through untouched")
             return
         directory = statedir.container_dir(compiled["state_dir"], root, container_id)
-        edited = edits.apply(spec, rules, compiled["hook"], directory)
+        services = [compiled["services"][n] for n in names]
+        edited = edits.apply(spec, rules, compiled["hook"], directory, services)
     except RetinueError as e:
         _fail(e)
         raise
     before = json.dumps(spec, indent=2, ensure_ascii=False).splitlines(keepends=True)
     after = json.dumps(edited, indent=2, ensure_ascii=False).splitlines(keepends=True)
-    click.echo(f"# rules: {', '.join(r['name'] for r in rules)}")
+    click.echo(f"# rules: {', '.join(r['name'] for r in rules) or '(none)'}")
+    if names:
+        click.echo(f"# services: {', '.join(names)}")
     before[-1] += "\n"
     after[-1] += "\n"
     shown = path.lstrip("/")

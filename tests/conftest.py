@@ -6,6 +6,7 @@ mocks a runtime.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -18,8 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from retinue import launcher, rootfs
+from retinue import confcache, launcher, rootfs
 
 REPO = Path(__file__).resolve().parent.parent
 RUNC = shutil.which("runc") or "/usr/sbin/runc"
@@ -107,8 +107,13 @@ ConfigFactory = Callable[..., Path]
 
 
 @pytest.fixture
-def make_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ConfigFactory:
-    """make_config(policy_toml, config_toml_extra="") -> config.toml path, set as RETINUE_CONFIG."""
+def make_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ConfigFactory]:
+    """make_config(policy_toml, config_toml_extra="") -> config.toml path, set as RETINUE_CONFIG.
+
+    The shim's compiled-config cache entries for these files are removed afterwards, so test runs
+    do not pile files up in /run/retinue/cache.
+    """
+    made: list[Path] = []
 
     def make(policy: str = "", extra: str = "", name: str = "etc") -> Path:
         d = tmp_path / name
@@ -118,6 +123,10 @@ def make_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ConfigFactor
         cfg = d / "config.toml"
         cfg.write_text(extra)
         monkeypatch.setenv("RETINUE_CONFIG", str(cfg))
+        made.append(cfg)
         return cfg
 
-    return make
+    yield make
+    for cfg in made:
+        with contextlib.suppress(OSError):
+            os.unlink(confcache._cache_file(str(cfg)))

@@ -1,0 +1,262 @@
+"""`retinue check` and `retinue plan`: the administrator's view of the same configuration the shim
+uses, run as the installed command (`retinue`, beside the session's launchers)."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+# Not imported from conftest: several conftest modules share that name in one session.
+RUNC = shutil.which("runc") or "/usr/sbin/runc"
+REPO = Path(__file__).resolve().parent.parent
+BundleFactory = Callable[..., Path]
+ConfigFactory = Callable[..., Path]
+TIMEOUT = 60
+
+TOOLS_POLICY = """
+[[attach]]
+name = "tools"
+when.env = { WANT_TOOLS = "yes" }
+mounts = [{ source = "tools", destination = "/retinue/tools" }]
+env = { TOOLS_GREETING = "hello" }
+"""
+
+
+@pytest.fixture
+def admin(shim: str) -> str:
+    return str(Path(shim).parent / "retinue")
+
+
+def run(argv: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Output in files, not pipes: a created container holds its stdio open."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.run(
+            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, timeout=TIMEOUT, env=env
+        )
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(
+            argv, proc.returncode, out.read().decode(), err.read().decode()
+        )
+
+
+@pytest.fixture
+def tools_config(make_config: ConfigFactory, tmp_path: Path) -> Path:
+    cfg = make_config(TOOLS_POLICY, f'state_dir = "{tmp_path}/state"\nruntime = "{RUNC}"\n')
+    (cfg.parent / "tools").mkdir()
+    return cfg
+
+
+def fingerprint(path: Path) -> tuple[bytes, int, int]:
+    st = path.stat()
+    return path.read_bytes(), st.st_mtime_ns, st.st_ino
+
+
+# --- check ------------------------------------------------------------------------------------
+
+
+def test_check_ok(admin: str, tools_config: Path) -> None:
+    r = run([admin, "check"])
+    assert (r.returncode, r.stderr) == (0, "")
+    lines = r.stdout.splitlines()
+    assert f"config:   {tools_config}" in lines
+    assert f"runtime:  {RUNC}" in lines
+    assert f"policy:   {tools_config.parent / 'policy.toml'} (1 rules)" in lines
+    assert "  tools: 1 mounts, 1 env" in lines
+    assert lines[-1] == "ok"
+
+
+def test_check_explicit_config_option(admin: str, tools_config: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "RETINUE_CONFIG": str(tmp_path / "missing.toml")}
+    r = run([admin, "check", "--config", str(tools_config)], env=env)
+    assert r.returncode == 0, r.stderr
+    r = run([admin, "check"], env=env)
+    assert (r.returncode, r.stdout) == (1, "")
+    assert r.stderr == f"retinue: {tmp_path / 'missing.toml'}: no such file\n"
+
+
+def test_check_shipped_configuration(admin: str) -> None:
+    r = run([admin, "check", "--config", str(REPO / "configs" / "config.toml")])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-1] == "ok"
+
+
+@pytest.mark.parametrize(
+    ("policy", "config", "message"),
+    [
+        (
+            '[[attach]]\nname = "a"\nwhen.annotations = ["x"]\n', "",
+            "{etc}/policy.toml: attach[0].when.annotations: expected a table of strings, "
+            "got a list: ['x']",
+        ),
+        (
+            '[[attach]]\nname = "a"\nwhen = {}\n\n[[attach]]\nname = "a"\nwhen.always = true\n',
+            "",
+            "{etc}/policy.toml: attach[0].when: selects nothing; give always = true or "
+            "annotations, env or command\n"
+            "{etc}/policy.toml: attach[1].name: 'a' is already the name of attach[0]",
+        ),
+        ("", "colour = 1\n", "{etc}/config.toml: colour: unknown key"),
+        ("", 'runtime = "/nonexistent/runc"\n',
+         "lower runtime /nonexistent/runc: no such executable file"),
+        ("", 'runtime = "no-such-runtime"\n', "lower runtime no-such-runtime: not found on PATH"),
+    ],
+    ids=["type", "two errors", "unknown key", "runtime path", "runtime name"],
+)
+def test_check_reports_errors(
+    admin: str, make_config: ConfigFactory, policy: str, config: str, message: str
+) -> None:
+    cfg = make_config(policy, config)
+    r = run([admin, "check"])
+    assert r.returncode == 1
+    assert r.stdout == ""
+    assert r.stderr.startswith("retinue: " + message.replace("{etc}", str(cfg.parent)))
+
+
+def test_check_agrees_with_the_shim(
+    admin: str, shim: str, make_config: ConfigFactory, tmp_path: Path
+) -> None:
+    """The same configuration error, word for word, from `retinue check` and from the shim."""
+    make_config('[[attach]]\nname = "a"\nwhen.always = "yes"\n')
+    checked = run([admin, "check"])
+    shimmed = run([shim, "--version"])
+    assert checked.returncode == 1 and shimmed.returncode == 1
+    assert checked.stderr.splitlines()[0] == shimmed.stderr.splitlines()[-1]
+
+
+# --- plan -------------------------------------------------------------------------------------
+
+
+def test_plan_is_the_diff_create_makes(
+    admin: str, shim: str, tools_config: Path, make_bundle: BundleFactory, runc_root: str,
+    container_id: str,
+) -> None:
+    """`plan` prints a unified diff, changes nothing, and is exactly what create then does."""
+    bundle = make_bundle(["true"], env=["WANT_TOOLS=yes"])
+    cfg = bundle / "config.json"
+    before_fp = fingerprint(cfg)
+    entries = sorted(os.listdir(bundle))
+    r = run([admin, "plan", "--id", container_id, "--root", runc_root, str(bundle)])
+    assert (r.returncode, r.stderr) == (0, "")
+    assert fingerprint(cfg) == before_fp
+    assert sorted(os.listdir(bundle)) == entries
+    assert os.listdir(runc_root) == []
+    assert not (tools_config.parent.parent / "state").exists()
+    header, *diff = r.stdout.splitlines(keepends=True)
+    assert header == "# rules: tools\n"
+    shown = str(cfg).lstrip("/")
+    assert diff[:2] == [f"--- a/{shown}\n", f"+++ b/{shown}\n"]
+    assert diff[2].startswith("@@ ")
+
+    before = json.loads(cfg.read_text())
+    created = run([shim, "--root", runc_root, "create", "--bundle", str(bundle), container_id])
+    assert created.returncode == 0, created.stderr
+    after = json.loads(cfg.read_text())
+
+    def lines(spec: object) -> list[str]:
+        out = json.dumps(spec, indent=2, ensure_ascii=False).splitlines(keepends=True)
+        out[-1] += "\n"
+        return out
+
+    expected = list(difflib.unified_diff(lines(before), lines(after), f"a/{shown}", f"b/{shown}"))
+    assert diff == expected
+    added = "".join(d for d in diff if d.startswith("+"))
+    assert '"destination": "/retinue/tools"' in added
+    assert '"TOOLS_GREETING=hello"' in added
+    assert '"io.retinue.attached": "tools"' in added
+
+
+def test_plan_not_selected(admin: str, tools_config: Path, make_bundle: BundleFactory) -> None:
+    bundle = make_bundle(["true"], env=["WANT_TOOLS=no"])
+    before = fingerprint(bundle / "config.json")
+    r = run([admin, "plan", str(bundle)])
+    assert (r.returncode, r.stderr) == (0, "")
+    assert r.stdout == (
+        f"{bundle / 'config.json'}: no rule selects this container; it is passed through "
+        "untouched\n"
+    )
+    assert fingerprint(bundle / "config.json") == before
+
+
+def test_plan_bad_bundle(admin: str, tools_config: Path, make_bundle: BundleFactory) -> None:
+    bundle = make_bundle(["true"])
+    (bundle / "config.json").write_text('{"process": {"env": [null]}}')
+    before = fingerprint(bundle / "config.json")
+    r = run([admin, "plan", str(bundle)])
+    assert (r.returncode, r.stdout) == (1, "")
+    assert r.stderr == (
+        f"retinue: {bundle / 'config.json'}: process.env[0]: expected a string, got null\n"
+    )
+    assert fingerprint(bundle / "config.json") == before
+    r = run([admin, "plan", str(bundle / "nosuch")])
+    assert r.returncode != 0 and r.stdout == ""
+
+
+def test_plan_bad_config(
+    admin: str, make_config: ConfigFactory, make_bundle: BundleFactory
+) -> None:
+    cfg = make_config('[[attach]]\nname = "a"\n')
+    bundle = make_bundle(["true"])
+    r = run([admin, "plan", str(bundle)])
+    assert (r.returncode, r.stdout) == (1, "")
+    assert r.stderr == f"retinue: {cfg.parent}/policy.toml: attach[0].when: missing (required)\n"
+
+
+SERVICE = """
+description = "a web server"
+files = "files/web"
+command = ["run.sh"]
+[ready]
+tcp = 8080
+"""
+
+
+def test_plan_shows_services(
+    admin: str, make_config: ConfigFactory, make_bundle: BundleFactory, tmp_path: Path
+) -> None:
+    """A container that asks for a service is not passed through untouched: plan shows the
+    service's mount and the record of what attaches, as create will write them."""
+    cfg = make_config("", f'state_dir = "{tmp_path}/state"\n')
+    (cfg.parent / "services" / "web.toml").write_text(SERVICE)
+    files = cfg.parent / "files" / "web"
+    files.mkdir(parents=True)
+    (files / "run.sh").write_text("#!/bin/sh\nexec httpd -f -p 8080\n")
+    (files / "run.sh").chmod(0o755)
+    bundle = make_bundle(["true"], annotations={"io.retinue.services": "web"})
+    before = fingerprint(bundle / "config.json")
+    r = run([admin, "plan", str(bundle)])
+    assert (r.returncode, r.stderr) == (0, "")
+    added = "".join(ln for ln in r.stdout.splitlines(keepends=True) if ln.startswith("+"))
+    assert '"destination": "/retinue/web"' in added
+    assert f'"source": "{files}"' in added
+    assert '"io.retinue.attached-services": "web"' in added
+    assert fingerprint(bundle / "config.json") == before
+    assert not (tmp_path / "state").exists()
+
+
+def test_plan_unknown_service_is_the_shims_error(
+    admin: str, shim: str, make_config: ConfigFactory, make_bundle: BundleFactory,
+    runc_root: str, container_id: str,
+) -> None:
+    make_config('[[attach]]\nname = "a"\nwhen.env = { NEVER = "1" }\n')
+    bundle = make_bundle(["true"], annotations={"io.retinue.services": "nope"})
+    before = fingerprint(bundle / "config.json")
+    planned = run([admin, "plan", str(bundle)])
+    created = run([shim, "--root", runc_root, "create", "--bundle", str(bundle), container_id])
+    message = (
+        "retinue: the container asks for service 'nope' (annotation io.retinue.services), which "
+        "is not defined (selectable services: none)"
+    )
+    assert (planned.returncode, planned.stdout, planned.stderr) == (1, "", message + "\n")
+    assert (created.returncode, created.stdout) == (1, "")
+    assert created.stderr.splitlines()[-1] == message
+    assert fingerprint(bundle / "config.json") == before
+    assert os.listdir(runc_root) == []
