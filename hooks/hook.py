@@ -40,7 +40,13 @@ def tell_supervisor(container_dir: str, stage: str, state: bytes) -> int:
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         try:
-            sock.connect(os.path.join(container_dir, SOCKET_NAME))
+            # Through /proc/self/fd: the socket's full path can exceed a unix address's 107 bytes
+            # (Docker's runc root plus a 64-character id).
+            fd = os.open(container_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                sock.connect(f"/proc/self/fd/{fd}/{SOCKET_NAME}")
+            finally:
+                os.close(fd)
         except OSError:
             if stage == "poststop" and os.path.isdir(container_dir):
                 import shutil

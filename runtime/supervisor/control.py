@@ -7,10 +7,27 @@ stop, delete), the hook program (createRuntime, poststart, poststop) and `retinu
 from __future__ import annotations
 
 import json
+import os
 import socket
+from collections.abc import Callable
 from typing import Any
 
 SOCKET_NAME = "control.sock"
+
+
+def via_fd(path: str, operation: Callable[[str], None]) -> None:
+    """Call operation (a bind or connect) on `path` through /proc/self/fd.
+
+    A unix socket address holds at most 107 bytes, and a state directory under Docker's runc
+    root with a 64-character container id is longer than that. Reaching the directory through
+    an O_PATH descriptor keeps the address short whatever the directory's path.
+    """
+    directory, name = os.path.split(path)
+    fd = os.open(directory or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        operation(f"/proc/self/fd/{fd}/{name}")
+    finally:
+        os.close(fd)
 
 
 class SupervisorGone(Exception):
@@ -25,8 +42,8 @@ def request(
     try:
         sock.settimeout(timeout)
         try:
-            sock.connect(path)
-        except (FileNotFoundError, ConnectionRefusedError) as e:
+            via_fd(path, sock.connect)
+        except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError) as e:
             raise SupervisorGone(str(e)) from None
         sock.sendall(json.dumps(message).encode() + b"\n")
         data = b""

@@ -16,6 +16,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from . import control, procs, readiness
@@ -56,6 +57,8 @@ class Service:
         # Resolves once: None when first ready, else why it never became ready.
         self.settled: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         self.stopped = asyncio.Event()
+        # Reads what the current run wrote and the loop has not read yet (see service_output).
+        self.drain_output: Callable[[], None] = lambda: None
 
     def settle(self, error: str | None) -> None:
         if not self.settled.done():
@@ -101,7 +104,14 @@ class Supervisor:
         self.stop_task: asyncio.Task[None] | None = None
         log_dir = os.path.join(plan["log_dir"], self.id)
         self.services = {
-            s["name"]: Service(s, RotatingLog(os.path.join(log_dir, f"{s['name']}.log")))
+            s["name"]: Service(
+                s,
+                RotatingLog(
+                    os.path.join(log_dir, f"{s['name']}.log"),
+                    plan["log_max_bytes"],
+                    plan["log_keep"],
+                ),
+            )
             for s in plan["services"]
         }
         self.order: list[str] = [s["name"] for s in plan["services"]]
@@ -130,8 +140,10 @@ class Supervisor:
         self.reaper = procs.Reaper(loop)
         procs.become_subreaper()
         sock_path = os.path.join(self.dir, control.SOCKET_NAME)
-        server = await asyncio.start_unix_server(self.handle, path=sock_path)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        control.via_fd(sock_path, listener.bind)
         os.chmod(sock_path, 0o600)
+        server = await asyncio.start_unix_server(self.handle, sock=listener)
         notify_socks = self.open_notify_sockets()
         try:
             async with asyncio.TaskGroup() as tg:
@@ -381,6 +393,7 @@ class Supervisor:
         except TimeoutError:
             pass
         why = svc.last_exit or ("still running" if svc.pid else "not running")
+        svc.drain_output()
         svc.gave_up = True
         svc.state = "failed"
         svc.reason = f"not ready after {_seconds(timeout)}"
@@ -473,6 +486,7 @@ class Supervisor:
             os.close(wfd)
         status = await self.reaper.wait(pid)
         if status != 0:
+            svc.drain_output()
             svc.last_exit = (
                 f"could not be started ({self.plan['lower']} exec {procs.describe_status(status)})"
             )
@@ -495,6 +509,7 @@ class Supervisor:
         finally:
             check.cancel()
         svc.pid = None
+        svc.drain_output()
         svc.last_exit = procs.describe_status(status)
         svc.note(svc.last_exit)
         return status
@@ -506,6 +521,8 @@ class Supervisor:
         os.set_blocking(r, False)
 
         def readable() -> None:
+            if r in closed:
+                return
             try:
                 data = os.read(r, 65536)
             except BlockingIOError:
@@ -515,8 +532,28 @@ class Supervisor:
             else:
                 loop.remove_reader(r)
                 os.close(r)
+                closed.add(r)
 
+        def drain() -> None:
+            # The exit of a process can be reaped before the loop has read its last words from
+            # the pipe; "last output" in an error must include them.
+            for _ in range(64):
+                if r in closed:
+                    return
+                try:
+                    data = os.read(r, 65536)
+                except BlockingIOError:
+                    return
+                if not data:
+                    loop.remove_reader(r)
+                    os.close(r)
+                    closed.add(r)
+                    return
+                svc.log.write(data)
+
+        closed: set[int] = set()
         loop.add_reader(r, readable)
+        svc.drain_output = drain
         return w
 
     async def check_ready(self, svc: Service) -> None:
@@ -559,7 +596,7 @@ class Supervisor:
             path = os.path.join(self.dir, "notify", f"{svc.name}.sock")
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-            sock.bind(path)
+            control.via_fd(path, sock.bind)
             os.chmod(path, 0o666)  # the service may run as any user
             sock.setblocking(False)
             loop.add_reader(sock.fileno(), self.notify_readable, sock, svc)
@@ -605,7 +642,8 @@ class Supervisor:
         svc.stopping = True
         try:
             if svc.pid is not None and svc.exit_future is not None:
-                svc.state = "stopping"
+                if svc.state != "failed":  # keep why a service that gave up failed
+                    svc.state = "stopping"
                 pid, spec = svc.pid, svc.spec
                 if force:
                     self.kill_tree(pid, signal.SIGKILL)
