@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from . import bundle, confcache, config, edits, lower, policy, statedir
+from . import attach, bundle, confcache, config, lower
 from .errors import RetinueError
 
 
@@ -83,26 +83,24 @@ def plan(config_path: str | None, container_id: str, root: str, bundle_dir: str)
     )
     try:
         path, spec = bundle.load(bundle_dir)
-        rules = policy.select(compiled["rules"], spec)
-        # The same choice as the shim's create: the rules' services and the container's own.
-        try:
-            names = policy.attached_services(compiled, rules, spec)
-        except ValueError as e:
-            raise RetinueError(str(e)) from None
-        if not rules and not names:
-            click.echo(f"{path}: no rule selects this container; it is passed through untouched")
-            return
-        directory = statedir.container_dir(compiled["state_dir"], root, container_id)
-        services = [compiled["services"][n] for n in names]
-        edited = edits.apply(spec, rules, compiled["hook"], directory, services)
+        found = attach.plan(compiled, spec, root, container_id, bundle_dir)
     except RetinueError as e:
         _fail(e)
         raise
+    if found is None:
+        click.echo(f"{path}: no rule selects this container; it is passed through untouched")
+        return
+    edited = found.edited
     before = json.dumps(spec, indent=2, ensure_ascii=False).splitlines(keepends=True)
     after = json.dumps(edited, indent=2, ensure_ascii=False).splitlines(keepends=True)
-    click.echo(f"# rules: {', '.join(r['name'] for r in rules) or '(none)'}")
-    if names:
-        click.echo(f"# services: {', '.join(names)}")
+    click.echo(f"# rules: {', '.join(r['name'] for r in found.rules) or '(none)'}")
+    if found.services:
+        click.echo(f"# services: {', '.join(s['name'] for s in found.services)}")
+    if found.seccomp:
+        syscalls = sorted({name for r in found.seccomp for name in r["syscalls"]})
+        click.echo(f"# seccomp: {', '.join(syscalls)} -> {found.listener}")
+    for note in found.notes:
+        click.echo(f"# seccomp: {note}")
     before[-1] += "\n"
     after[-1] += "\n"
     shown = path.lstrip("/")

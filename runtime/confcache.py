@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 DEFAULT_CONFIG = "/etc/retinue/config.toml"
 CONFIG_ENV = "RETINUE_CONFIG"
 CACHE_DIR = "/run/retinue/cache"
-FORMAT = 3  # bump when compile_config's output changes shape
+FORMAT = 5  # bump when compile_config's output changes shape
 
 
 def _stamp(paths: list[str]) -> list[tuple[str, int, int, int]]:

@@ -13,24 +13,32 @@ from __future__ import annotations
 import os
 import posixpath
 import re
-import tomllib
-import types
-import typing
-from collections.abc import Callable
 from typing import Any
 
 import attrs
-import cattrs
-from cattrs.errors import (
-    AttributeValidationNote,
-    ClassValidationError,
-    ForbiddenExtraKeysError,
-    IterableValidationError,
-    IterableValidationNote,
-)
 
 from .confcache import CONFIG_ENV, DEFAULT_CONFIG
 from .errors import ConfigError
+from .seccomp.config import SeccompRule, check_rules, compile_rules
+from .tomlmodel import (  # re-exported: the rest of retinue reads TOML through these
+    check_abs,
+    converter,
+    describe_value,
+    read_toml,
+    structure,
+    validation_messages,
+)
+
+__all__ = [
+    "CONFIG_ENV",
+    "DEFAULT_CONFIG",
+    "check_abs",
+    "converter",
+    "describe_value",
+    "read_toml",
+    "structure",
+    "validation_messages",
+]
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 RULE_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}\Z")
@@ -71,6 +79,8 @@ class Rule:
     env: dict[str, str] = attrs.field(factory=_empty_dict)
     # Services every selected container gets; the container cannot opt out of them.
     services: list[str] = attrs.field(factory=list)
+    # Syscalls brokered by the container's supervisor through seccomp user notification.
+    seccomp: list[SeccompRule] = attrs.field(factory=list)
 
 
 @attrs.frozen
@@ -88,6 +98,9 @@ class Settings:
     services: str = "services"
     state_dir: str = "/run/retinue"
     log_dir: str = "/var/log/retinue"
+    # Each service's log rotates at this size, keeping this many older files (SERVICE.log.N).
+    log_max_bytes: int = 8 << 20
+    log_keep: int = 2
     # The hook program; empty means `retinue-hook` beside the running retinue-runtime.
     hook: str = ""
 
@@ -106,268 +119,21 @@ class Config:
 
 
 # ---------------------------------------------------------------------------------------------
-# Strict structuring: cattrs would happily turn 3 into "3" or iterate a string as a list.
-
-
-class _Mismatch(Exception):
-    def __init__(self, expected: str, value: object) -> None:
-        super().__init__(expected)
-        self.expected = expected
-        self.value = value
-
-
-def _describe_type(t: Any) -> str:
-    if t is str:
-        return "a string"
-    if t is bool:
-        return "true or false"
-    if t is int:
-        return "an integer"
-    if t is float:
-        return "a number"
-    if attrs.has(t):
-        return "a table"
-    origin = typing.get_origin(t)
-    if origin is dict:
-        return f"a table of {_plural(typing.get_args(t)[1])}"
-    if origin is list:
-        return f"a list of {_plural(typing.get_args(t)[0])}"
-    return str(t)
-
-
-def _plural(t: Any) -> str:
-    text = _describe_type(t)
-    for article in ("a ", "an "):
-        if text.startswith(article):
-            text = text[len(article) :]
-            break
-    return {"table": "tables", "string": "strings", "integer": "integers", "number": "numbers"}.get(
-        text, text
-    )
-
-
-def describe_value(value: object) -> str:
-    kind = {
-        str: "a string",
-        bool: "a boolean",
-        int: "an integer",
-        float: "a number",
-        list: "a list",
-        dict: "a table",
-    }.get(type(value), type(value).__name__)
-    text = repr(value)
-    if len(text) > 60:
-        text = text[:57] + "..."
-    return f"{kind}: {text}"
-
-
-def _scalar_hook(kind: type) -> Callable[[Any, Any], Any]:
-    def hook(value: Any, _: Any) -> Any:
-        # bool is an int in Python, and TOML has both: keep them apart.
-        if type(value) is not kind and not (kind is float and type(value) is int):
-            raise _Mismatch(_describe_type(kind), value)
-        return value
-
-    return hook
-
-
-def _make_converter() -> cattrs.Converter:
-    conv = cattrs.Converter(detailed_validation=True, forbid_extra_keys=True)
-    for kind in (str, bool, int, float):
-        conv.register_structure_hook(kind, _scalar_hook(kind))
-
-    def mapping_factory(t: Any) -> Callable[[Any, Any], Any]:
-        value_type = typing.get_args(t)[1]
-
-        def hook(value: Any, _: Any) -> Any:
-            if not isinstance(value, dict):
-                raise _Mismatch(_describe_type(t), value)
-            out, errors = {}, []
-            for key, item in value.items():
-                try:
-                    out[key] = conv.structure(item, value_type)
-                except Exception as e:
-                    e.__notes__ = [*getattr(e, "__notes__", []), _key_note(key, value_type)]
-                    errors.append(e)
-            if errors:
-                raise IterableValidationError(f"While structuring {t}", errors, t)
-            return out
-
-        return hook
-
-    def list_factory(t: Any) -> Callable[[Any, Any], Any]:
-        item_type = typing.get_args(t)[0]
-
-        def hook(value: Any, _: Any) -> Any:
-            if not isinstance(value, list):
-                raise _Mismatch(_describe_type(t), value)
-            out, errors = [], []
-            for index, item in enumerate(value):
-                try:
-                    out.append(conv.structure(item, item_type))
-                except Exception as e:
-                    e.__notes__ = [
-                        *getattr(e, "__notes__", []),
-                        IterableValidationNote(f"@ index {index}", index, item_type),
-                    ]
-                    errors.append(e)
-            if errors:
-                raise IterableValidationError(f"While structuring {t}", errors, t)
-            return out
-
-        return hook
-
-    def scalar_union_factory(t: Any) -> Callable[[Any, Any], Any]:
-        members = typing.get_args(t)
-        allowed = {m for m in members if m is not type(None)}
-        if float in allowed:
-            allowed.add(int)
-        described = " or ".join(_describe_type(m) for m in members if m is not type(None))
-
-        def hook(value: Any, _: Any) -> Any:
-            if value is None and type(None) in members:
-                return None
-            if type(value) not in allowed:
-                raise _Mismatch(described, value)
-            return value
-
-        return hook
-
-    def is_scalar_union(t: Any) -> bool:
-        if typing.get_origin(t) not in (typing.Union, types.UnionType):
-            return False
-        members = [m for m in typing.get_args(t) if m is not type(None)]
-        return len(members) > 1 and all(m in (str, int, float, bool) for m in members)
-
-    conv.register_structure_hook_factory(is_scalar_union, scalar_union_factory)
-    conv.register_structure_hook_factory(lambda t: _origin(t) is dict, mapping_factory)
-    conv.register_structure_hook_factory(lambda t: _origin(t) is list, list_factory)
-
-    def class_factory(t: Any) -> Callable[[Any, Any], Any]:
-        inner = cattrs.gen.make_dict_structure_fn(t, conv, _cattrs_forbid_extra_keys=True)
-
-        def hook(value: Any, _: Any) -> Any:
-            if not isinstance(value, dict):
-                raise _Mismatch("a table", value)
-            return inner(value, t)
-
-        return hook
-
-    conv.register_structure_hook_factory(attrs.has, class_factory)
-    return conv
-
-
-def _origin(t: Any) -> Any:
-    return typing.get_origin(t)
-
-
-class _KeyNote(str):
-    key: str
-
-
-def _key_note(key: str, t: Any) -> _KeyNote:
-    note = _KeyNote(f"@ key {key!r}")
-    note.key = key
-    return note
-
-
-_converter: cattrs.Converter | None = None
-
-
-def converter() -> cattrs.Converter:
-    global _converter
-    if _converter is None:
-        _converter = _make_converter()
-    return _converter
-
-
-def _format_key(key: str) -> str:
-    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else f'"{key}"'
-
-
-def _join(path: str, segment: str) -> str:
-    if segment.startswith("["):
-        return path + segment
-    return f"{path}.{segment}" if path else segment
-
-
-def _segment(exc: BaseException) -> str:
-    for note in getattr(exc, "__notes__", []):
-        if isinstance(note, AttributeValidationNote):
-            return note.name
-        if isinstance(note, _KeyNote):
-            return _format_key(note.key)
-        if isinstance(note, IterableValidationNote):
-            return f"[{note.index}]"
-    return ""
-
-
-def validation_messages(exc: BaseException, path: str = "") -> list[str]:
-    """Flatten a cattrs validation error into `key.path: message` lines."""
-    here = _join(path, _segment(exc)) if _segment(exc) else path
-    if isinstance(exc, ClassValidationError | IterableValidationError):
-        return [m for sub in exc.exceptions for m in validation_messages(sub, here)]
-    if isinstance(exc, ForbiddenExtraKeysError):
-        return [
-            f"{_join(here, _format_key(k)) or '(top level)'}: unknown key"
-            for k in sorted(exc.extra_fields)
-        ]
-    if isinstance(exc, KeyError):
-        return [f"{here}: missing (required)"]
-    if isinstance(exc, _Mismatch):
-        return [
-            f"{here or '(top level)'}: expected {exc.expected}, got {describe_value(exc.value)}"
-        ]
-    return [f"{here or '(top level)'}: {exc}"]
-
-
-def structure(data: dict[str, Any], cls: type[Any], source: str) -> Any:
-    try:
-        return converter().structure(data, cls)
-    except (ClassValidationError, IterableValidationError, _Mismatch) as e:
-        raise ConfigError("\n".join(f"{source}: {m}" for m in validation_messages(e))) from None
-
-
-def read_toml(path: str) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, expected a TOML file") from None
-    except PermissionError:
-        raise ConfigError(f"{path}: permission denied") from None
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: invalid TOML: {e}") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: invalid TOML: not UTF-8 ({e.reason})") from None
-
-
-# ---------------------------------------------------------------------------------------------
 # Meaning: checks that need more than types.
-
-
-def _check_abs(path: str, value: str, what: str) -> list[str]:
-    if not value.startswith("/"):
-        return [f"{path}: expected an absolute {what}, got {value!r}"]
-    if posixpath.normpath(value) != (value.rstrip("/") or "/") or "/../" in value + "/":
-        return [
-            f"{path}: expected a normalized absolute {what} (no '..', '.' or '//'), got {value!r}"
-        ]
-    return []
 
 
 def check_settings(s: Settings, source: str) -> list[str]:
     errors = []
     for key in ("state_dir", "log_dir"):
-        errors += _check_abs(key, getattr(s, key), "directory")
+        errors += check_abs(key, getattr(s, key), "directory")
     if s.hook:
-        errors += _check_abs("hook", s.hook, "path")
+        errors += check_abs("hook", s.hook, "path")
     if s.runtime and "/" in s.runtime:
-        errors += _check_abs("runtime", s.runtime, "path")
+        errors += check_abs("runtime", s.runtime, "path")
+    if s.log_max_bytes < 1024:
+        errors.append(f"log_max_bytes: expected at least 1024, got {s.log_max_bytes}")
+    if s.log_keep < 1:  # rotation renames the full file away: it needs somewhere to go
+        errors.append(f"log_keep: expected 1 or more, got {s.log_keep}")
     return [f"{source}: {e}" for e in errors]
 
 
@@ -386,6 +152,7 @@ def check_policy(policy: Policy, source: str) -> list[str]:
                 f"{at}.name: {rule.name!r} is already the name of attach[{seen[rule.name]}]"
             )
         seen.setdefault(rule.name, i)
+        errors += check_rules(rule.seccomp, at=f"{at}.seccomp")
         w = rule.when
         if not (w.always or w.annotations or w.env or w.command):
             errors.append(
@@ -403,13 +170,13 @@ def check_policy(policy: Policy, source: str) -> list[str]:
         destinations: set[str] = set()
         for j, m in enumerate(rule.mounts):
             if m.source.startswith("/"):
-                errors += _check_abs(f"{at}.mounts[{j}].source", m.source, "host path")
+                errors += check_abs(f"{at}.mounts[{j}].source", m.source, "host path")
             elif not m.source or ".." in m.source.split("/"):
                 errors.append(
                     f"{at}.mounts[{j}].source: expected a host path (absolute, or relative to "
                     f"this file, without '..'), got {m.source!r}"
                 )
-            errors += _check_abs(f"{at}.mounts[{j}].destination", m.destination, "container path")
+            errors += check_abs(f"{at}.mounts[{j}].destination", m.destination, "container path")
             if m.destination == "/":
                 errors.append(f"{at}.mounts[{j}].destination: cannot mount over the root")
             if m.destination in destinations:
@@ -498,6 +265,8 @@ def compile_config(cfg: Config, runtime: str, hook: str) -> dict[str, Any]:
         "hook": hook,
         "state_dir": s.state_dir,
         "log_dir": s.log_dir,
+        "log_max_bytes": s.log_max_bytes,
+        "log_keep": s.log_keep,
         "rules": [
             {
                 "name": r.name,
@@ -508,9 +277,12 @@ def compile_config(cfg: Config, runtime: str, hook: str) -> dict[str, Any]:
                 "mounts": [(m.source, m.destination) for m in r.mounts],
                 "env": list(r.env.items()),
                 "services": list(r.services),
+                "seccomp": compile_rules(r.seccomp),
             }
             for r in cfg.policy.attach
         ],
+        # Whether any container can have a supervisor: the hot path skips its stat otherwise.
+        "supervised": bool(cfg.services) or any(r.seccomp for r in cfg.policy.attach),
         "services": {
             name: services_module.compile_service(
                 name, svc, os.path.dirname(os.path.abspath(cfg.path))

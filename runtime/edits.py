@@ -17,10 +17,13 @@ if TYPE_CHECKING:
 
 ATTACHED_ANNOTATION = "io.retinue.attached"
 SERVICES_RECORD_ANNOTATION = "io.retinue.attached-services"
+MOUNTS_RECORD_ANNOTATION = "io.retinue.mounts"
 SERVICE_PREFIX = "/retinue"
 NOTIFY_DIR = "/run/retinue"
 HOOK_STAGES = ("createRuntime", "poststart", "poststop")
 BIND_OPTIONS = ("rbind", "ro", "nosuid", "nodev")
+NOTIFY_OPTIONS = ("rbind", "nosuid", "nodev", "noexec")
+OUR_MOUNT_OPTIONS = (list(BIND_OPTIONS), list(NOTIFY_OPTIONS))
 
 
 def bind_mount(source: str, destination: str) -> dict[str, Any]:
@@ -115,10 +118,41 @@ def service_mounts(services: list[dict[str, Any]], container_dir: str) -> list[d
                 "destination": NOTIFY_DIR,
                 "type": "bind",
                 "source": f"{container_dir}/notify",
-                "options": ["rbind", "nosuid", "nodev", "noexec"],
+                "options": list(NOTIFY_OPTIONS),
             }
         )
     return mounts
+
+
+def strip_previous(spec: Spec) -> Spec:
+    """Remove the hooks and mounts an earlier create added for another container.
+
+    By hand, one bundle often serves several containers in turn (`runc run a`, then `run b`);
+    the edits made for `a` name a's state directory. Our hooks are recognised by their argv[0];
+    our mounts by the destinations recorded in an annotation, and only with our exact options,
+    so a container's own mount is never taken away.
+    """
+    recorded = (spec.get("annotations") or {}).get(MOUNTS_RECORD_ANNOTATION)
+    mounts = spec.get("mounts") or []
+    if recorded:
+        ours = set(recorded.split(","))
+        kept = [
+            m
+            for m in mounts
+            if not (m.get("destination") in ours and m.get("options") in OUR_MOUNT_OPTIONS)
+        ]
+        if len(kept) != len(mounts):
+            spec = {**spec, "mounts": kept}
+    hooks = spec.get("hooks") or {}
+    changed = {}
+    for stage in HOOK_STAGES:
+        entries = hooks.get(stage) or []
+        kept_hooks = [h for h in entries if (h.get("args") or [None])[0] != "retinue-hook"]
+        if len(kept_hooks) != len(entries):
+            changed[stage] = kept_hooks
+    if changed:
+        spec = {**spec, "hooks": {**hooks, **changed}}
+    return spec
 
 
 def apply(
@@ -129,13 +163,22 @@ def apply(
     services: list[dict[str, Any]] | None = None,
 ) -> Spec:
     """Every edit the selected rules and services call for, then the hooks and the record."""
+    original = spec
+    spec = strip_previous(spec)
+    added: list[dict[str, Any]] = []
     for rule in rules:
-        spec = add_mounts(spec, [bind_mount(src, dst) for src, dst in rule["mounts"]])
-        spec = set_env(spec, rule["env"])
+        added += [bind_mount(src, dst) for src, dst in rule["mounts"]]
     if services:
-        spec = add_mounts(spec, service_mounts(services, container_dir))
+        added += service_mounts(services, container_dir)
+    spec = add_mounts(spec, added)
+    for rule in rules:
+        spec = set_env(spec, rule["env"])
     spec = add_hooks(spec, retinue_hooks(hook_path, container_dir))
     record = {ATTACHED_ANNOTATION: ",".join(rule["name"] for rule in rules)}
     if services:
         record[SERVICES_RECORD_ANNOTATION] = ",".join(s["name"] for s in services)
-    return annotate(spec, record)
+    if added:
+        record[MOUNTS_RECORD_ANNOTATION] = ",".join(m["destination"] for m in added)
+    spec = annotate(spec, record)
+    # Stripping and re-adding the same edits (a retried create) must leave the spec as it was.
+    return original if spec == original else spec

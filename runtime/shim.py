@@ -68,24 +68,19 @@ def create(args: runc_argv.RuncArgs, compiled: dict[str, Any]) -> str | None:
     """
     if not compiled["rules"] and not compiled["services"]:
         return None
-    from . import bundle, edits, policy
+    from . import attach, bundle
 
     path, spec = bundle.load(args.bundle)
-    rules = policy.select(compiled["rules"], spec)
-    try:
-        names = policy.attached_services(compiled, rules, spec)
-    except ValueError as e:
-        raise RetinueError(str(e)) from None
-    if not rules and not names:
-        return None
     container_id = args.container_id
     if not statedir.valid_id(container_id):
         # runc refuses it with its own message; there is nothing for us to attach to.
         return None
-    container_dir = statedir.container_dir(compiled["state_dir"], args.root, container_id)
-    services = [compiled["services"][n] for n in names]
-    edited = edits.apply(spec, rules, compiled["hook"], container_dir, services)
-    if services:
+    found = attach.plan(compiled, spec, args.root, container_id, args.bundle)
+    if found is None:
+        return None
+    edited, services, seccomp = found.edited, found.services, found.seccomp
+    container_dir, listener = found.container_dir, found.listener
+    if services or seccomp:
         if (
             args.command == "run"
             and (spec.get("process") or {}).get("terminal")
@@ -95,13 +90,13 @@ def create(args: runc_argv.RuncArgs, compiled: dict[str, Any]) -> str | None:
                 "run with a terminal (process.terminal) is not supported for a container with "
                 "services; use create --console-socket, then start"
             )
-        start_supervisor(args, compiled, spec, services, container_dir)
+        start_supervisor(args, compiled, spec, services, container_dir, seccomp, listener)
     if edited is not spec:
         try:
             bundle.write_atomic(path, bundle.dumps(edited))
         except OSError as e:
             raise RetinueError(f"{path}: cannot write: {e.strerror}") from None
-    return container_dir if services else None
+    return container_dir if services or seccomp else None
 
 
 def start_supervisor(
@@ -110,6 +105,8 @@ def start_supervisor(
     spec: dict[str, Any],
     services: list[dict[str, Any]],
     container_dir: str,
+    seccomp: list[dict[str, Any]],
+    listener: str,
 ) -> None:
     from . import execspec
     from .supervisor import spawn
@@ -129,7 +126,11 @@ def start_supervisor(
         "lower_globals": lower_globals(args),
         "bundle": os.path.abspath(args.bundle),
         "log_dir": compiled["log_dir"],
+        "log_max_bytes": compiled["log_max_bytes"],
+        "log_keep": compiled["log_keep"],
         "services": services,
+        "seccomp": seccomp,
+        "seccomp_listener": listener,
         "creator_pid": os.getpid(),
     }
     try:
@@ -189,7 +190,10 @@ def supervised(args: runc_argv.RuncArgs, compiled: dict[str, Any], container_dir
         if not force and _is_running(compiled["runtime"], args):
             return  # the lower runtime refuses to delete it, with its own message
         try:
-            _request(container_dir, {"op": "delete", "force": force})
+            # Even --force stops the services gracefully, in reverse order, within their stop
+            # timeouts: every path to the container's end stops them the same way; the lower
+            # delete --force then kills what is left.
+            _request(container_dir, {"op": "delete", "force": False})
         except SupervisorGone:
             import shutil
 
@@ -226,7 +230,7 @@ def main() -> NoReturn:
                 from . import run
 
                 run.run(args, compiled["runtime"], lower_globals(args), container_dir)
-        elif command in ("start", "kill", "delete") and compiled["services"]:
+        elif command in ("start", "kill", "delete") and compiled["supervised"]:
             container_id = args.container_id
             if statedir.valid_id(container_id):
                 container_dir = statedir.container_dir(

@@ -23,3 +23,19 @@ def root_key(root: str) -> str:
 
 def container_dir(state_dir: str, root: str, container_id: str) -> str:
     return os.path.join(state_dir, root_key(root), container_id)
+
+
+SECCOMP_DIR = "/run/retinue/seccomp"
+
+
+def seccomp_listener(state_dir: str, bundle: str) -> str:
+    """The seccomp agent's socket, a short hash of the bundle in a fixed root-only directory.
+
+    runc connects to this path as given and a unix address holds at most 107 bytes, hence the
+    hash. It names the bundle, not the container id: the path is written into the bundle's
+    profile, so a bundle reused for the next container by hand keeps the same profile.
+    """
+    import hashlib
+
+    key = hashlib.sha256(f"{state_dir}\0{os.path.abspath(bundle)}".encode())
+    return f"{SECCOMP_DIR}/{key.hexdigest()[:24]}.sock"

@@ -30,6 +30,8 @@ BundleFactory = Callable[..., Path]
 ConfigFactory = Callable[..., Path]
 TIMEOUT = 60
 ATTACHED = "io.retinue.attached"
+# Which mounts retinue added, so a bundle reused for another container can have them replaced.
+MOUNTS = "io.retinue.mounts"
 HOOK_STAGES = ("createRuntime", "poststart", "poststop")
 
 
@@ -193,7 +195,9 @@ def test_rule_edits_exactly_and_keeps_the_rest(
         "createRuntime": [hooks["createRuntime"]],
         "poststart": [hooks["poststart"]],
     }
-    assert after["annotations"] == {**before["annotations"], ATTACHED: "tools"}
+    assert after["annotations"] == {
+        **before["annotations"], ATTACHED: "tools", MOUNTS: "/retinue/tools"
+    }
     edited = ("mounts", "process.env", "hooks", "annotations")
     assert without(after, *edited) == without(before, *edited)
     # Key order is kept everywhere; new keys only ever come last.
@@ -218,7 +222,7 @@ def test_lone_surrogate_escape_is_kept(
     r = call([shim, "--root", runc_root, "create", "--bundle", str(bundle), container_id])
     assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
     annotations = json.loads(cfg.read_text())["annotations"]
-    assert annotations == {"note": "x\ud800y ü", ATTACHED: "tools"}
+    assert annotations == {"note": "x\ud800y ü", ATTACHED: "tools", MOUNTS: "/retinue/tools"}
 
 
 def test_retry_changes_nothing_more(
@@ -379,7 +383,9 @@ env = { RETINUE_ATTACHED = "1" }
         assert after["hooks"][stage][: len(entries)] == entries
     for stage in HOOK_STAGES:
         assert after["hooks"][stage][-1] == hooks[stage]
-    assert after["annotations"] == {**(before.get("annotations") or {}), ATTACHED: "everyone"}
+    assert after["annotations"] == {
+        **(before.get("annotations") or {}), ATTACHED: "everyone", MOUNTS: "/retinue/share"
+    }
     edited = ("mounts", "process.env", "hooks", "annotations")
     assert without(after, *edited) == without(before, *edited)
     assert list(after)[: len(before)] == list(before)

@@ -16,7 +16,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from . import control, procs, readiness
@@ -98,6 +98,7 @@ class Supervisor:
         self.init_pid: int | None = None
         # A second pidfd of init, polled when a service dies to tell "the container ended".
         self.init_pidfd: int | None = None
+        self.seccomp: Any = None  # the seccomp agent, when the container has handlers
         self.stopping = False
         self.done = asyncio.Event()
         self.started: asyncio.Task[str | None] | None = None
@@ -145,9 +146,12 @@ class Supervisor:
         os.chmod(sock_path, 0o600)
         server = await asyncio.start_unix_server(self.handle, sock=listener)
         notify_socks = self.open_notify_sockets()
+        seccomp = self.seccomp_agent()
         try:
             async with asyncio.TaskGroup() as tg:
                 self.tg = tg
+                if seccomp is not None:
+                    tg.create_task(seccomp)
                 tg.create_task(self.watch_creator(self.plan["creator_pid"]))
                 os.write(ready_fd, b"1")
                 os.close(ready_fd)
@@ -176,7 +180,36 @@ class Supervisor:
             self.reaper.close()
             for svc in self.services.values():
                 svc.log.close()
+            if self.plan.get("seccomp_listener"):
+                try:
+                    os.unlink(self.plan["seccomp_listener"])
+                except FileNotFoundError:
+                    pass
             shutil.rmtree(self.dir, ignore_errors=True)
+
+    def seccomp_agent(self) -> Coroutine[Any, Any, None] | None:
+        """Bind the seccomp listener now (runc connects to it during create) and return the
+        coroutine that serves it; it is cancelled only after the services have stopped, since
+        every `runc exec` of a filtered container connects to it too."""
+        rules = self.plan.get("seccomp")
+        if not rules:
+            return None
+        import logging
+
+        from ..seccomp import agent
+
+        path = self.plan["seccomp_listener"]
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        log = logging.getLogger(f"retinue.seccomp.{self.id}")
+        handler = logging.FileHandler(os.path.join(self.plan["log_dir"], self.id, "seccomp.log"))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+        sock = agent.bind(path)
+        routes = agent.Routes.from_rules(rules, log)
+        self.seccomp = agent.Agent(routes, log)
+        return agent.serve(sock, routes, log, agent=self.seccomp)
 
     def finish(self, reason: str) -> None:
         if not self.done.is_set():
@@ -327,6 +360,7 @@ class Supervisor:
             "init_pid": self.init_pid,
             "supervisor_pid": os.getpid(),
             "services": [self.services[n].status() for n in self.order],
+            "seccomp": self.seccomp.stats.as_dict() if self.seccomp is not None else None,
         }
 
     # -- start and the gate -----------------------------------------------------------------
@@ -349,9 +383,32 @@ class Supervisor:
         if error:
             self.phase = "failed"
             await self.stop_services(force=False)
+            # Engines delete a task whose start failed only once it has stopped: containerd's
+            # client refuses to delete a `created` one, so Docker and `ctr run --rm` would leave
+            # the container, its shim and this supervisor behind for good. The entrypoint never
+            # ran: end the container's init (runc-init, still waiting for start) here.
+            await self.kill_waiting_init()
             return {"ok": False, "error": error}
         self.phase = "starting-main"
         return {"ok": True}
+
+    async def kill_waiting_init(self) -> None:
+        """SIGKILL the container's init and wait until it has exited (stopped for the engine)."""
+        pidfd = self.init_pidfd
+        if pidfd is None:
+            return
+        loop = asyncio.get_running_loop()
+        exited = loop.create_future()
+        loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
+        try:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            # Replying before init has exited would let the engine ask for the task's status
+            # while it still reads `created`.
+            await asyncio.wait_for(exited, 10)
+        except (ProcessLookupError, TimeoutError):
+            pass
+        finally:
+            loop.remove_reader(pidfd)
 
     async def gate(self) -> str | None:
         """None once every required service is ready; else the first reason one never will be."""

@@ -1,0 +1,77 @@
+"""What attaches to one container, and its spec with every edit applied: a pure function.
+
+The shim's create and `retinue plan` both call `plan`, so what plan shows is what create does.
+"""
+
+from __future__ import annotations
+
+from . import edits, policy, statedir
+from .errors import RetinueError
+
+TYPE_CHECKING = False  # typing costs ~10 ms on the create path; mypy reads this as True
+if TYPE_CHECKING:
+    from typing import Any
+
+
+class Attachment:
+    __slots__ = (
+        "container_dir",
+        "edited",
+        "listener",
+        "notes",
+        "rules",
+        "seccomp",
+        "services",
+    )
+
+    def __init__(self, **fields: Any) -> None:
+        for name in self.__slots__:
+            setattr(self, name, fields[name])
+
+    rules: list[dict[str, Any]]
+    services: list[dict[str, Any]]
+    seccomp: list[dict[str, Any]]
+    listener: str
+    container_dir: str
+    edited: dict[str, Any]
+    notes: list[str]
+
+    @property
+    def supervised(self) -> bool:
+        """Whether the container needs a supervisor (services or seccomp handlers)."""
+        return bool(self.services or self.seccomp)
+
+
+def plan(
+    compiled: dict[str, Any], spec: dict[str, Any], root: str, container_id: str, bundle: str
+) -> Attachment | None:
+    """None when nothing applies: the container passes through untouched."""
+    rules = policy.select(compiled["rules"], spec)
+    try:
+        names = policy.attached_services(compiled, rules, spec)
+    except ValueError as e:
+        raise RetinueError(str(e)) from None
+    if not rules and not names:
+        return None
+    container_dir = statedir.container_dir(compiled["state_dir"], root, container_id)
+    services = [compiled["services"][n] for n in names]
+    edited = edits.apply(spec, rules, compiled["hook"], container_dir, services)
+    seccomp = [r for rule in rules for r in rule["seccomp"]]
+    listener, notes = "", []
+    if seccomp:
+        from .seccomp import profile
+
+        listener = statedir.seccomp_listener(compiled["state_dir"], bundle)
+        metadata = profile.metadata(seccomp)
+        linux = edited.get("linux") or {}
+        notes = profile.merge(linux.get("seccomp"), seccomp, listener, metadata).notes
+        edited = profile.apply(edited, seccomp, listener, metadata)
+    return Attachment(
+        rules=rules,
+        services=services,
+        seccomp=seccomp,
+        listener=listener,
+        container_dir=container_dir,
+        edited=edited,
+        notes=notes,
+    )

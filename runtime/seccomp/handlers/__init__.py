@@ -1,0 +1,1 @@
+"""Built-in seccomp handlers, registered in the entry-point group `retinue.seccomp`."""
