@@ -7,7 +7,7 @@ temp file in the same directory, the original mode and owner, then rename.
 
 from __future__ import annotations
 
-import json
+import _json
 import os
 
 from .errors import SpecError
@@ -59,6 +59,8 @@ def _kind(value: object) -> str:
 
 
 def _got(value: object) -> str:
+    import json
+
     text = json.dumps(value)
     if len(text) > 60:
         text = text[:57] + "..."
@@ -120,14 +122,76 @@ def validate(spec: object) -> list[str]:
     return errors
 
 
+# `import json` costs ~9 ms (it pulls in re and enum), more than everything else on the create
+# path. json.loads and json.dumps use these C functions of _json; called directly they give the
+# same objects and the same text. Anything unusual (another encoding, an error) goes to the json
+# module itself, so its results and messages stay exactly json's.
+_CONSTANTS = {"-Infinity": float("-inf"), "Infinity": float("inf"), "NaN": float("nan")}
+
+
+class _ScannerContext:
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = _CONSTANTS.__getitem__
+
+
+_scan = _json.make_scanner(_ScannerContext())  # type: ignore[arg-type]  # duck-typed context
+_WHITESPACE = " \t\n\r"
+_NOT_FOUND = object()
+
+
+def _loads_utf8(raw: bytes) -> object:
+    """json.loads(raw) when raw is plain UTF-8 JSON, else _NOT_FOUND (json decides)."""
+    # json.loads guesses UTF-16/32 from NUL bytes and honours BOMs: only an ASCII start is UTF-8.
+    if len(raw) < 2 or raw[0] not in b"{[ \t\n\r" or not raw[1]:
+        return _NOT_FOUND
+    try:
+        s = raw.decode("utf-8", "surrogatepass")
+        n = len(s)
+        i = 0
+        while i < n and s[i] in _WHITESPACE:
+            i += 1
+        obj, end = _scan(s, i)
+    except (ValueError, StopIteration):
+        return _NOT_FOUND
+    while end < n and s[end] in _WHITESPACE:
+        end += 1
+    return obj if end == n else _NOT_FOUND
+
+
+def _not_serializable(o: object) -> object:
+    raise TypeError(type(o).__name__)
+
+
+def _dumps_compact(spec: object, ensure_ascii: bool) -> str:
+    """json.dumps(spec, ensure_ascii=..., separators=(",", ":"))."""
+    encode = _json.encode_basestring_ascii if ensure_ascii else _json.encode_basestring
+    encoder = _json.make_encoder(
+        {}, _not_serializable, encode, None, ":", ",", False, False, True
+    )
+    try:
+        return "".join(encoder(spec, 0))
+    except (TypeError, ValueError):
+        import json
+
+        return json.dumps(spec, ensure_ascii=ensure_ascii, separators=(",", ":"))
+
+
 def parse(path: str, raw: bytes) -> dict[str, Any]:
     """The spec as a dict, or a SpecError naming every bad field."""
-    try:
-        spec = json.loads(raw)
-    except UnicodeDecodeError as e:
-        raise SpecError(f"{path}: not valid JSON: not UTF-8 ({e.reason})") from None
-    except json.JSONDecodeError as e:
-        raise SpecError(f"{path}: not valid JSON: {e}") from None
+    spec = _loads_utf8(raw)
+    if spec is _NOT_FOUND:
+        import json
+
+        try:
+            spec = json.loads(raw)
+        except UnicodeDecodeError as e:
+            raise SpecError(f"{path}: not valid JSON: not UTF-8 ({e.reason})") from None
+        except json.JSONDecodeError as e:
+            raise SpecError(f"{path}: not valid JSON: {e}") from None
     errors = validate(spec)
     if errors:
         raise SpecError("; ".join(f"{path}: {e}" for e in errors))
@@ -142,11 +206,11 @@ def load(bundle: str) -> tuple[str, dict[str, Any]]:
 
 def dumps(spec: dict[str, Any]) -> bytes:
     try:
-        return json.dumps(spec, ensure_ascii=False, separators=(",", ":")).encode()
+        return _dumps_compact(spec, ensure_ascii=False).encode()
     except UnicodeEncodeError:
         # A lone surrogate escape ("\ud800") is valid JSON (Go reads it as U+FFFD) but has no
         # UTF-8 form: write every non-ASCII character escaped, as such a file came.
-        return json.dumps(spec, separators=(",", ":")).encode()
+        return _dumps_compact(spec, ensure_ascii=True).encode()
 
 
 def write_atomic(path: str, data: bytes) -> None:

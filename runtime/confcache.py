@@ -7,11 +7,12 @@ of every file it read, the PATH it resolved names against and the shim's own loc
 stat those files and read one small file. An invalid configuration is never cached: every call
 reports it until it is fixed.
 
-Imports nothing beyond `os` and the builtin `marshal`.
+Imports nothing beyond `os` and the builtins `marshal` and `binascii`.
 """
 
 from __future__ import annotations
 
+import binascii
 import marshal
 import os
 
@@ -36,13 +37,32 @@ def _stamp(paths: list[str]) -> list[tuple[str, int, int, int]]:
     return out
 
 
-def _cache_file(config_path: str) -> str:
-    return os.path.join(CACHE_DIR, os.path.abspath(config_path).replace("/", "%"))
+def _cache_file(config_path: str, key: tuple[Any, ...]) -> str:
+    # One file per key, not per config file: callers with another PATH or another launcher (an
+    # engine and an admin's shell, two installs) would otherwise overwrite each other's entry on
+    # every call and each pay the full load (~100 ms). The key is still checked inside the file.
+    digest = binascii.crc32(marshal.dumps(key))
+    name = os.path.abspath(config_path).replace("/", "%")
+    return os.path.join(CACHE_DIR, f"{name}.{digest:08x}")
+
+
+def cache_files(config_path: str) -> list[str]:
+    """Every cached compilation of `config_path` (one per caller's PATH and launcher)."""
+    prefix = os.path.abspath(config_path).replace("/", "%") + "."
+    try:
+        names = os.listdir(CACHE_DIR)
+    except OSError:
+        return []
+    return [
+        os.path.join(CACHE_DIR, n)
+        for n in names
+        if n.startswith(prefix) and len(n) == len(prefix) + 8
+    ]
 
 
 def _read(config_path: str, key: tuple[Any, ...]) -> dict[str, Any] | None:
     try:
-        with open(_cache_file(config_path), "rb") as f:
+        with open(_cache_file(config_path, key), "rb") as f:
             data = marshal.loads(f.read())
     except (OSError, EOFError, ValueError, TypeError):
         return None
@@ -60,7 +80,7 @@ def _write(
     blob = marshal.dumps(
         {"key": key, "files": files, "stamps": _stamp(files), "compiled": compiled}
     )
-    target = _cache_file(config_path)
+    target = _cache_file(config_path, key)
     tmp = f"{target}.{os.getpid()}.tmp"
     try:
         os.makedirs(CACHE_DIR, mode=0o700, exist_ok=True)

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
-from fnmatch import fnmatchcase
-
 TYPE_CHECKING = False  # typing costs ~10 ms to import; mypy reads this as True
 if TYPE_CHECKING:
     from typing import Any
+
+
+_WILDCARDS = frozenset("*?[")
+
+
+def fnmatchcase(name: str, pattern: str) -> bool:
+    """fnmatch.fnmatchcase; a pattern without wildcards matches only itself, and fnmatch (which
+    imports re and enum: ~7 ms on every create) is imported only for one that has them."""
+    if _WILDCARDS.isdisjoint(pattern):
+        return name == pattern
+    from fnmatch import fnmatchcase as glob
+
+    return glob(name, pattern)
 
 
 def spec_env(spec: dict[str, Any]) -> dict[str, str]:

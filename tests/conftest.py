@@ -128,5 +128,6 @@ def make_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Con
 
     yield make
     for cfg in made:
-        with contextlib.suppress(OSError):
-            os.unlink(confcache._cache_file(str(cfg)))
+        for cached in confcache.cache_files(str(cfg)):
+            with contextlib.suppress(OSError):
+                os.unlink(cached)

@@ -1,0 +1,44 @@
+"""`make bench` still runs: a quick pass of its pass-through section prints its tables.
+
+Timings are never asserted: this host is shared and noisy, and the bench reports, it does not
+judge. What is checked is that every variant ran against real containers and was reported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent / "bench" / "bench.py"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the bench creates real containers: needs root")
+def test_bench_quick_passthrough(tmp_path: Path) -> None:
+    report = tmp_path / "bench.json"
+    p = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--only", "passthrough", "--nice", "0",
+         "--json", str(report)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+    out = p.stdout
+    for heading in ("environment", "start-up floor", "state (", "kill ID KILL", "delete ID",
+                    "targets"):
+        assert heading in out, out
+    for variant in ("runc", "sh wrapper", "retinue, rule not matching", "retinue, empty policy"):
+        assert variant in out, out
+    assert "create of a Docker-sized spec" not in out  # --only passthrough
+
+    data = json.loads(report.read_text())
+    assert set(data["tables"]) == {"floor", "state", "kill", "delete"}
+    for table in data["tables"].values():
+        for series in table["series"].values():
+            assert series["n"] > 0
+    assert {t["target"].split(" (")[0] for t in data["targets"]} == {
+        "pass-through state", "pass-through kill", "pass-through delete",
+    }
