@@ -49,9 +49,9 @@ def tell_supervisor(container_dir: str, stage: str, state: bytes) -> int:
                 os.close(fd)
         except OSError:
             if stage == "poststop" and os.path.isdir(container_dir):
-                import shutil
+                from retinue import statedir
 
-                shutil.rmtree(container_dir, ignore_errors=True)
+                statedir.remove(container_dir)
             return 0
         request = (
             '{"op":"hook","stage":'

@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from . import attach, bundle, confcache, config, lower
+from . import attach, bundle, confcache, config, lower, statedir
 from .errors import RetinueError
 
 
@@ -152,7 +152,7 @@ def _containers(state_dir: str) -> list[tuple[str, str]]:
         return []
     for key in roots:
         root_dir = os.path.join(state_dir, key)
-        if key == "cache" or not os.path.isdir(root_dir):
+        if key in ("cache", "seccomp", statedir.MARKERS) or not os.path.isdir(root_dir):
             continue
         root = "/" + key.replace("%2F", "/").replace("%25", "%")
         for cid in sorted(os.listdir(root_dir)):

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 DEFAULT_CONFIG = "/etc/retinue/config.toml"
 CONFIG_ENV = "RETINUE_CONFIG"
 CACHE_DIR = "/run/retinue/cache"
-FORMAT = 5  # bump when compile_config's output changes shape
+FORMAT = 6  # bump when compile_config's output changes shape
+CLOCK_MARGIN_NS = 50_000_000
 
 
 def _stamp(paths: list[str]) -> list[tuple[str, int, int, int]]:
@@ -60,7 +61,7 @@ def cache_files(config_path: str) -> list[str]:
     ]
 
 
-def _read(config_path: str, key: tuple[Any, ...]) -> dict[str, Any] | None:
+def _read(config_path: str, key: tuple[Any, ...]) -> tuple[dict[str, Any], list[Any]] | None:
     try:
         with open(_cache_file(config_path, key), "rb") as f:
             data = marshal.loads(f.read())
@@ -68,19 +69,15 @@ def _read(config_path: str, key: tuple[Any, ...]) -> dict[str, Any] | None:
         return None
     if not isinstance(data, dict) or data.get("key") != key:
         return None
-    if data.get("stamps") != _stamp(data.get("files", [])):
+    stamps = _stamp(data.get("files", []))
+    if data.get("stamps") != stamps:
         return None
     compiled: dict[str, Any] = data["compiled"]
-    return compiled
+    return compiled, stamps
 
 
-def _write(
-    config_path: str, key: tuple[Any, ...], files: list[str], compiled: dict[str, Any]
-) -> None:
-    blob = marshal.dumps(
-        {"key": key, "files": files, "stamps": _stamp(files), "compiled": compiled}
-    )
-    target = _cache_file(config_path, key)
+def _replace(target: str, blob: bytes, mtime_ns: int | None = None) -> None:
+    """Write `target` atomically, root-only; an error leaves the cache as it was."""
     tmp = f"{target}.{os.getpid()}.tmp"
     try:
         os.makedirs(CACHE_DIR, mode=0o700, exist_ok=True)
@@ -89,6 +86,8 @@ def _write(
             os.write(fd, blob)
         finally:
             os.close(fd)
+        if mtime_ns is not None:
+            os.utime(tmp, ns=(mtime_ns, mtime_ns))
         os.replace(tmp, target)
     except OSError:
         # Not root, read-only /run: stay correct, only slower.
@@ -98,24 +97,102 @@ def _write(
             pass
 
 
+def _write(
+    config_path: str, key: tuple[Any, ...], stamps: list[Any], compiled: dict[str, Any]
+) -> None:
+    files = [s[0] for s in stamps]
+    blob = marshal.dumps({"key": key, "files": files, "stamps": stamps, "compiled": compiled})
+    _replace(_cache_file(config_path, key), blob)
+
+
+# Characters a path may have to be listed, unquoted, in the sh cache (split on spaces, no globs).
+_SH_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_./%+,:@=-")
+
+
+def _sh_quote(value: str) -> str:
+    return "'" + value.replace("'", "'\\''") + "'"
+
+
+def sh_cache_file(config_path: str) -> str:
+    return os.path.join(CACHE_DIR, os.path.abspath(config_path).replace("/", "%") + ".sh")
+
+
+def write_sh(
+    config_path: str,
+    explicit: bool,
+    path_env: str,
+    self_path: str,
+    compiled: dict[str, Any],
+    stamps: list[Any],
+    valid_since_ns: int,
+) -> None:
+    """What the sh launcher needs for its pass-through decision, as sh assignments.
+
+    Its mtime is `valid_since_ns`, a moment before the configuration files were last checked:
+    the launcher trusts it only while none of them is newer. Paths it cannot list safely (spaces,
+    glob characters) mean no sh cache at all: the launcher then always asks Python.
+    """
+    target = sh_cache_file(config_path)
+    present = [s[0] for s in stamps if s[1] != -1]
+    absent = [s[0] for s in stamps if s[1] == -1]
+    present += [os.path.dirname(__file__), compiled["runtime"]]
+    if any(not _SH_SAFE.issuperset(p) for p in present + absent):
+        try:
+            os.unlink(target)
+        except OSError:
+            pass
+        return
+    text = (
+        f"lower={_sh_quote(compiled['runtime'])}\n"
+        f"state_dir={_sh_quote(compiled['state_dir'])}\n"
+        f"path={_sh_quote(path_env)}\n"
+        f"self={_sh_quote(os.path.abspath(self_path))}\n"
+        f"explicit={'1' if explicit else ''}\n"
+        f"files='{' '.join(present)}'\n"
+        f"absent='{' '.join(absent)}'\n"
+    ).encode()
+    try:
+        with open(target, "rb") as f:
+            if f.read() == text:
+                # Checked again just now: valid from this load on, so the launcher trusts it
+                # again after a configuration file was touched without a change.
+                os.utime(target, ns=(valid_since_ns, valid_since_ns))
+                return
+    except OSError:
+        pass
+    _replace(target, text, valid_since_ns)
+
+
 def default_hook(self_path: str) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(self_path)), "retinue-hook")
 
 
 def load(config_path: str, explicit: bool, path_env: str, self_path: str) -> dict[str, Any]:
     """The compiled configuration; raises ConfigError or LowerRuntimeError when it is unusable."""
+    import time
+
+    # File times come from the kernel's coarse clock, which lags the precise one by up to a tick
+    # or two: a file written just after this moment may carry an earlier time. Every comparison
+    # with file times therefore starts from a little before now.
+    started = time.time_ns() - CLOCK_MARGIN_NS
     # The package directory's mtime changes on every (re)install, so a new version never reads
     # a cache written by an old one.
     package_stamp = os.stat(os.path.dirname(__file__)).st_mtime_ns
     key = (FORMAT, package_stamp, explicit, path_env, os.path.abspath(self_path))
-    compiled = _read(config_path, key)
-    if compiled is not None:
-        return compiled
-    from . import config, lower
+    found = _read(config_path, key)
+    if found is not None:
+        compiled, stamps = found
+    else:
+        from . import config, lower
 
-    cfg = config.load(config_path if explicit else None)
-    runtime = lower.resolve(cfg.settings.runtime, path_env, self_path)
-    hook = cfg.settings.hook or default_hook(self_path)
-    compiled = config.compile_config(cfg, runtime, hook)
-    _write(config_path, key, list(cfg.files), compiled)
+        cfg = config.load(config_path if explicit else None)
+        runtime = lower.resolve(cfg.settings.runtime, path_env, self_path)
+        hook = cfg.settings.hook or default_hook(self_path)
+        compiled = config.compile_config(cfg, runtime, hook)
+        stamps = _stamp(list(cfg.files))
+        if any(s[3] >= started for s in stamps):
+            # A file changed while it was being read: use what was read, cache nothing.
+            return compiled
+        _write(config_path, key, stamps, compiled)
+    write_sh(config_path, explicit, path_env, self_path, compiled, stamps, started)
     return compiled

@@ -1,8 +1,20 @@
-"""Writes the launchers for the hot entry points.
+"""Writes the launchers for the hot entry points, `retinue-runtime` and `retinue-hook`.
 
-pip's console scripts start the interpreter with `site` (every .pth file) and import `re`; on a
-2-vCPU host that is ~8 ms on every runtime call. These launchers run the venv's interpreter with
-`-I -S` and put only the package's own site-packages on sys.path.
+Every runtime call of every container comes through `retinue-runtime`, and runc runs
+`retinue-hook` two or three times per edited container. CPython needs ~10 ms to start here, runc
+~5 ms: a Python process on every call would triple the cost of a pass-through. So both launchers
+are small POSIX sh scripts (dash starts in ~1 ms) that settle the common case themselves and
+start Python for everything else:
+
+- `retinue-runtime` hands a call straight to the lower runtime when it cannot concern retinue:
+  any subcommand but create and run, and start/kill/delete of a container without a supervisor.
+  It decides only from the cache that Python wrote (`confcache.write_sh`), and only while no file
+  the configuration was read from is newer than that cache; in every other case it runs
+  `retinue.shim`, which decides the same things at full length.
+- `retinue-hook` answers at once when the container has no supervisor (no state directory).
+
+Python itself runs with `-I -S` and only the package's own site-packages on sys.path: pip's
+console scripts would also process every .pth file and import `re` (~8 ms).
 
     python -m retinue.launcher --bin-dir /usr/local/bin
 """
@@ -11,36 +23,116 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import sysconfig
 
-ENTRY_POINTS = {
-    "retinue-runtime": "from retinue.shim import main\nmain()\n",
-    "retinue-hook": "import sys\nfrom retinue.hooks.hook import main\nsys.exit(main())\n",
-}
+from . import confcache
 
 
-def render(module_code: str, python: str, site_packages: str) -> str:
-    return (
-        f"#!{python} -IS\n"
-        "# retinue launcher: -I -S skips site-packages discovery and the environment.\n"
-        "import sys\n"
-        f"sys.path.insert(0, {site_packages!r})\n"
-        f"{module_code}"
+def _python(python: str, site_packages: str, self_path: str, code: str) -> str:
+    """The exec of Python with argv[0] set to the launcher, as a sh command line."""
+    def literal(text: str) -> str:
+        return f'"{text}"' if not set(text) & set("\"'\\$`") else repr(text)
+
+    program = (
+        f"import sys; sys.argv[0] = {literal(self_path)}; "
+        f"sys.path.insert(0, {literal(site_packages)}); {code}"
     )
+    return f'exec {shlex.quote(python)} -IS -c {shlex.quote(program)} "$@"'
+
+
+def render_runtime(python: str, site_packages: str, self_path: str) -> str:
+    slow = _python(python, site_packages, self_path, "from retinue.shim import main; main()")
+    return f"""#!/bin/sh
+# retinue-runtime: the pass-through fast path of retinue.shim, written by retinue.launcher.
+# Calls that cannot concern retinue go to the lower runtime from here (~1 ms); anything else,
+# and anything this script is not sure of, goes to Python (retinue.shim).
+slow() {{
+	{slow}
+}}
+cmd= id= skip=
+for a do
+	if [ -n "$skip" ]; then skip=; continue; fi
+	if [ -z "$cmd" ]; then
+		case $a in
+		--root|-root|--log|-log|--log-format|-log-format) skip=1 ;;
+		--criu|-criu|--rootless|-rootless) skip=1 ;;
+		-*) ;;
+		*) cmd=$a ;;
+		esac
+	else
+		case $a in
+		-*) ;;
+		*) id=$a; break ;;
+		esac
+	fi
+done
+case $cmd in create|run) slow "$@" ;; esac
+config=${{RETINUE_CONFIG:-{confcache.DEFAULT_CONFIG}}}
+case $config in /*) ;; *) slow "$@" ;; esac
+key= rest=$config
+while :; do
+	case $rest in
+	*/*) key=$key${{rest%%/*}}%; rest=${{rest#*/}} ;;
+	*) key=$key$rest; break ;;
+	esac
+done
+cache={confcache.CACHE_DIR}/$key.sh
+[ -f "$cache" ] || slow "$@"
+. "$cache"
+[ "$self" = {shlex.quote(self_path)} ] && [ "$path" = "$PATH" ] || slow "$@"
+[ "$explicit" = "${{RETINUE_CONFIG:+1}}" ] || slow "$@"
+for f in $files; do
+	[ -e "$f" ] && ! [ "$f" -nt "$cache" ] || slow "$@"
+done
+for f in $absent; do
+	[ -e "$f" ] && slow "$@"
+done
+case $cmd in
+start|kill|delete)
+	case $id in ''|.|..|*/*) slow "$@" ;; esac
+	[ -e "$state_dir/ids/$id" ] && slow "$@"
+	;;
+esac
+exec "$lower" "$@"
+"""
+
+
+def render_hook(python: str, site_packages: str, self_path: str) -> str:
+    run = _python(
+        python, site_packages, self_path,
+        "from retinue.hooks.hook import main; sys.exit(main())",
+    )
+    return f"""#!/bin/sh
+# retinue-hook, written by retinue.launcher. Without a supervisor (no state directory) there is
+# nothing to tell: answer at once instead of starting Python. runc writes the OCI state to our
+# stdin; read it all so that runc never meets a closed pipe.
+if [ $# -eq 2 ] && [ ! -e "$2" ]; then
+	case $1 in
+	createRuntime|poststart|poststop) exec cat >/dev/null ;;
+	esac
+fi
+{run}
+"""
+
+
+def _install(target: str, text: str) -> None:
+    tmp = f"{target}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, target)
 
 
 def write(bin_dir: str, python: str, site_packages: str) -> list[str]:
     os.makedirs(bin_dir, exist_ok=True)
-    written = []
-    for name, code in ENTRY_POINTS.items():
-        target = os.path.join(bin_dir, name)
-        tmp = f"{target}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            f.write(render(code, python, site_packages))
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, target)
-        written.append(target)
+    bin_dir = os.path.abspath(bin_dir)
+    runtime = os.path.join(bin_dir, "retinue-runtime")
+    hook = os.path.join(bin_dir, "retinue-hook")
+    _install(runtime, render_runtime(python, site_packages, runtime))
+    _install(hook, render_hook(python, site_packages, hook))
+    written = [runtime, hook]
     admin = os.path.join(bin_dir, "retinue")
     source = os.path.join(os.path.dirname(python), "retinue")
     if os.path.abspath(admin) != os.path.abspath(source):

@@ -195,10 +195,8 @@ def supervised(args: runc_argv.RuncArgs, compiled: dict[str, Any], container_dir
             # delete --force then kills what is left.
             _request(container_dir, {"op": "delete", "force": False})
         except SupervisorGone:
-            import shutil
-
             runclog.log(args, "warning", f"{PREFIX}{gone}; removed its state {container_dir}")
-            shutil.rmtree(container_dir, ignore_errors=True)
+            statedir.remove(container_dir)
 
 
 def _is_running(runtime: str, args: runc_argv.RuncArgs) -> bool:

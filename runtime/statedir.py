@@ -39,3 +39,39 @@ def seccomp_listener(state_dir: str, bundle: str) -> str:
 
     key = hashlib.sha256(f"{state_dir}\0{os.path.abspath(bundle)}".encode())
     return f"{SECCOMP_DIR}/{key.hexdigest()[:24]}.sock"
+
+
+# `STATE_DIR/ids/<id>/<root key>` exists while a supervisor owns that container: the sh launcher
+# checks `ids/<id>` with one test, without the root-key escaping it cannot do cheaply.
+MARKERS = "ids"
+
+
+def _split(container_dir: str) -> tuple[str, str, str]:
+    parent, container_id = os.path.split(container_dir)
+    state_dir, key = os.path.split(parent)
+    return state_dir, key, container_id
+
+
+def add_marker(container_dir: str) -> None:
+    state_dir, key, container_id = _split(container_dir)
+    directory = os.path.join(state_dir, MARKERS, container_id)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    os.close(os.open(os.path.join(directory, key), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+
+
+def remove_marker(container_dir: str) -> None:
+    state_dir, key, container_id = _split(container_dir)
+    directory = os.path.join(state_dir, MARKERS, container_id)
+    try:
+        os.unlink(os.path.join(directory, key))
+        os.rmdir(directory)
+    except OSError:
+        pass  # already gone, or another root's container with the same id keeps it
+
+
+def remove(container_dir: str) -> None:
+    """Everything a container's supervisor keeps in the state directory."""
+    import shutil
+
+    shutil.rmtree(container_dir, ignore_errors=True)
+    remove_marker(container_dir)

@@ -50,8 +50,9 @@ def broker_config(make_config: ConfigFactory, tmp_path: Path) -> Path:
     )
 
 
-def supervisors() -> set[int]:
-    out = subprocess.run(["pgrep", "-f", "retinue.supervisor"], capture_output=True, text=True)
+def supervisors(container_dir: str) -> set[int]:
+    """The supervisor processes of one container (its argv names its state directory)."""
+    out = subprocess.run(["pgrep", "-f", container_dir], capture_output=True, text=True)
     return {int(p) for p in out.stdout.split()}
 
 
@@ -63,7 +64,6 @@ def test_policy_seccomp_rule_reaches_the_container(
     container_id: str,
     tmp_path: Path,
 ) -> None:
-    before = supervisors()
     bundle = make_bundle(["sh", "-c", "mkdir /tmp/x; echo mkdir=$?"], env=["BROKER=1"])
     result = run([shim, "--root", runc_root, "run", "--bundle", str(bundle), container_id])
     assert result.returncode == 0, result.stdout
@@ -74,11 +74,10 @@ def test_policy_seccomp_rule_reaches_the_container(
     log = (tmp_path / "log" / container_id / "seccomp.log").read_text()
     assert f"seccomp deny: container={container_id}" in log and "syscall=mkdir" in log
     # Nothing left: no supervisor, no listener, no state directory.
-    assert supervisors() <= before
+    container_dir = statedir.container_dir(str(tmp_path / "state"), runc_root, container_id)
+    assert supervisors(container_dir) == set()
     assert not os.path.exists(listener)
-    assert not os.path.exists(
-        statedir.container_dir(str(tmp_path / "state"), runc_root, container_id)
-    )
+    assert not os.path.exists(container_dir)
 
 
 def test_unbrokered_container_keeps_its_profile(

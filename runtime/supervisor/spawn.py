@@ -13,6 +13,7 @@ import select
 import shutil
 import sys
 
+from .. import statedir
 from ..errors import RetinueError
 from . import control
 
@@ -41,6 +42,7 @@ def prepare(container_dir: str, plan: dict[str, Any], processes: dict[str, dict[
     os.makedirs(os.path.dirname(parent), mode=0o700, exist_ok=True)
     os.makedirs(parent, mode=0o700, exist_ok=True)
     os.mkdir(container_dir, 0o700)
+    statedir.add_marker(container_dir)
     for sub, mode in (("pids", 0o700), ("process", 0o700), ("notify", 0o755)):
         os.mkdir(os.path.join(container_dir, sub), mode)
         os.chmod(os.path.join(container_dir, sub), mode)
@@ -92,7 +94,7 @@ def spawn(container_dir: str, log_path: str) -> int:
         os.close(r)
     if not ready:
         detail = _tail(log_path)
-        shutil.rmtree(container_dir, ignore_errors=True)
+        statedir.remove(container_dir)
         raise RetinueError(
             f"the supervisor did not start{': ' + detail if detail else ''} (see {log_path})"
         )

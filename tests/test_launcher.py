@@ -1,0 +1,141 @@
+"""The sh launchers' fast paths: which calls skip Python, and that nothing stale is trusted.
+
+A launcher is first used with a working Python (so that Python writes the configuration caches),
+then rewritten at the same path with a Python that does not exist: a call the sh script settles
+itself still works, a call it hands to Python fails with 127. That tells the two paths apart
+without timing anything.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from retinue import launcher, statedir
+
+RUNC = shutil.which("runc") or "/usr/sbin/runc"
+NO_PYTHON = 127
+ConfigFactory = Callable[..., Path]
+
+
+@pytest.fixture
+def fast(tmp_path: Path, make_config: ConfigFactory) -> dict[str, object]:
+    state = tmp_path / "state"
+    cfg = make_config("", extra=f'state_dir = "{state}"\n')
+    bin_dir = tmp_path / "bin"
+    site = sysconfig.get_paths()["purelib"]
+    launcher.write(str(bin_dir), os.path.join(sys.prefix, "bin", "python3"), site)
+    shim = str(bin_dir / "retinue-runtime")
+    root = str(tmp_path / "root")
+    # Let Python write the caches, and wait out the clock margin so they are trusted.
+    assert call(shim, "--root", root, "list").returncode == 0
+    time.sleep(0.1)
+    assert call(shim, "--root", root, "list").returncode == 0
+    launcher.write(str(bin_dir), "/nonexistent/python3", site)
+    return {"shim": shim, "root": root, "config": cfg, "state": state, "bin": bin_dir}
+
+
+def call(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        list(argv),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+        env=env,
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["list"],
+        ["state", "nope"],
+        ["kill", "nope", "KILL"],
+        ["delete", "-f", "nope"],
+        ["start", "nope"],
+        ["ps", "nope"],
+        ["events", "nope"],
+        ["--version"],
+        ["--help"],
+        ["pause", "nope"],
+        ["update", "--pids-limit", "5", "nope"],
+    ],
+)
+def test_pass_through_skips_python(fast: dict[str, object], args: list[str]) -> None:
+    shim, root = str(fast["shim"]), str(fast["root"])
+    ours = call(shim, "--root", root, *args)
+    theirs = call(RUNC, "--root", root, *args)
+    assert ours.returncode != NO_PYTHON, ours.stderr
+    assert (ours.returncode, ours.stdout) == (theirs.returncode, theirs.stdout)
+
+
+@pytest.mark.parametrize("args", [["create", "x"], ["run", "x"], ["--log-format", "json", "run"]])
+def test_create_and_run_go_to_python(fast: dict[str, object], args: list[str]) -> None:
+    assert call(str(fast["shim"]), "--root", str(fast["root"]), *args).returncode == NO_PYTHON
+
+
+def test_a_supervised_container_goes_to_python(fast: dict[str, object]) -> None:
+    container_dir = statedir.container_dir(str(fast["state"]), str(fast["root"]), "svc")
+    os.makedirs(container_dir)
+    statedir.add_marker(container_dir)
+    shim, root = str(fast["shim"]), str(fast["root"])
+    for args in (["start", "svc"], ["kill", "--all", "svc", "TERM"], ["delete", "--force", "svc"]):
+        assert call(shim, "--root", root, *args).returncode == NO_PYTHON, args
+    # Other containers, and other calls about this one, still pass straight through.
+    assert call(shim, "--root", root, "state", "svc").returncode == 1
+    assert call(shim, "--root", root, "kill", "other").returncode == 1
+    statedir.remove(container_dir)
+    assert call(shim, "--root", root, "kill", "svc").returncode == 1
+
+
+def test_a_changed_configuration_is_not_trusted(fast: dict[str, object]) -> None:
+    shim, root = str(fast["shim"]), str(fast["root"])
+    etc = Path(str(fast["config"])).parent
+    (etc / "policy.toml").write_text("# changed\n")
+    assert call(shim, "--root", root, "list").returncode == NO_PYTHON
+
+
+def test_a_new_service_file_is_not_trusted(fast: dict[str, object]) -> None:
+    shim, root = str(fast["shim"]), str(fast["root"])
+    (Path(str(fast["config"])).parent / "services" / "new.toml").write_text("")
+    assert call(shim, "--root", root, "list").returncode == NO_PYTHON
+
+
+def test_another_environment_is_not_trusted(fast: dict[str, object]) -> None:
+    shim, root = str(fast["shim"]), str(fast["root"])
+    env = dict(os.environ)
+    assert call(shim, "--root", root, "list", env=env).returncode == 0
+    assert (
+        call(shim, "--root", root, "list", env={**env, "PATH": "/usr/sbin:/usr/bin"}).returncode
+        == NO_PYTHON
+    )
+    relative = os.path.relpath(str(fast["config"]))
+    assert (
+        call(shim, "--root", root, "list", env={**env, "RETINUE_CONFIG": relative}).returncode
+        == NO_PYTHON
+    )
+    assert (
+        call(shim, "--root", root, "list", env={**env, "RETINUE_CONFIG": ""}).returncode
+        == NO_PYTHON
+    )
+
+
+def test_hook_without_a_supervisor_skips_python(fast: dict[str, object], tmp_path: Path) -> None:
+    hook = str(Path(str(fast["bin"])) / "retinue-hook")
+    state = b'{"ociVersion": "1.0.2", "id": "x", "pid": 1, "status": "creating", "bundle": "/"}'
+    for stage in ("createRuntime", "poststart", "poststop"):
+        gone = subprocess.run([hook, stage, str(tmp_path / "nothing")], input=state, timeout=30)
+        assert gone.returncode == 0
+    (tmp_path / "dir").mkdir()
+    there = subprocess.run([hook, "poststop", str(tmp_path / "dir")], input=state, timeout=30)
+    assert there.returncode == NO_PYTHON
+    wrong = subprocess.run([hook, "prestart", str(tmp_path / "nothing")], input=state, timeout=30)
+    assert wrong.returncode == NO_PYTHON
