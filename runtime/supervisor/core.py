@@ -11,7 +11,6 @@ import collections
 import json
 import os
 import select
-import shutil
 import signal
 import socket
 import sys
@@ -19,6 +18,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from .. import statedir
 from . import control, procs, readiness
 from .logs import RotatingLog
 
@@ -82,7 +82,8 @@ class Service:
             "required": self.spec["required"],
             "pid": self.pid,
             "restarts": self.restarts,
-            "ready_since": self.ready_since,
+            # Only while ready: a service that exited (or failed) is not "ready since" anything.
+            "ready_since": self.ready_since if self.state == "ready" else None,
             "last_exit": self.last_exit,
             "reason": self.reason,
         }
@@ -103,6 +104,7 @@ class Supervisor:
         self.done = asyncio.Event()
         self.started: asyncio.Task[str | None] | None = None
         self.stop_task: asyncio.Task[None] | None = None
+        self.poststart_seen = False
         log_dir = os.path.join(plan["log_dir"], self.id)
         self.services = {
             s["name"]: Service(
@@ -185,7 +187,7 @@ class Supervisor:
                     os.unlink(self.plan["seccomp_listener"])
                 except FileNotFoundError:
                     pass
-            shutil.rmtree(self.dir, ignore_errors=True)
+            statedir.remove(self.dir)
 
     def seccomp_agent(self) -> Coroutine[Any, Any, None] | None:
         """Bind the seccomp listener now (runc connects to it during create) and return the
@@ -342,12 +344,21 @@ class Supervisor:
             state = json.loads(raw_state) if raw_state else {}
         except ValueError:
             state = {}
+        if state.get("id", self.id) != self.id:
+            # Another container's hook: two containers created from one bundle at the same time
+            # can each run the hooks the other's create wrote into it. Acting on them would
+            # watch the wrong init, or stop these services when the other container is deleted.
+            return {"ok": True}
         if stage == "createRuntime":
             pid = state.get("pid")
             if isinstance(pid, int) and pid > 0:
                 self.container_created(pid)
         elif stage == "poststart":
-            self.phase = "running"
+            # runc 1.1 runs poststart hooks at the end of `create`, before the entrypoint is
+            # released (runc 1.2 and crun after `start`): a hook before start only takes note.
+            self.poststart_seen = True
+            if self.started is not None and self.phase == "starting-main":
+                self.phase = "running"
         elif stage == "poststop":
             await self.stop_services(force=False)
             self.finish("poststop hook: the container was deleted")
@@ -389,7 +400,8 @@ class Supervisor:
             # ran: end the container's init (runc-init, still waiting for start) here.
             await self.kill_waiting_init()
             return {"ok": False, "error": error}
-        self.phase = "starting-main"
+        if self.phase != "running":
+            self.phase = "running" if self.poststart_seen else "starting-main"
         return {"ok": True}
 
     async def kill_waiting_init(self) -> None:
@@ -398,8 +410,13 @@ class Supervisor:
         if pidfd is None:
             return
         loop = asyncio.get_running_loop()
-        exited = loop.create_future()
-        loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
+        exited: asyncio.Future[None] = loop.create_future()
+
+        def readable() -> None:
+            if not exited.done():
+                exited.set_result(None)
+
+        loop.add_reader(pidfd, readable)
         try:
             signal.pidfd_send_signal(pidfd, signal.SIGKILL)
             # Replying before init has exited would let the engine ask for the task's status

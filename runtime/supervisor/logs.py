@@ -22,8 +22,24 @@ class RotatingLog:
         return os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
 
     def write(self, data: bytes) -> None:
-        if self._size + len(data) > self.max_bytes and self._size > 0:
+        if self._fd < 0:
+            return  # closed while the supervisor exits; a late pipe read has nowhere to go
+        # One pipe read can bring 64 KiB: split it so that no file grows past the cap, at a line
+        # boundary when there is one.
+        while data:
+            room = self.max_bytes - self._size
+            if len(data) <= room:
+                self._append(data)
+                return
+            cut = data.rfind(b"\n", 0, room) + 1
+            if cut == 0 and self._size == 0:
+                cut = room  # a single line longer than the cap
+            if cut:
+                self._append(data[:cut])
+                data = data[cut:]
             self._rotate()
+
+    def _append(self, data: bytes) -> None:
         os.write(self._fd, data)
         self._size += len(data)
 
@@ -47,4 +63,6 @@ class RotatingLog:
             return b""
 
     def close(self) -> None:
-        os.close(self._fd)
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
