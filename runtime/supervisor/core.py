@@ -54,6 +54,10 @@ class Service:
         self.exit_future: asyncio.Future[int] | None = None
         self.runner: asyncio.Task[None] | None = None
         self.notified = asyncio.Event()
+        # Clear while a `runc exec` of this service is in flight: a stop waits for it, so that a
+        # service starting at that moment is stopped like any other, never left unsupervised.
+        self.launched = asyncio.Event()
+        self.launched.set()
         # Resolves once: None when first ready, else why it never became ready.
         self.settled: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         self.stopped = asyncio.Event()
@@ -291,6 +295,12 @@ class Supervisor:
         self.stopping = True
         self.finish("the container's main process exited")
 
+    async def paused(self) -> bool:
+        if self.init_pid is None or self.init_exited():
+            return False
+        state = await self.lower_state()
+        return state is not None and state.get("status") == "paused"
+
     async def lower_state(self) -> dict[str, Any] | None:
         status, out = await procs.run(self.reaper, [*self.lower, "state", self.id], timeout=30)
         if status != 0:
@@ -328,6 +338,12 @@ class Supervisor:
             return {"ok": True, **self.status()}
         if op == "start":
             return await self.start()
+        if op in ("stop", "delete") and await self.paused():
+            # A frozen process acts on no signal, and does not even die, until the container is
+            # resumed: waiting here for the services would hold the engine's kill for ever (and
+            # with it the resume Docker sends after its SIGKILL). They end with the container,
+            # as its main process does; its end or the poststop hook then finishes us.
+            return {"ok": True}
         if op == "stop":
             await self.stop_services(force=bool(request.get("force")))
             return {"ok": True}
@@ -554,29 +570,32 @@ class Supervisor:
             self.id,
         ]
         wfd = self.service_output(svc)
+        svc.launched.clear()
         try:
-            pid = procs.spawn(argv, stdout=wfd)
+            try:
+                pid = procs.spawn(argv, stdout=wfd)
+            finally:
+                os.close(wfd)
+            status = await self.reaper.wait(pid)
+            if status != 0:
+                svc.drain_output()
+                svc.last_exit = (
+                    f"could not be started ({self.plan['lower']} exec "
+                    f"{procs.describe_status(status)})"
+                )
+                return status
+            try:
+                with open(pid_file) as f:
+                    svc.pid = int(f.read().strip())
+            except (OSError, ValueError):
+                svc.last_exit = "could not be started (no pid file)"
+                return 1 << 8
+            svc.started_at = time.monotonic()
+            svc.state = "running"
+            svc.note(f"started, pid {svc.pid}")
+            svc.exit_future = self.reaper.wait(svc.pid)
         finally:
-            os.close(wfd)
-        status = await self.reaper.wait(pid)
-        if status != 0:
-            svc.drain_output()
-            svc.last_exit = (
-                f"could not be started ({self.plan['lower']} exec {procs.describe_status(status)})"
-            )
-            return status
-        try:
-            with open(pid_file) as f:
-                svc.pid = int(f.read().strip())
-        except (OSError, ValueError):
-            svc.last_exit = "could not be started (no pid file)"
-            return 1 << 8
-        svc.started_at = time.monotonic()
-        svc.state = "running"
-        svc.note(f"started, pid {svc.pid}")
-        svc.exit_future = self.reaper.wait(svc.pid)
-        if svc.stopping:
-            self.kill_tree(svc.pid, signal.SIGKILL)
+            svc.launched.set()
         check = self.tg.create_task(self.check_ready(svc))
         try:
             status = await asyncio.shield(svc.exit_future)
@@ -715,6 +734,7 @@ class Supervisor:
             await self.services[name].stopped.wait()
         svc.stopping = True
         try:
+            await svc.launched.wait()
             if svc.pid is not None and svc.exit_future is not None:
                 if svc.state != "failed":  # keep why a service that gave up failed
                     svc.state = "stopping"

@@ -121,9 +121,7 @@ class Bench:
         os.chmod(self.sh_wrapper, 0o755)
         # The launcher's interpreter and sys.path, stopped before main(): start-up floors.
         self.py_empty = self._script("py-empty", "pass\n")
-        self.py_imports = self._script(
-            "py-imports", launcher.ENTRY_POINTS["retinue-runtime"].replace("main()\n", "")
-        )
+        self.py_imports = self._script("py-imports", "from retinue.shim import main\n")
         self.rootfs = rootfs.build(str(work / "rootfs"))
         self.config_rule = self._config("etc-rule", POLICY)
         self.config_empty = self._config("etc-empty", "")
@@ -132,7 +130,11 @@ class Bench:
 
     def _script(self, name: str, body: str) -> str:
         path = self.bin / name
-        path.write_text(launcher.render(body, PYTHON, PURELIB))
+        # What the launcher's slow path runs: the venv's interpreter with -I -S and only the
+        # package's site-packages on sys.path.
+        path.write_text(
+            f"#!{PYTHON} -IS\nimport sys\nsys.path.insert(0, {PURELIB!r})\n{body}"
+        )
         path.chmod(0o755)
         return str(path)
 
