@@ -34,8 +34,11 @@ lint: venv
 	$(VENV)/bin/ruff check runtime hooks tests
 	$(VENV)/bin/mypy
 
+# Side by side with runc in one run; medians and ratios, PASS/MISS against the targets.
 bench: venv
 	$(VENV)/bin/python tests/bench/bench.py
+	$(VENV)/bin/python tests/bench/services_bench.py
+	$(VENV)/bin/python tests/bench/seccomp_bench.py
 
 # Put the launchers where engines expect them and register nothing: see `retinue install`.
 install: venv

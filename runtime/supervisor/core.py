@@ -613,36 +613,31 @@ class Supervisor:
         r, w = os.pipe2(os.O_CLOEXEC)
         os.set_blocking(r, False)
 
-        def readable() -> None:
+        def read_once() -> bool:
+            """One read into the log; False once there is nothing more to read now."""
             if r in closed:
-                return
+                return False
             try:
                 data = os.read(r, 65536)
             except BlockingIOError:
-                return
-            if data:
-                svc.log.write(data)
-            else:
+                return False
+            if not data:
                 loop.remove_reader(r)
                 os.close(r)
                 closed.add(r)
+                return False
+            svc.log.write(data)
+            return True
+
+        def readable() -> None:
+            read_once()
 
         def drain() -> None:
             # The exit of a process can be reaped before the loop has read its last words from
             # the pipe; "last output" in an error must include them.
             for _ in range(64):
-                if r in closed:
+                if not read_once():
                     return
-                try:
-                    data = os.read(r, 65536)
-                except BlockingIOError:
-                    return
-                if not data:
-                    loop.remove_reader(r)
-                    os.close(r)
-                    closed.add(r)
-                    return
-                svc.log.write(data)
 
         closed: set[int] = set()
         loop.add_reader(r, readable)
