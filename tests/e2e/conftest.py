@@ -8,13 +8,16 @@ directory; `swap_config` replaces it for the length of one test.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from retinue import confcache
@@ -25,7 +28,7 @@ sys.path.insert(0, str(HERE))
 
 import capture  # noqa: E402
 import engines  # noqa: E402
-from support import DEMO_TEXT, POLICY, config_text  # noqa: E402
+from support import DEMO_TEXT, POLICY, config_text, write_services  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -35,18 +38,23 @@ def e2e_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def retinue_config(e2e_dir: Path) -> Iterator[Path]:
-    """config.toml + policy.toml + demo/ for the daemons' RETINUE_CONFIG."""
+    """config.toml + policy.toml + demo/ + services/ for the daemons' RETINUE_CONFIG.
+
+    The services (support.SERVICES) are selectable only: a container gets them by asking.
+    """
     d = e2e_dir / "etc"
     (d / "demo").mkdir(parents=True)
     (d / "demo" / "README").write_text(DEMO_TEXT)
     (d / "services").mkdir()
+    write_services(d)
     (d / "policy.toml").write_text(POLICY)
     config = d / "config.toml"
     config.write_text(config_text(e2e_dir))
     yield config
     # The runtime's compiled-config cache is keyed on the config's path: this one is gone.
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(confcache._cache_file(str(config)))
+    for cached in confcache.cache_files(str(config)):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(cached)
 
 
 @pytest.fixture
@@ -154,3 +162,96 @@ def nothing_left_behind(e2e_dir: Path) -> Iterator[None]:
     leftovers += [f"process {line.strip()}" for line in ps.splitlines() if str(e2e_dir) in line]
     leftovers += [f"network link {name}" for name in sorted(_links() - links_before)]
     assert not leftovers, "left behind by the e2e session:\n" + "\n".join(leftovers)
+
+
+# --- services ---------------------------------------------------------------------------------
+
+ADMIN = os.path.join(sys.prefix, "bin", "retinue")
+# The runc roots of the session's engines, relative to e2e_dir: Docker's runtimes share
+# EXEC_ROOT/runtime-runc/NAMESPACE; `ctr run --runc-root` puts a namespace level under its root.
+RUNC_ROOTS = ("docker/dk/exec/runtime-runc/*", "ctd/ctd/runc/*")
+
+
+@pytest.fixture
+def shared(tmp_path: Path) -> Path:
+    """A host directory for `/shared` in a test's container, with an empty events file that
+    services running as nobody can append to."""
+    d = tmp_path / "shared"
+    d.mkdir()
+    d.chmod(0o777)
+    (d / "events").touch()
+    (d / "events").chmod(0o666)
+    return d
+
+
+@pytest.fixture
+def retinue_admin(retinue_config: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """retinue_admin(*args): the `retinue` admin CLI with the daemons' RETINUE_CONFIG."""
+    env = {**os.environ, "RETINUE_CONFIG": str(retinue_config)}
+
+    def admin(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([ADMIN, *args], capture_output=True, text=True, env=env,
+                              stdin=subprocess.DEVNULL, timeout=30)
+
+    return admin
+
+
+def service_status(
+    admin: Callable[..., subprocess.CompletedProcess[str]], container_id: str
+) -> dict[str, Any]:
+    """`retinue status --json ID`'s one container, with its services by name."""
+    result = admin("status", "--json", container_id)
+    assert result.returncode == 0, result.stderr
+    (container,) = json.loads(result.stdout)
+    container["by_name"] = {s["name"]: s for s in container["services"]}
+    return dict(container)
+
+
+def services_footprint(e2e_dir: Path) -> set[str]:
+    """What a container with services may leave on the host: its supervisor, its state
+    directory, its runc state, its mounts. (Its log files stay on purpose.)"""
+    state_dir = e2e_dir / "state"
+    found = {f"state dir {p}" for p in state_dir.glob("*/*")}
+    for pattern in RUNC_ROOTS:
+        found |= {f"runc container {p.parent}" for p in e2e_dir.glob(f"{pattern}/*/state.json")}
+    found |= {f"mount {m}" for m in engines.mounts_under(e2e_dir)}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "retinue.supervisor" in cmdline and str(state_dir) in cmdline:
+            found.add(f"supervisor {entry}: {cmdline.strip()}")
+    return found
+
+
+def wait_until_gone(e2e_dir: Path, container_id: str, timeout: float = 10) -> None:
+    """Wait until nothing in services_footprint names `container_id`; fail naming what is left."""
+    deadline = time.monotonic() + timeout
+    while left := {f for f in services_footprint(e2e_dir) if container_id in f}:
+        if time.monotonic() > deadline:
+            pytest.fail(f"left behind by {container_id}:\n" + "\n".join(sorted(left)))
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def no_leftovers(e2e_dir: Path) -> Iterator[None]:
+    """After the test (and its containers' removal): nothing of its containers is left.
+
+    Request it before the engine's name fixtures (or with `usefixtures`) so that it checks
+    after they have removed their containers. Supervisors finish their clean-up right after the
+    container's delete returns: a few seconds are allowed for it.
+    """
+    before = services_footprint(e2e_dir)
+    yield
+    deadline = time.monotonic() + 10
+    while True:
+        left = services_footprint(e2e_dir) - before
+        if not left:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail("left behind:\n" + "\n".join(sorted(left)))
+        time.sleep(0.1)

@@ -38,3 +38,122 @@ def config_text(e2e_dir: Path, runtime: str = "") -> str:
         f'state_dir = "{e2e_dir / "state"}"\n'
         f'log_dir = "{e2e_dir / "log"}"\n'
     )
+
+
+# --- services ---------------------------------------------------------------------------------
+#
+# Busybox-made services, defined in the session's services directory and selected per container
+# (RETINUE_SERVICES for Docker, the io.retinue.services annotation for containerd). Services and
+# main processes append "UPTIME WORDS" lines to /shared/events, a host directory each test binds
+# into its container: /proc/uptime is one clock inside and outside the container, in 10 ms steps.
+
+# Both the services' scripts and the main processes start with these helpers.
+HELPERS = """\
+now() { read -r up _ < /proc/uptime; echo "$up"; }
+ev() { echo "$(now) $*" >> /shared/events; }
+"""
+
+WEB_PAGE = "hello from web\n"
+LATE_SECONDS = 1.0
+
+# name -> (services/NAME.toml without `files` and `command`, files/NAME/run.sh after HELPERS).
+SERVICES: dict[str, tuple[str, str]] = {
+    # A dependency of web: started before it, stopped after it.
+    "db": (
+        '[stop]\ntimeout = "5s"\n',
+        "sleep 1000 & pid=$!\n"
+        "trap 'ev db-term; kill $pid; sleep 0.2; ev db-exit; exit 0' TERM\n"
+        'ev db-start\necho "db: up"\nwait\n',
+    ),
+    # TCP-ready, as nobody: busybox httpd on the container's loopback.
+    "web": (
+        'user = "nobody"\nrequires = ["db"]\n[ready]\ntcp = 8080\n[stop]\ntimeout = "5s"\n',
+        'ev web-start\necho "web: serving as uid $(id -u)"\n'
+        "httpd -f -p 127.0.0.1:8080 -h /retinue/web/www & pid=$!\n"
+        "trap 'ev web-term; kill $pid; wait $pid; sleep 0.2; ev web-exit; exit 0' TERM\n"
+        "wait\n",
+    ),
+    # Ready late: a file, LATE_SECONDS after it starts.
+    "late": (
+        '[ready]\nfile = "/tmp/late.ready"\n',
+        "sleep 1000 & pid=$!\n"
+        "trap 'ev late-term; kill $pid; ev late-exit; exit 0' TERM\n"
+        f"ev late-start\nsleep {LATE_SECONDS:g}\nev late-ready\ntouch /tmp/late.ready\nwait\n",
+    ),
+    # Fails before it is ready.
+    "broken": (
+        '[ready]\nfile = "/tmp/broken.ready"\n[restart]\npolicy = "no"\n',
+        'echo "broken: cannot open /etc/broken.conf" >&2\nexit 1\n',
+    ),
+    # Optional and crash-looping: restarted with backoff until its start limit, then failed.
+    "flaky": (
+        'required = false\n[restart]\ndelay = "100ms"\nburst = 3\ninterval = "30s"\n',
+        'echo "flaky: crashing"\nexit 1\n',
+    ),
+    # Never ready: misses its start timeout.
+    "stuck": (
+        '[ready]\ntcp = 9999\ntimeout = "1s"\n',
+        "sleep 1000 & pid=$!\n"
+        "trap 'kill $pid; exit 0' TERM\n"
+        'echo "stuck: waiting for a disk"\nwait\n',
+    ),
+}
+
+BROKEN_ERROR = (
+    'retinue: service "broken" exited with status 1 before it was ready; '
+    "last output: broken: cannot open /etc/broken.conf"
+)
+STUCK_ERROR = (
+    'retinue: service "stuck" not ready after 1s: still running; '
+    "last output: stuck: waiting for a disk"
+)
+
+
+def unknown_service_error(source: str) -> str:
+    selectable = ", ".join(sorted(SERVICES))
+    return (
+        f"retinue: the container asks for service 'nope' ({source}), which is not defined "
+        f"(selectable services: {selectable})"
+    )
+
+
+def write_services(etc: Path) -> None:
+    """etc/services/NAME.toml and etc/files/NAME/run.sh for every service in SERVICES."""
+    for name, (toml, script) in SERVICES.items():
+        files = etc / "files" / name
+        files.mkdir(parents=True)
+        run = files / "run.sh"
+        run.write_text("#!/bin/sh\n" + HELPERS + script)
+        # Mounted as they are: a service running as nobody must read and run them.
+        for path, mode in ((etc / "files", 0o755), (files, 0o755), (run, 0o755)):
+            path.chmod(mode)
+        if name == "web":
+            (files / "www").mkdir(mode=0o755)
+            (files / "www" / "index.html").write_text(WEB_PAGE)
+            (files / "www").chmod(0o755)
+            (files / "www" / "index.html").chmod(0o644)
+        (etc / "services" / f"{name}.toml").write_text(
+            f'files = "files/{name}"\ncommand = ["run.sh"]\n{toml}'
+        )
+
+
+def main_command(body: str) -> list[str]:
+    """A container's command: `sh -c` with HELPERS defined, then `body`."""
+    return ["sh", "-c", HELPERS + body]
+
+
+def read_events(shared: Path) -> list[tuple[float, str]]:
+    """(uptime, words) of every line in shared/events, in the order written."""
+    out = []
+    for line in (shared / "events").read_text().splitlines():
+        stamp, _, words = line.partition(" ")
+        out.append((float(stamp), words))
+    return out
+
+
+def first(events: list[tuple[float, str]], words: str) -> float:
+    """When `words` first happened; AssertionError naming every event if it never did."""
+    for stamp, w in events:
+        if w == words:
+            return stamp
+    raise AssertionError(f"no {words!r} in {events}")

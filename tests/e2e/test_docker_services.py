@@ -1,0 +1,221 @@
+"""Services through a private dockerd 20.10: `docker run --runtime retinue -e RETINUE_SERVICES=`.
+
+The services are support.SERVICES (busybox scripts, httpd), selected by env since dockerd 20.10
+cannot set annotations. Each test's container binds a host directory at /shared, where services
+and the main process log timestamped events. `no_leftovers` checks after every test that no
+supervisor, state directory, runc container or mount of it is left.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from subprocess import CompletedProcess
+
+import engines
+import pytest
+from conftest import service_status, wait_until_gone
+from support import (
+    BROKEN_ERROR,
+    LATE_SECONDS,
+    STUCK_ERROR,
+    WEB_PAGE,
+    first,
+    main_command,
+    read_events,
+    unknown_service_error,
+)
+
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("no_leftovers")]
+
+Admin = Callable[..., CompletedProcess[str]]
+RETINUE = ("--runtime", "retinue", "--network", "none")
+
+# The main process: its first act is an event, then it reaches web on the container's loopback.
+MAIN = (
+    "ev main-start; echo 'main: first words'; "
+    "wget -q -O- http://127.0.0.1:8080/ && ev main-fetched; "
+)
+
+
+def _run_args(shared: Path, services: str) -> list[str]:
+    return [*RETINUE, "-v", f"{shared}:/shared", "-e", f"RETINUE_SERVICES={services}"]
+
+
+def _state(docker: engines.Dockerd, name: str) -> dict[str, object]:
+    state: dict[str, object] = json.loads(
+        docker.docker("inspect", "-f", "{{json .State}}", name).stdout
+    )
+    return state
+
+
+def _runc_has(docker: engines.Dockerd, container_id: str) -> bool:
+    return any(docker.exec_root.glob(f"runtime-runc/*/{container_id}/state.json"))
+
+
+def test_gate_reach_logs_status_and_ordered_stop(
+    docker: engines.Dockerd,
+    docker_name: str,
+    shared: Path,
+    e2e_dir: Path,
+    retinue_admin: Admin,
+) -> None:
+    main = MAIN + 'trap "ev main-term; exit 0" TERM; sleep 1000 & wait'
+    started = time.monotonic()
+    cid = docker.docker(
+        "run",
+        "-d",
+        "--name",
+        docker_name,
+        *_run_args(shared, "web,late"),
+        docker.image,
+        *main_command(main),
+    ).stdout.strip()
+    # `docker run -d` returns once the runtime's start did: the gate opened first.
+    assert time.monotonic() - started >= LATE_SECONDS
+    assert len(cid) == 64
+    deadline = time.monotonic() + 10
+    while not any(w == "main-fetched" for _, w in read_events(shared)):
+        assert time.monotonic() < deadline, read_events(shared)
+        time.sleep(0.05)
+    events = read_events(shared)
+    # The gate held the entrypoint until the late service was ready, and web had started db.
+    assert first(events, "main-start") >= first(events, "late-ready")
+    assert first(events, "main-start") - first(events, "late-start") >= LATE_SECONDS - 0.02
+    assert first(events, "db-start") <= first(events, "web-start")
+    # The supervisor's own note agrees: "ready" is in the late service's log.
+    logs = e2e_dir / "log" / cid
+    assert "ready\n" in (logs / "late.log").read_text()
+
+    # The container's log is the main process's output only; the services' go to their files.
+    assert docker.docker("logs", docker_name).stdout == f"main: first words\n{WEB_PAGE}"
+    assert "web: serving as uid 65534\n" in (logs / "web.log").read_text()
+    assert "db: up\n" in (logs / "db.log").read_text()
+
+    status = service_status(retinue_admin, cid)
+    assert set(status["by_name"]) == {"db", "web", "late"}
+    assert status["phase"] == "running"
+    for svc in status["services"]:
+        assert (svc["state"], svc["restarts"]) == ("ready", 0), svc
+        assert svc["pid"] and svc["ready_since"], svc
+    table = retinue_admin("status").stdout
+    rows = {tuple(line.split()[1:3]) for line in table.splitlines() if line.startswith(cid[:20])}
+    assert rows == {("db", "ready"), ("late", "ready"), ("web", "ready")}, table
+
+    stop = time.monotonic()
+    docker.docker("stop", "-t", "20", docker_name)
+    assert time.monotonic() - stop < 10  # no service and no main needed SIGKILL
+    state = _state(docker, docker_name)
+    assert (state["Running"], state["ExitCode"]) == (False, 0)
+    events = read_events(shared)
+    # Reverse dependency order: web (which requires db) stops before db is told to; the main
+    # process is told last, once every service has gone.
+    assert first(events, "web-term") < first(events, "web-exit") <= first(events, "db-term")
+    assert first(events, "db-term") < first(events, "db-exit")
+    assert "late-exit" in [w for _, w in events]
+    last_service = max(first(events, f"{n}-exit") for n in ("web", "db", "late"))
+    assert first(events, "main-term") >= last_service
+    assert "stopping with SIGTERM" in (logs / "web.log").read_text()
+    assert not _runc_has(docker, cid)
+    docker.docker("rm", docker_name)
+    assert docker.docker("ps", "-aq", "--filter", f"name={docker_name}").stdout == ""
+
+
+def test_stop_and_rm_of_a_paused_container(
+    docker: engines.Dockerd, docker_name: str, shared: Path
+) -> None:
+    """Frozen services cannot stop gracefully: stop and rm -f must not wait for them."""
+    for stop in (("stop", "-t", "1"), ("rm", "-f")):
+        docker.docker(
+            "run",
+            "-d",
+            "--name",
+            docker_name,
+            *_run_args(shared, "web"),
+            docker.image,
+            "sleep",
+            "1000",
+        )
+        docker.docker("pause", docker_name)
+        started = time.monotonic()
+        docker.docker(*stop, docker_name, timeout=30)
+        assert time.monotonic() - started < 10, stop
+        if stop[0] == "stop":
+            state = _state(docker, docker_name)
+            assert (state["Running"], state["ExitCode"]) == (False, 137)
+            docker.docker("rm", docker_name)
+
+
+def test_a_job_ends_with_its_main_process(docker: engines.Dockerd, shared: Path) -> None:
+    """The main exits 3 while web would run for ever: `docker run` returns 3 at once."""
+    started = time.monotonic()
+    result = docker.docker(
+        "run",
+        "--rm",
+        *_run_args(shared, "web"),
+        docker.image,
+        *main_command(MAIN + "exit 3"),
+        check=False,
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (
+        3,
+        f"main: first words\n{WEB_PAGE}",
+        "",
+    )
+    assert time.monotonic() - started < 15
+    assert "main-fetched" in [w for _, w in read_events(shared)]
+
+
+@pytest.mark.parametrize(("service", "error"), [("broken", BROKEN_ERROR), ("stuck", STUCK_ERROR)])
+def test_a_failing_required_service_fails_docker_run(
+    docker: engines.Dockerd,
+    docker_name: str,
+    shared: Path,
+    e2e_dir: Path,
+    service: str,
+    error: str,
+) -> None:
+    result = docker.docker(
+        "run",
+        "--name",
+        docker_name,
+        *_run_args(shared, f"web,{service}"),
+        docker.image,
+        *main_command(MAIN),
+        check=False,
+    )
+    assert result.returncode == 125
+    assert (
+        f"Error response from daemon: OCI runtime start failed: {error}: unknown" in result.stderr
+    ), result.stderr
+    words = [w for _, w in read_events(shared)]
+    assert "main-start" not in words  # the entrypoint never ran
+    if service == "stuck":
+        # web was ready long before stuck's timeout: it was stopped gracefully, not killed.
+        assert {"web-exit", "db-exit"} <= set(words), words
+    # Docker keeps its record of the container (`Created`); of the task nothing is left: no
+    # runc container, supervisor or state directory (no_leftovers checks mounts after `rm`).
+    cid = docker.docker("inspect", "-f", "{{.Id}}", docker_name).stdout.strip()
+    assert _state(docker, docker_name)["Running"] is False
+    assert not _runc_has(docker, cid)
+    wait_until_gone(e2e_dir, cid)
+    docker.docker("rm", docker_name)
+
+
+def test_an_unknown_service_fails_docker_run(docker: engines.Dockerd, shared: Path) -> None:
+    result = docker.docker(
+        "run",
+        "--rm",
+        *_run_args(shared, "web,nope"),
+        docker.image,
+        *main_command(MAIN),
+        check=False,
+    )
+    assert result.returncode == 125
+    assert (
+        "docker: Error response from daemon: failed to create shim task: OCI runtime "
+        f"create failed: {unknown_service_error('env RETINUE_SERVICES')}: unknown"
+    ) in result.stderr, result.stderr
+    assert read_events(shared) == []
