@@ -162,10 +162,27 @@ def _gone_message(container_id: str, log_dir: str) -> str:
     return f"the supervisor of container {container_id} is gone (killed or crashed; see {log})"
 
 
-def supervised(args: runc_argv.RuncArgs, compiled: dict[str, Any], container_dir: str) -> None:
-    """start, kill and delete of a container that has services: the supervisor goes first."""
+def recorded_lower(container_dir: str, default: str) -> str:
+    """The lower runtime the container was created with: it keeps it until it is deleted, even
+    if the configuration names another one since."""
+    import json
+
+    try:
+        with open(os.path.join(container_dir, "plan.json")) as f:
+            lower_runtime = json.load(f).get("lower")
+    except (OSError, ValueError, AttributeError):
+        return default
+    return lower_runtime if isinstance(lower_runtime, str) and lower_runtime else default
+
+
+def supervised(args: runc_argv.RuncArgs, compiled: dict[str, Any], container_dir: str) -> str:
+    """start, kill and delete of a container that has a supervisor, which goes first.
+
+    Returns the lower runtime to hand the call to.
+    """
     from .supervisor.control import SupervisorGone
 
+    runtime = recorded_lower(container_dir, compiled["runtime"])
     command, container_id = args.command, args.container_id
     gone = _gone_message(container_id, compiled["log_dir"])
     if command == "start":
@@ -187,8 +204,8 @@ def supervised(args: runc_argv.RuncArgs, compiled: dict[str, Any], container_dir
                 runclog.log(args, "warning", f"{PREFIX}{gone}; its services were not stopped")
     elif command == "delete":
         force = "force" in args.options or "f" in args.options
-        if not force and _is_running(compiled["runtime"], args):
-            return  # the lower runtime refuses to delete it, with its own message
+        if not force and _is_running(runtime, args):
+            return runtime  # the lower runtime refuses to delete it, with its own message
         try:
             # Even --force stops the services gracefully, in reverse order, within their stop
             # timeouts: every path to the container's end stops them the same way; the lower
@@ -197,6 +214,7 @@ def supervised(args: runc_argv.RuncArgs, compiled: dict[str, Any], container_dir
         except SupervisorGone:
             runclog.log(args, "warning", f"{PREFIX}{gone}; removed its state {container_dir}")
             statedir.remove(container_dir)
+    return runtime
 
 
 def _is_running(runtime: str, args: runc_argv.RuncArgs) -> bool:
@@ -221,6 +239,7 @@ def main() -> NoReturn:
     args = runc_argv.parse(argv)
     try:
         compiled = load_config()
+        runtime = compiled["runtime"]
         command = args.command
         if command in ("create", "run"):
             container_dir = create(args, compiled)
@@ -235,8 +254,8 @@ def main() -> NoReturn:
                     compiled["state_dir"], args.root, container_id
                 )
                 if os.path.isdir(container_dir):
-                    supervised(args, compiled, container_dir)
-        lower.handoff(compiled["runtime"], argv)
+                    runtime = supervised(args, compiled, container_dir)
+        lower.handoff(runtime, argv)
     except RetinueError as e:
         runclog.fail(args, PREFIX + str(e))
     except Exception as e:  # a bug: still one error line the engine can show, not a traceback
