@@ -19,6 +19,20 @@ when.annotations = { "io.retinue.test/attach" = "yes" }
 mounts = [{ source = "demo", destination = "/retinue/demo" }]
 env = { RETINUE_GREETING = "hello by annotation" }
 
+# Seccomp handlers, merged into Docker's default profile by the shim, served by the supervisor.
+[[attach]]
+name = "broker"
+when.env = { RETINUE_BROKER = "1" }
+
+[[attach.seccomp]]
+syscalls = ["mkdir", "mkdirat"]
+handler = "deny"
+settings = { errno = "EACCES" }
+
+[[attach.seccomp]]
+syscalls = ["sysinfo"]
+handler = "sysinfo"
+
 # Both engines mount /dev/shm: retinue must refuse to mount over it, and say so.
 [[attach]]
 name = "collide"
