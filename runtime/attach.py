@@ -57,15 +57,13 @@ def plan(
     services = [compiled["services"][n] for n in names]
     edited = edits.apply(spec, rules, compiled["hook"], container_dir, services)
     seccomp = [r for rule in rules for r in rule["seccomp"]]
-    listener, notes = "", []
+    listener = ""
+    notes: list[str] = []
     if seccomp:
         from .seccomp import profile
 
         listener = statedir.seccomp_listener(compiled["state_dir"], bundle)
-        metadata = profile.metadata(seccomp)
-        linux = edited.get("linux") or {}
-        notes = profile.merge(linux.get("seccomp"), seccomp, listener, metadata).notes
-        edited = profile.apply(edited, seccomp, listener, metadata)
+        edited = profile.apply(edited, seccomp, listener, profile.metadata(seccomp), notes)
     return Attachment(
         rules=rules,
         services=services,

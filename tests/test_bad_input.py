@@ -237,6 +237,23 @@ def run_with_bad_spec(ctx: Ctx) -> list[str]:
     return [f"{path}: process.env[0]: expected a string, got null"]
 
 
+@case
+def linux_not_an_object_with_seccomp(ctx: Ctx) -> list[str]:
+    """A seccomp rule applies, so the shim merges into linux.seccomp: a `linux` that is not an
+    object is named, not an internal error."""
+    ctx.policy = """
+[[attach]]
+name = "broker"
+when.always = true
+
+[[attach.seccomp]]
+syscalls = ["mkdir"]
+handler = "deny"
+"""
+    set_spec(ctx, lambda s: s.update(linux=["seccomp"]))
+    return ["linux: expected an object"]
+
+
 # --- the lower runtime ----------------------------------------------------------------------
 
 

@@ -260,3 +260,28 @@ def test_plan_unknown_service_is_the_shims_error(
     assert created.stderr.splitlines()[-1] == message
     assert fingerprint(bundle / "config.json") == before
     assert os.listdir(runc_root) == []
+
+
+def test_plan_says_what_the_seccomp_merge_cannot_do(
+    admin: str, make_config: ConfigFactory, make_bundle: BundleFactory, tmp_path: Path
+) -> None:
+    """The container's profile refuses mkdir outright: plan notifies mknod as asked and says
+    that mkdir stays refused."""
+    make_config(
+        '[[attach]]\nname = "broker"\nwhen.always = true\n'
+        '[[attach.seccomp]]\nsyscalls = ["mkdir", "mknod"]\nhandler = "deny"\n',
+        f'state_dir = "{tmp_path}/state"\n',
+    )
+    profile = {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_ERRNO"}],
+    }
+    bundle = make_bundle(["true"], edit=lambda s: s["linux"].update(seccomp=profile))
+    r = run([admin, "plan", str(bundle)])
+    assert (r.returncode, r.stderr) == (0, "")
+    comments = [ln for ln in r.stdout.splitlines() if ln.startswith("# seccomp: ")]
+    assert comments[1:] == [
+        "# seccomp: mkdir: the container's profile refuses it (SCMP_ACT_ERRNO); it stays "
+        "refused and is not notified"
+    ]
+    assert '"SCMP_ACT_NOTIFY"' in r.stdout

@@ -10,8 +10,8 @@ How the pieces meet (the shim and the supervisor call these; see each module):
 
 - configuration: `config.SeccompRule` tables, checked by `config.check_rules`, compiled to plain
   data by `config.compile_rules` (what the shim's cache stores);
-- the shim, on create: `profile.apply(spec, rules, listener_path, profile.metadata(rules))`
-  (standard library only; `profile.merge(...).notes` says what could not be done, for `plan`);
+- the shim, on create: `profile.apply(spec, rules, listener_path, profile.metadata(rules),
+  notes)` (standard library only; `notes` gets what could not be done, for `plan`);
 - the supervisor, before the lower create runs: `sock = agent.bind(listener_path)`, then
   `routes = agent.Routes.from_rules(rules, log)` and `await agent.serve(sock, routes, log)` in
   its TaskGroup; cancelling it closes every notify fd (the container's notified syscalls then

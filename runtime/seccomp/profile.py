@@ -95,7 +95,7 @@ def merge(
             f"may be ({MAX_LISTENER_PATH} bytes)"
         )
     if not wanted:
-        return Merged(seccomp or {}, []) if seccomp is not None else Merged({}, [])
+        return Merged(seccomp or {}, [])
     if seccomp is None:
         return Merged(
             {
@@ -252,15 +252,24 @@ def _negate(cond: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def apply(
-    spec: dict[str, Any], rules: list[dict[str, Any]], listener_path: str, metadata: str = ""
+    spec: dict[str, Any],
+    rules: list[dict[str, Any]],
+    listener_path: str,
+    metadata: str = "",
+    notes: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The spec with its `linux.seccomp` merged; the same object when nothing changes."""
+    """The spec with its `linux.seccomp` merged; the same object when nothing changes.
+
+    `notes`, when given, is extended with what the merge could not do as asked (for `plan`).
+    """
     if not rules:
         return spec
     linux = spec.get("linux") or {}
     if not isinstance(linux, dict):
         raise SpecError("linux: expected an object")
-    merged = merge(linux.get("seccomp"), rules, listener_path, metadata).seccomp
-    if merged == linux.get("seccomp"):
+    merged = merge(linux.get("seccomp"), rules, listener_path, metadata)
+    if notes is not None:
+        notes += merged.notes
+    if merged.seccomp == linux.get("seccomp"):
         return spec
-    return {**spec, "linux": {**linux, "seccomp": merged}}
+    return {**spec, "linux": {**linux, "seccomp": merged.seccomp}}
