@@ -18,19 +18,13 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from .. import statedir
+from .. import graph, statedir
 from . import control, procs, readiness
 from .logs import RotatingLog
 
-PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Exits by these signals are a clean stop, not a failure (as systemd's on-failure has it).
 CLEAN_SIGNALS = frozenset({signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE})
-NOTIFY_DIR_IN_CONTAINER = "/run/retinue"
 PF_EXITING = 0x4  # include/linux/sched.h
-
-
-def _now() -> float:
-    return time.time()
 
 
 class Service:
@@ -122,9 +116,12 @@ class Supervisor:
             for s in plan["services"]
         }
         self.order: list[str] = [s["name"] for s in plan["services"]]
+        deps = {s["name"]: (s["requires"], s["wants"], s["after"]) for s in plan["services"]}
+        # What must be ready (or have failed) before each service starts, and the reverse.
+        self.predecessors = {n: graph.predecessors(deps, n, self.order) for n in self.order}
         self.dependents: dict[str, list[str]] = {n: [] for n in self.order}
         for name in self.order:
-            for dep in self.predecessors(name):
+            for dep in self.predecessors[name]:
                 self.dependents[dep].append(name)
         self.tg: asyncio.TaskGroup
         self.reaper: procs.Reaper
@@ -132,13 +129,6 @@ class Supervisor:
         # Connection handlers are the control server's tasks; kept so that the last replies
         # (delete, poststop) are written before the process exits.
         self._handlers: set[asyncio.Task[Any]] = set()
-
-    # -- graph ------------------------------------------------------------------------------
-
-    def predecessors(self, name: str) -> list[str]:
-        spec = self.services[name].spec
-        wanted = dict.fromkeys([*spec["requires"], *spec["wants"], *spec["after"]])
-        return [d for d in wanted if d in self.services and d != name]
 
     # -- life of the supervisor ---------------------------------------------------------------
 
@@ -257,11 +247,12 @@ class Supervisor:
                 # The lower create failed: there is no container to serve.
                 self.finish("the lower create exited and the container does not exist")
                 return
-            if isinstance(state.get("pid"), int) and state["pid"] > 0:
-                self.container_created(state["pid"])
+            self.container_created(state.get("pid"))
 
-    def container_created(self, pid: int) -> None:
-        if self.init_pid is not None:
+    def container_created(self, pid: object) -> None:
+        """Take note of the container's init, given as runc reports it (a stopped container's
+        state says pid 0)."""
+        if self.init_pid is not None or not isinstance(pid, int) or pid <= 0:
             return
         self.init_pid = pid
         self.watch_pid(pid, self.main_exited)
@@ -366,9 +357,7 @@ class Supervisor:
             # watch the wrong init, or stop these services when the other container is deleted.
             return {"ok": True}
         if stage == "createRuntime":
-            pid = state.get("pid")
-            if isinstance(pid, int) and pid > 0:
-                self.container_created(pid)
+            self.container_created(state.get("pid"))
         elif stage == "poststart":
             # runc 1.1 runs poststart hooks at the end of `create`, before the entrypoint is
             # released (runc 1.2 and crun after `start`): a hook before start only takes note.
@@ -400,7 +389,10 @@ class Supervisor:
                 state = await self.lower_state()
                 if state is None:
                     return {"ok": False, "error": f"container {self.id} does not exist"}
-                self.container_created(int(state.get("pid") or 0) or 0)
+                self.container_created(state.get("pid"))
+                if self.init_pid is None:
+                    status = state.get("status") or "without an init"
+                    return {"ok": False, "error": f"container {self.id} is {status}"}
             self.phase = "starting"
             for name in self.order:
                 svc = self.services[name]
@@ -458,7 +450,7 @@ class Supervisor:
     # -- one service ------------------------------------------------------------------------
 
     async def run_service(self, svc: Service) -> None:
-        for dep_name in self.predecessors(svc.name):
+        for dep_name in self.predecessors[svc.name]:
             dep = self.services[dep_name]
             error = await asyncio.shield(dep.settled)
             if error and dep_name in svc.spec["requires"]:
@@ -669,7 +661,7 @@ class Supervisor:
                     break
                 await asyncio.sleep(interval)
         svc.state = "ready"
-        svc.ready_since = _now()
+        svc.ready_since = time.time()
         svc.note("ready")
         svc.settle(None)
 
