@@ -8,12 +8,13 @@ and rlimits are kept, so a service is confined exactly as the container is.
 
 from __future__ import annotations
 
+from .edits import NOTIFY_DIR
+
 TYPE_CHECKING = False  # the shim's create path imports this; typing costs ~10 ms
 if TYPE_CHECKING:
     from typing import Any
 
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-NOTIFY_DIR = "/run/retinue"
 CAP_SETS = ("bounding", "effective", "permitted", "inheritable", "ambient")
 
 
@@ -24,12 +25,9 @@ def _capabilities(
     caps: dict[str, list[str]] = {}
     for name in CAP_SETS:
         current = list(base.get(name) or [])
-        wanted = extra if name != "ambient" or uid != 0 else []
-        caps[name] = current + [c for c in wanted if c not in current]
-    if uid != 0:
         # A non-root process keeps capabilities across exec only through the ambient set.
-        caps["inheritable"] = list(dict.fromkeys([*caps["inheritable"], *extra]))
-        caps["ambient"] = list(dict.fromkeys([*caps["ambient"], *extra]))
+        wanted = [] if name == "ambient" and uid == 0 else extra
+        caps[name] = current + [c for c in dict.fromkeys(wanted) if c not in current]
     return caps
 
 

@@ -38,9 +38,9 @@ import attrs
 
 from . import graph
 from .config import describe_value, read_toml, structure
+from .edits import SERVICE_PREFIX
 from .errors import ConfigError
 
-MOUNT_PREFIX = "/retinue"
 SERVICE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}\Z")
 # Every capability Linux defines (capability.h, up to 6.x). A name that only looks right is not
 # enough: runc 1.1 merely warns about an unknown one and runs the service without it.
@@ -170,7 +170,7 @@ def parse_user(value: str | int) -> tuple[int, int]:
 
 
 def mount_point(name: str) -> str:
-    return f"{MOUNT_PREFIX}/{name}"
+    return f"{SERVICE_PREFIX}/{name}"
 
 
 def container_command(name: str, command: list[str]) -> list[str]:

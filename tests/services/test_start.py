@@ -177,6 +177,19 @@ def test_readiness_kinds_gate_the_entrypoint(rig: Rig, container_id: str, kind: 
     assert rig.service_status(container_id, "svc")["state"] == "ready"
 
 
+def test_extra_capability_of_a_non_root_service(rig: Rig, container_id: str) -> None:
+    """A service running as nobody keeps its extra capability across exec (the ambient set):
+    it gives a file away, which takes CAP_CHOWN (not among runc's default capabilities)."""
+    rig.service(
+        "owner",
+        "touch /tmp/mine && chown 1:1 /tmp/mine && touch /tmp/given; exec sleep 1000\n",
+        'user = "nobody"\ncapabilities = ["CAP_CHOWN"]\n'
+        '[ready]\nfile = "/tmp/given"\ntimeout = "3s"\n[restart]\npolicy = "no"\n',
+    )
+    create_and_start(rig, container_id, "owner")
+    assert rig.service_status(container_id, "owner")["state"] == "ready"
+
+
 def test_notify_from_another_process_is_ignored(rig: Rig, container_id: str) -> None:
     """Only the service (or its children) may say it is ready: READY=1 sent to its socket by
     another service does not open the gate."""
