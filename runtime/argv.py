@@ -10,10 +10,9 @@ Imports nothing: it runs on every call.
 
 from __future__ import annotations
 
-# Global flags that take a value (runc 1.1 `main.go`).
+# Global flags that take a value (runc 1.1 `main.go`). The others are booleans (debug,
+# systemd-cgroup, help/h, version/v), which urfave also accepts as `--debug=false`.
 GLOBAL_VALUE_FLAGS = frozenset({"root", "log", "log-format", "criu", "rootless"})
-# Global booleans; urfave also accepts `--debug=false`.
-GLOBAL_BOOL_FLAGS = frozenset({"debug", "systemd-cgroup", "help", "h", "version", "v"})
 
 # Per-subcommand flags that take a value. Knowing them lets us find the container id and the
 # bundle in any flag order; an unknown flag is treated as a boolean, which only matters for

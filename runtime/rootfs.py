@@ -14,17 +14,17 @@ PASSWD = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexisten
 GROUP = "root:x:0:\nnogroup:x:65534:\n"
 
 
-def build(path: str, busybox: str = BUSYBOX) -> str:
+def build(path: str) -> str:
     """Create `path` as a rootfs with busybox and one symlink per applet; returns `path`."""
-    if not os.path.exists(busybox):
-        raise FileNotFoundError(f"{busybox}: install Debian's busybox-static")
+    if not os.path.exists(BUSYBOX):
+        raise FileNotFoundError(f"{BUSYBOX}: install Debian's busybox-static")
     for d in ("bin", "dev", "proc", "sys", "tmp", "etc", "root", "run", "var/www", "mnt"):
         os.makedirs(os.path.join(path, d), exist_ok=True)
     os.chmod(os.path.join(path, "tmp"), 0o1777)
     target = os.path.join(path, "bin", "busybox")
-    shutil.copy2(busybox, target)
+    shutil.copy2(BUSYBOX, target)
     applets = subprocess.run(
-        [busybox, "--list"], check=True, capture_output=True, text=True
+        [BUSYBOX, "--list"], check=True, capture_output=True, text=True
     ).stdout.split()
     for applet in applets:
         link = os.path.join(path, "bin", applet)
@@ -36,29 +36,15 @@ def build(path: str, busybox: str = BUSYBOX) -> str:
     return path
 
 
-def default_spec(args: list[str], runtime: str = "runc") -> dict[str, Any]:
+def default_spec(args: list[str]) -> dict[str, Any]:
     """`runc spec`'s default, made non-interactive and run with `args`."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([runtime, "spec", "--bundle", tmp], check=True)
+        subprocess.run(["runc", "spec", "--bundle", tmp], check=True)
         with open(os.path.join(tmp, "config.json")) as f:
             spec: dict[str, Any] = json.load(f)
     spec["process"]["terminal"] = False
     spec["process"]["args"] = args
     spec["root"] = {"path": "rootfs", "readonly": False}
     return spec
-
-
-def make_bundle(path: str, args: list[str], rootfs_source: str | None = None) -> str:
-    """A bundle at `path` with a busybox rootfs (copied from `rootfs_source` when given)."""
-    os.makedirs(path, exist_ok=True)
-    rootfs = os.path.join(path, "rootfs")
-    if rootfs_source:
-        if not os.path.exists(rootfs):
-            shutil.copytree(rootfs_source, rootfs, symlinks=True)
-    else:
-        build(rootfs)
-    with open(os.path.join(path, "config.json"), "w") as f:
-        json.dump(default_spec(args), f, indent="\t")
-    return path

@@ -68,32 +68,23 @@ class Reaper:
             self.reap()
         return future
 
-    def forget(self, pid: int) -> None:
-        self._early.pop(pid, None)
-
     def close(self) -> None:
         self._loop.remove_signal_handler(signal.SIGCHLD)
 
 
-def spawn(
-    argv: list[str],
-    env: dict[str, str] | None = None,
-    stdout: int | None = None,
-    stdin_devnull: bool = True,
-) -> int:
-    """Start argv with stdout and stderr on `stdout` (or /dev/null); returns its pid."""
+def spawn(argv: list[str], stdout: int) -> int:
+    """Start argv with stdin on /dev/null, stdout and stderr on `stdout`; returns its pid."""
     devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
     try:
-        out = devnull if stdout is None else stdout
         actions = [
             (os.POSIX_SPAWN_DUP2, devnull, 0),
-            (os.POSIX_SPAWN_DUP2, out, 1),
-            (os.POSIX_SPAWN_DUP2, out, 2),
+            (os.POSIX_SPAWN_DUP2, stdout, 1),
+            (os.POSIX_SPAWN_DUP2, stdout, 2),
         ]
         return os.posix_spawn(
             argv[0],
             argv,
-            env if env is not None else dict(os.environ),
+            os.environ,
             file_actions=actions,
             setsigdef=(signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD),
         )

@@ -54,7 +54,7 @@ def prepare(container_dir: str, plan: dict[str, Any], processes: dict[str, dict[
     return True
 
 
-def spawn(container_dir: str, log_path: str) -> int:
+def spawn(container_dir: str, log_path: str) -> None:
     """Start the supervisor detached from the caller and wait until its socket is bound."""
     site = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     code = (
@@ -98,7 +98,6 @@ def spawn(container_dir: str, log_path: str) -> int:
         raise RetinueError(
             f"the supervisor did not start{': ' + detail if detail else ''} (see {log_path})"
         )
-    return pid
 
 
 def _tail(path: str) -> str:
