@@ -94,19 +94,24 @@ def check_sizes() -> None:
         raise OSError(errno.ENOTSUP, f"unexpected seccomp notification struct sizes {tuple(sizes)}")
 
 
-def recv(fd: int) -> Notification | None:
-    """Receive one notification; None when it vanished before we got it (target killed)."""
-    buf = bytearray(_NOTIF.size)
+def _live_ioctl(fd: int, request: int, buf: bytearray) -> bool:
+    """ioctl on a notify fd, retried on EINTR; False on ENOENT (the notification is gone)."""
     while True:
         try:
-            fcntl.ioctl(fd, IOCTL_RECV, buf, True)
+            fcntl.ioctl(fd, request, buf, True)
         except InterruptedError:
             continue
         except OSError as e:
             if e.errno == errno.ENOENT:
-                return None
+                return False
             raise
-        return Notification(buf)
+        return True
+
+
+def recv(fd: int) -> Notification | None:
+    """Receive one notification; None when it vanished before we got it (target killed)."""
+    buf = bytearray(_NOTIF.size)
+    return Notification(buf) if _live_ioctl(fd, IOCTL_RECV, buf) else None
 
 
 def send(fd: int, notif_id: int, val: int = 0, error: int = 0, flags: int = 0) -> bool:
@@ -115,17 +120,7 @@ def send(fd: int, notif_id: int, val: int = 0, error: int = 0, flags: int = 0) -
     `error` is a negative errno (a positive one would be returned to the target as a success
     value); CONTINUE needs val == error == 0.
     """
-    buf = bytearray(_RESP.pack(notif_id, val, error, flags))
-    while True:
-        try:
-            fcntl.ioctl(fd, IOCTL_SEND, buf, True)
-        except InterruptedError:
-            continue
-        except OSError as e:
-            if e.errno == errno.ENOENT:
-                return False
-            raise
-        return True
+    return _live_ioctl(fd, IOCTL_SEND, bytearray(_RESP.pack(notif_id, val, error, flags)))
 
 
 _id_valid_number = IOCTL_ID_VALID
@@ -135,19 +130,13 @@ def id_valid(fd: int, notif_id: int) -> bool:
     """Whether the notification is still pending (its target alive and still waiting)."""
     global _id_valid_number
     buf = bytearray(_U64.pack(notif_id))
-    while True:
-        try:
-            fcntl.ioctl(fd, _id_valid_number, buf, True)
-        except InterruptedError:
-            continue
-        except OSError as e:
-            if e.errno == errno.ENOENT:
-                return False
-            if e.errno == errno.EINVAL and _id_valid_number == IOCTL_ID_VALID:
-                _id_valid_number = IOCTL_ID_VALID_OLD
-                continue
+    try:
+        return _live_ioctl(fd, _id_valid_number, buf)
+    except OSError as e:
+        if e.errno != errno.EINVAL or _id_valid_number != IOCTL_ID_VALID:
             raise
-        return True
+    _id_valid_number = IOCTL_ID_VALID_OLD
+    return _live_ioctl(fd, _id_valid_number, buf)
 
 
 def addfd(fd: int, notif_id: int, srcfd: int, newfd_flags: int = 0, answer: bool = True) -> int:

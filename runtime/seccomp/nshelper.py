@@ -80,6 +80,20 @@ def setns(fd: int, nstype: int) -> None:
     _check(_libc.setns(fd, nstype), "setns")
 
 
+def fsconfig(fs: int, cmd: int, key: str | None = None, value: str | None = None) -> None:
+    _check(
+        _libc.syscall(
+            ctypes.c_long(SYS_FSCONFIG),
+            ctypes.c_int(fs),
+            ctypes.c_uint(cmd),
+            None if key is None else key.encode(),
+            None if value is None else value.encode(),
+            ctypes.c_int(0),
+        ),
+        f"fsconfig {key or 'create'}",
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # The helper process
 
@@ -173,41 +187,9 @@ class _Helper:
             )
             try:
                 for key, val in [("source", req["source"]), *req["options"]]:
-                    if val is None:
-                        _check(
-                            _libc.syscall(
-                                ctypes.c_long(SYS_FSCONFIG),
-                                ctypes.c_int(fs),
-                                ctypes.c_uint(FSCONFIG_SET_FLAG),
-                                key.encode(),
-                                None,
-                                ctypes.c_int(0),
-                            ),
-                            f"fsconfig {key}",
-                        )
-                    else:
-                        _check(
-                            _libc.syscall(
-                                ctypes.c_long(SYS_FSCONFIG),
-                                ctypes.c_int(fs),
-                                ctypes.c_uint(FSCONFIG_SET_STRING),
-                                key.encode(),
-                                val.encode(),
-                                ctypes.c_int(0),
-                            ),
-                            f"fsconfig {key}",
-                        )
-                _check(
-                    _libc.syscall(
-                        ctypes.c_long(SYS_FSCONFIG),
-                        ctypes.c_int(fs),
-                        ctypes.c_uint(FSCONFIG_CMD_CREATE),
-                        None,
-                        None,
-                        ctypes.c_int(0),
-                    ),
-                    "fsconfig create",
-                )
+                    cmd = FSCONFIG_SET_FLAG if val is None else FSCONFIG_SET_STRING
+                    fsconfig(fs, cmd, key, val)
+                fsconfig(fs, FSCONFIG_CMD_CREATE)
                 mnt = _check(
                     _libc.syscall(
                         ctypes.c_long(SYS_FSMOUNT),

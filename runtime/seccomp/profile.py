@@ -122,8 +122,8 @@ def merge(
         raise SpecError("linux.seccomp.defaultAction: SCMP_ACT_NOTIFY is refused by runc")
 
     notes: list[str] = []
-    refused = _explicitly_refused(syscalls)
-    allowed = _allowed_unconditionally(syscalls)
+    refused = _unconditional(syscalls, REFUSING)
+    allowed = _unconditional(syscalls, ALLOWING)
     unconditional: set[str] = set()
     conditional: dict[str, int] = {}
     entries: list[dict[str, Any]] = []
@@ -197,25 +197,16 @@ def merge(
     return Merged(merged, notes)
 
 
-def _explicitly_refused(syscalls: list[dict[str, Any]]) -> dict[str, str]:
-    """Syscalls an unconditional refusing rule names, with that rule's action."""
-    refused: dict[str, str] = {}
+def _unconditional(syscalls: list[dict[str, Any]], actions: frozenset[str]) -> dict[str, str]:
+    """Syscalls named by a rule without argument conditions whose action is one of `actions`,
+    with the first such rule's action."""
+    found: dict[str, str] = {}
     for entry in syscalls:
         action = entry.get("action")
-        if action in REFUSING and not entry.get("args"):
+        if action in actions and not entry.get("args"):
             for name in entry.get("names") or []:
-                refused.setdefault(name, str(action))
-    return refused
-
-
-def _allowed_unconditionally(syscalls: list[dict[str, Any]]) -> dict[str, str]:
-    allowed: dict[str, str] = {}
-    for entry in syscalls:
-        action = entry.get("action")
-        if action in ALLOWING and not entry.get("args"):
-            for name in entry.get("names") or []:
-                allowed.setdefault(name, str(action))
-    return allowed
+                found.setdefault(name, str(action))
+    return found
 
 
 def _allowed_conditionally(syscalls: list[dict[str, Any]], name: str) -> bool:
