@@ -20,25 +20,7 @@ import attrs
 from .confcache import CONFIG_ENV, DEFAULT_CONFIG
 from .errors import ConfigError
 from .seccomp.config import SeccompRule, check_rules, compile_rules
-from .tomlmodel import (  # re-exported: the rest of retinue reads TOML through these
-    check_abs,
-    converter,
-    describe_value,
-    read_toml,
-    structure,
-    validation_messages,
-)
-
-__all__ = [
-    "CONFIG_ENV",
-    "DEFAULT_CONFIG",
-    "check_abs",
-    "converter",
-    "describe_value",
-    "read_toml",
-    "structure",
-    "validation_messages",
-]
+from .tomlmodel import check_abs, read_toml, structure
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 RULE_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}\Z")

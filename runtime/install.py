@@ -28,8 +28,8 @@ import click
 
 from . import bundle
 from .bundle import _got
-from .config import describe_value
 from .errors import RetinueError
+from .tomlmodel import describe_value
 
 DOCKER_CONFIG = "/etc/docker/daemon.json"
 CONTAINERD_CONFIG = "/etc/containerd/config.toml"

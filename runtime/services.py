@@ -37,9 +37,9 @@ from typing import Any
 import attrs
 
 from . import graph
-from .config import describe_value, read_toml, structure
 from .edits import SERVICE_PREFIX
 from .errors import ConfigError
+from .tomlmodel import describe_value, read_toml, structure
 
 SERVICE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}\Z")
 # Every capability Linux defines (capability.h, up to 6.x). A name that only looks right is not

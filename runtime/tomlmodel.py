@@ -107,7 +107,7 @@ def _make_converter() -> cattrs.Converter:
                 try:
                     out[key] = conv.structure(item, value_type)
                 except Exception as e:
-                    e.__notes__ = [*getattr(e, "__notes__", []), _key_note(key, value_type)]
+                    e.__notes__ = [*getattr(e, "__notes__", []), _key_note(key)]
                     errors.append(e)
             if errors:
                 raise IterableValidationError(f"While structuring {t}", errors, t)
@@ -178,6 +178,7 @@ def _make_converter() -> cattrs.Converter:
 
 
 def _origin(t: Any) -> Any:
+    # Typed as Any: mypy reads `typing.get_origin(t) is dict` as a comparison that cannot hold.
     return typing.get_origin(t)
 
 
@@ -185,7 +186,7 @@ class _KeyNote(str):
     key: str
 
 
-def _key_note(key: str, t: Any) -> _KeyNote:
+def _key_note(key: str) -> _KeyNote:
     note = _KeyNote(f"@ key {key!r}")
     note.key = key
     return note
@@ -224,7 +225,8 @@ def _segment(exc: BaseException) -> str:
 
 def validation_messages(exc: BaseException, path: str = "") -> list[str]:
     """Flatten a cattrs validation error into `key.path: message` lines."""
-    here = _join(path, _segment(exc)) if _segment(exc) else path
+    segment = _segment(exc)
+    here = _join(path, segment) if segment else path
     if isinstance(exc, ClassValidationError | IterableValidationError):
         return [m for sub in exc.exceptions for m in validation_messages(sub, here)]
     if isinstance(exc, ForbiddenExtraKeysError):
@@ -264,7 +266,6 @@ def read_toml(path: str) -> dict[str, Any]:
         raise ConfigError(f"{path}: invalid TOML: {e}") from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: invalid TOML: not UTF-8 ({e.reason})") from None
-
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,7 +26,6 @@ from typing import Any
 import attrs
 
 from ..errors import ConfigError
-from ..tomlmodel import check_abs as _check_abs
 from ..tomlmodel import converter, read_toml, structure, validation_messages
 from .api import Handler
 from .syscalls import X86_64
@@ -331,8 +330,3 @@ def load(path: str) -> SeccompConfig:
     if errors:
         raise ConfigError("\n".join(f"{path}: {e}" for e in errors))
     return cfg
-
-
-def check_abs(at: str, value: str, what: str) -> list[str]:
-    """Shared with the handlers: an absolute, normalized path."""
-    return _check_abs(at, value, what)

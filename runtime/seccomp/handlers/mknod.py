@@ -58,7 +58,7 @@ class Mknod(Handler):
 
     @classmethod
     def check(cls, settings: MknodSettings, syscalls: list[str]) -> list[str]:
-        from ..config import check_abs
+        from ...tomlmodel import check_abs
 
         errors: list[str] = []
         for i, d in enumerate(settings.allow):

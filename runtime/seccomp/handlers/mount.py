@@ -98,7 +98,7 @@ class Mount(Handler):
 
     @classmethod
     def check(cls, settings: MountSettings, syscalls: list[str]) -> list[str]:
-        from ..config import check_abs
+        from ...tomlmodel import check_abs
 
         errors: list[str] = []
         for i, fs in enumerate(settings.filesystems):
