@@ -639,8 +639,9 @@ async def serve(
 # Standalone
 
 
-def _setup_log(path: str, verbose: bool) -> logging.Logger:
-    log = logging.getLogger("retinue.seccomp")
+def setup_log(path: str, verbose: bool = False, name: str = "retinue.seccomp") -> logging.Logger:
+    """The logger handlers write to: one line per event in `path` (or on stderr)."""
+    log = logging.getLogger(name)
     handler: logging.Handler = (
         logging.FileHandler(path) if path else logging.StreamHandler(sys.stderr)
     )
@@ -682,7 +683,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 2
-    log = _setup_log(args.log, args.verbose)
+    log = setup_log(args.log, args.verbose)
     notify.check_sizes()
     asyncio.run(_main_async(args.listener, rules, log))
     return 0

@@ -190,18 +190,14 @@ class Supervisor:
         rules = self.plan.get("seccomp")
         if not rules:
             return None
-        import logging
-
         from ..seccomp import agent
 
         path = self.plan["seccomp_listener"]
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        log = logging.getLogger(f"retinue.seccomp.{self.id}")
-        handler = logging.FileHandler(os.path.join(self.plan["log_dir"], self.id, "seccomp.log"))
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        log.propagate = False
+        log = agent.setup_log(
+            os.path.join(self.plan["log_dir"], self.id, "seccomp.log"),
+            name=f"retinue.seccomp.{self.id}",
+        )
         sock = agent.bind(path)
         routes = agent.Routes.from_rules(rules, log)
         self.seccomp = agent.Agent(routes, log)
