@@ -22,6 +22,8 @@ TYPE_CHECKING = False  # typing costs ~10 ms to import; mypy reads this as True
 if TYPE_CHECKING:
     from typing import Any, NoReturn
 
+    from .attach import Attachment
+
 PREFIX = "retinue: "
 # Signals that ask a container to stop: its services are stopped first, in reverse order, each
 # with its own stop signal and timeout; SIGKILL kills them at once.
@@ -78,42 +80,34 @@ def create(args: runc_argv.RuncArgs, compiled: dict[str, Any]) -> str | None:
     found = attach.plan(compiled, spec, args.root, container_id, args.bundle)
     if found is None:
         return None
-    edited, services, seccomp = found.edited, found.services, found.seccomp
-    container_dir, listener = found.container_dir, found.listener
-    if services or seccomp:
+    if found.supervised:
         if (
             args.command == "run"
             and (spec.get("process") or {}).get("terminal")
-            and not (args.option("console-socket"))
+            and not args.option("console-socket")
         ):
             raise RetinueError(
                 "run with a terminal (process.terminal) is not supported for a container with "
                 "services; use create --console-socket, then start"
             )
-        start_supervisor(args, compiled, spec, services, container_dir, seccomp, listener)
-    if edited is not spec:
+        start_supervisor(args, compiled, spec, found)
+    if found.edited is not spec:
         try:
-            bundle.write_atomic(path, bundle.dumps(edited))
+            bundle.write_atomic(path, bundle.dumps(found.edited))
         except OSError as e:
             raise RetinueError(f"{path}: cannot write: {e.strerror}") from None
-    return container_dir if services or seccomp else None
+    return found.container_dir if found.supervised else None
 
 
 def start_supervisor(
-    args: runc_argv.RuncArgs,
-    compiled: dict[str, Any],
-    spec: dict[str, Any],
-    services: list[dict[str, Any]],
-    container_dir: str,
-    seccomp: list[dict[str, Any]],
-    listener: str,
+    args: runc_argv.RuncArgs, compiled: dict[str, Any], spec: dict[str, Any], found: Attachment
 ) -> None:
     from . import execspec
     from .supervisor import spawn
 
-    container_id = args.container_id
+    container_id, container_dir = args.container_id, found.container_dir
     processes: dict[str, dict[str, Any]] = {}
-    for svc in services:
+    for svc in found.services:
         processes[svc["name"]] = execspec.process(svc, spec, container_id)
         if svc["ready"] == "exec":
             processes[f"{svc['name']}.probe"] = execspec.process(
@@ -128,9 +122,9 @@ def start_supervisor(
         "log_dir": compiled["log_dir"],
         "log_max_bytes": compiled["log_max_bytes"],
         "log_keep": compiled["log_keep"],
-        "services": services,
-        "seccomp": seccomp,
-        "seccomp_listener": listener,
+        "services": found.services,
+        "seccomp": found.seccomp,
+        "seccomp_listener": found.listener,
         "creator_pid": os.getpid(),
     }
     try:
