@@ -13,6 +13,8 @@ import os
 import sys
 
 STAGES = ("createRuntime", "poststart", "poststop")
+# retinue.supervisor.control's SOCKET_NAME and via_fd, repeated: that module imports json and
+# socket, which would double this program's start-up time.
 SOCKET_NAME = "control.sock"
 
 

@@ -6,9 +6,10 @@ What LXCFS gives `free`, `top` and `nproc`, at the syscall:
   `freeram` that minus the cgroup's usage, `sharedram` its shmem, swap from its memory+swap
   limit, `procs` its pids.current, `uptime` the time since the container's init started; the
   load averages stay the host's (sysinfo has no field for a CPU count or quota);
-- `sched_getaffinity` (of the caller itself, pid 0 or its own): the real mask, cut down to the
+- `sched_getaffinity` of the caller itself, asked as pid 0: the real mask, cut down to the
   first ceil(quota / period) CPUs of the container's CPU quota, so `nproc`, Go's GOMAXPROCS and
-  thread-pool sizes follow the limit. Another task's mask is left to the kernel.
+  thread-pool sizes follow the limit. A mask asked for by pid number (another task's, or the
+  caller's own) is left to the kernel.
 
 cgroup v1 (this host's hybrid setup) and v2 are both read; the cgroup is the notifying task's,
 found in /proc/PID/cgroup, and the files are found through /proc/self/mountinfo.
