@@ -2,7 +2,8 @@
 
 The entry point is small on purpose: parse argv, decide, and either hand the call to the lower
 runtime with execve or take one of the paths that need more. A pass-through call imports only
-`os`, `sys`, `marshal` and `_signal`; everything else is loaded on the paths that use it.
+`os`, `sys`, `marshal`, `binascii` and `_signal`; everything else is loaded on the paths that use
+it.
 
 Paths that are not pass-through:
 - create/run of a container the policy selects: edit the bundle, spawn the supervisor;
