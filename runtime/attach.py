@@ -56,7 +56,9 @@ def plan(
     container_dir = statedir.container_dir(compiled["state_dir"], root, container_id)
     services = [compiled["services"][n] for n in names]
     edited = edits.apply(spec, rules, compiled["hook"], container_dir, services)
+    # The policy's handlers, then those the attached services bring.
     seccomp = [r for rule in rules for r in rule["seccomp"]]
+    seccomp += [r for svc in services for r in svc["seccomp"]]
     listener = ""
     notes: list[str] = []
     if seccomp:

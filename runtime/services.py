@@ -39,6 +39,7 @@ import attrs
 from . import graph
 from .edits import SERVICE_PREFIX
 from .errors import ConfigError
+from .seccomp.config import SeccompRule, check_rules, compile_rules
 from .tomlmodel import describe_value, read_toml, structure
 
 SERVICE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}\Z")
@@ -137,6 +138,8 @@ class Service:
     ready: Ready = attrs.field(factory=Ready)
     restart: Restart = attrs.field(factory=Restart)
     stop: Stop = attrs.field(factory=Stop)
+    # Seccomp handlers every container with this service gets (a broker the service relies on).
+    seccomp: list[SeccompRule] = attrs.field(factory=list)
 
 
 def parse_duration(value: str | float) -> float:
@@ -273,6 +276,7 @@ def check_service(name: str, svc: Service, source: str, files_base: str) -> list
         err("restart.burst", f"expected at least 1, got {svc.restart.burst}")
     if not svc.stop.signal.startswith("SIG") or not hasattr(signal_module, svc.stop.signal):
         err("stop.signal", f"expected a signal name like SIGTERM, got {svc.stop.signal!r}")
+    errors += [f"{source}: {e}" for e in check_rules(svc.seccomp, at="seccomp")]
     return errors
 
 
@@ -372,4 +376,5 @@ def compile_service(name: str, svc: Service, files_base: str) -> dict[str, Any]:
         "restart_interval": parse_duration(svc.restart.interval),
         "stop_signal": int(getattr(signal_module, svc.stop.signal)),
         "stop_timeout": parse_duration(svc.stop.timeout),
+        "seccomp": compile_rules(svc.seccomp),
     }

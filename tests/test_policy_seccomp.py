@@ -151,3 +151,54 @@ def test_bundle_reused_for_another_container(
     for stage in ("createRuntime", "poststart", "poststop"):
         ours = [h for h in spec["hooks"][stage] if h["args"][0] == "retinue-hook"]
         assert len(ours) == 1 and ours[0]["args"][2].endswith("/reuse-b")
+
+
+def test_a_service_brings_its_seccomp_handlers(
+    shim: str,
+    make_config: ConfigFactory,
+    make_bundle: BundleFactory,
+    runc_root: str,
+    container_id: str,
+    tmp_path: Path,
+) -> None:
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "run.sh").write_text("#!/bin/sh\nexec sleep 1000\n")
+    (files / "run.sh").chmod(0o755)
+    cfg = make_config("", extra=f'state_dir = "{tmp_path}/state"\nlog_dir = "{tmp_path}/log"\n')
+    (cfg.parent / "services" / "guard.toml").write_text(
+        f'files = "{files}"\ncommand = ["run.sh"]\n[stop]\ntimeout = "1s"\n'
+        '[[seccomp]]\nsyscalls = ["mkdir", "mkdirat"]\nhandler = "deny"\n'
+        'settings = { errno = "EACCES" }\n'
+    )
+    bundle = make_bundle(
+        ["sh", "-c", "mkdir /tmp/x; echo mkdir=$?"], env=["RETINUE_SERVICES=guard"]
+    )
+    result = run([shim, "--root", runc_root, "run", "--bundle", str(bundle), container_id])
+    assert result.returncode == 0, result.stdout
+    assert "Permission denied" in result.stdout and "mkdir=1" in result.stdout
+
+
+def test_check_names_a_services_bad_seccomp_rule(
+    make_config: ConfigFactory, bin_dir: Path, tmp_path: Path
+) -> None:
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "run.sh").write_text("#!/bin/sh\n")
+    (files / "run.sh").chmod(0o755)
+    cfg = make_config("")
+    service = cfg.parent / "services" / "guard.toml"
+    service.write_text(
+        f'files = "{files}"\ncommand = ["run.sh"]\n'
+        '[[seccomp]]\nsyscalls = ["write"]\nhandler = "audit"\n'
+    )
+    result = subprocess.run(
+        [str(Path(os.path.realpath(bin_dir / "retinue"))), "check"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 1
+    assert f"{service}: seccomp[0].syscalls[0]: runc refuses SCMP_ACT_NOTIFY on write" in (
+        result.stderr
+    )
