@@ -70,8 +70,39 @@ def remove_marker(container_dir: str) -> None:
 
 
 def remove(container_dir: str) -> None:
-    """Everything a container's supervisor keeps in the state directory."""
+    """Everything a container's supervisor keeps in the state directory.
+
+    A supervisor that exits removes this itself; this is for one that was killed, so it also
+    removes the seccomp listener it left behind, unless something still answers there (the
+    listener path names the bundle, and another container may have been created from it).
+    """
     import shutil
 
+    _remove_stale_listener(os.path.join(container_dir, "plan.json"))
     shutil.rmtree(container_dir, ignore_errors=True)
     remove_marker(container_dir)
+
+
+def _remove_stale_listener(plan_path: str) -> None:
+    import json
+    import socket
+
+    try:
+        with open(plan_path) as f:
+            listener = json.load(f).get("seccomp_listener")
+    except (OSError, ValueError, AttributeError):
+        return
+    if not isinstance(listener, str) or not listener.startswith(SECCOMP_DIR + "/"):
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        probe.connect(listener)
+    except ConnectionRefusedError:
+        try:
+            os.unlink(listener)
+        except OSError:
+            pass
+    except OSError:
+        pass
+    finally:
+        probe.close()

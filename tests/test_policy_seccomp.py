@@ -202,3 +202,27 @@ def test_check_names_a_services_bad_seccomp_rule(
     assert f"{service}: seccomp[0].syscalls[0]: runc refuses SCMP_ACT_NOTIFY on write" in (
         result.stderr
     )
+
+
+def test_a_killed_supervisors_listener_is_removed_on_delete(
+    shim: str,
+    broker_config: Path,
+    make_bundle: BundleFactory,
+    runc_root: str,
+    container_id: str,
+    tmp_path: Path,
+) -> None:
+    bundle = make_bundle(["sleep", "100"], env=["BROKER=1"])
+    rt = [shim, "--root", runc_root]
+    assert run([*rt, "create", "--bundle", str(bundle), container_id]).returncode == 0
+    assert run([*rt, "start", container_id]).returncode == 0
+    container_dir = statedir.container_dir(str(tmp_path / "state"), runc_root, container_id)
+    listener = statedir.seccomp_listener(str(tmp_path / "state"), str(bundle))
+    assert os.path.exists(listener)
+    for pid in supervisors(container_dir):
+        os.kill(pid, 9)
+    deleted = run([*rt, "delete", "--force", container_id])
+    assert deleted.returncode == 0, deleted.stdout
+    assert "is gone" in deleted.stdout  # the warning runc's way, on stderr without --log
+    assert not os.path.exists(listener)
+    assert not os.path.exists(container_dir)
