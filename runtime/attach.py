@@ -5,7 +5,7 @@ The shim's create and `retinue plan` both call `plan`, so what plan shows is wha
 
 from __future__ import annotations
 
-from . import edits, policy, statedir
+from . import policy, statedir
 from .errors import RetinueError
 
 TYPE_CHECKING = False  # typing costs ~10 ms on the create path; mypy reads this as True
@@ -53,6 +53,7 @@ def plan(
         raise RetinueError(str(e)) from None
     if not rules and not names:
         return None
+    from . import edits  # only once something attaches: most creates stop above
     container_dir = statedir.container_dir(compiled["state_dir"], root, container_id)
     services = [compiled["services"][n] for n in names]
     edited = edits.apply(spec, rules, compiled["hook"], container_dir, services)

@@ -83,11 +83,13 @@ def attached_services(
     Raises ValueError (with a message for the container's owner) when it asks for a service the
     administrator did not define or did not make selectable.
     """
-    from . import graph
-
     defined = compiled["services"]
     mandatory = [name for rule in rules for name in rule["services"]]
     requested, source = requested_services(spec)
+    if not mandatory and not requested:
+        return []  # the common case, on every create: no graph to build
+    from . import graph
+
     for name in requested:
         if name not in defined or not defined[name]["selectable"]:
             names = ", ".join(sorted(n for n, s in defined.items() if s["selectable"])) or "none"
