@@ -153,6 +153,15 @@ def test_bundle_reused_for_another_container(
         assert len(ours) == 1 and ours[0]["args"][2].endswith("/reuse-b")
 
 
+def service_files(tmp_path: Path, script: str) -> Path:
+    """A service's host directory with its command, run.sh."""
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "run.sh").write_text(f"#!/bin/sh\n{script}")
+    (files / "run.sh").chmod(0o755)
+    return files
+
+
 def test_a_service_brings_its_seccomp_handlers(
     shim: str,
     make_config: ConfigFactory,
@@ -161,10 +170,7 @@ def test_a_service_brings_its_seccomp_handlers(
     container_id: str,
     tmp_path: Path,
 ) -> None:
-    files = tmp_path / "files"
-    files.mkdir()
-    (files / "run.sh").write_text("#!/bin/sh\nexec sleep 1000\n")
-    (files / "run.sh").chmod(0o755)
+    files = service_files(tmp_path, "exec sleep 1000\n")
     cfg = make_config("", extra=f'state_dir = "{tmp_path}/state"\nlog_dir = "{tmp_path}/log"\n')
     (cfg.parent / "services" / "guard.toml").write_text(
         f'files = "{files}"\ncommand = ["run.sh"]\n[stop]\ntimeout = "1s"\n'
@@ -182,10 +188,7 @@ def test_a_service_brings_its_seccomp_handlers(
 def test_check_names_a_services_bad_seccomp_rule(
     make_config: ConfigFactory, bin_dir: Path, tmp_path: Path
 ) -> None:
-    files = tmp_path / "files"
-    files.mkdir()
-    (files / "run.sh").write_text("#!/bin/sh\n")
-    (files / "run.sh").chmod(0o755)
+    files = service_files(tmp_path, "")
     cfg = make_config("")
     service = cfg.parent / "services" / "guard.toml"
     service.write_text(
