@@ -22,7 +22,6 @@ each run's median per call; the loop's own overhead is in the "not notified" col
 from __future__ import annotations
 
 import argparse
-import asyncio
 import errno
 import json
 import logging
@@ -32,7 +31,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -42,6 +40,9 @@ from retinue import rootfs
 from retinue.seccomp import agent, profile
 from retinue.seccomp.api import CONTINUE, Handler, Reply, Request, value
 from retinue.seccomp.handlers.sysinfo import Sysinfo
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "seccomp"))
+from agent_thread import AgentThread
 
 HERE = Path(__file__).resolve().parent
 PROBE = HERE.parent / "seccomp" / "probe.py"
@@ -112,33 +113,10 @@ class Bench:
         self.log.propagate = False
         self.routes = agent.Routes.from_rules(RULES, self.log, REGISTRY)
         self.agent = agent.Agent(self.routes, self.log)
-        self.loop = asyncio.new_event_loop()
-        ready = threading.Event()
-        self.task: asyncio.Task[None] | None = None
-
-        def run() -> None:
-            asyncio.set_event_loop(self.loop)
-
-            async def main() -> None:
-                sock = agent.bind(self.listener)
-                ready.set()
-                await agent.serve(sock, self.routes, self.log, agent=self.agent)
-
-            self.task = self.loop.create_task(main())
-            try:
-                self.loop.run_until_complete(self.task)
-            except asyncio.CancelledError:
-                pass
-
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-        if not ready.wait(10):
-            raise SystemExit("the agent did not start")
+        self.runner = AgentThread(self.listener, self.routes, self.log, self.agent)
 
     def close(self) -> None:
-        if self.task is not None:
-            self.loop.call_soon_threadsafe(self.task.cancel)
-        self.thread.join(15)
+        self.runner.stop()
 
     def bundle(self, script: str, notified: bool, cpus: str | None) -> Path:
         b = self.work / f"b-{uuid.uuid4().hex[:8]}"

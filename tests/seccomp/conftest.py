@@ -8,7 +8,6 @@ subprocess has a timeout: a wrong NOTIFY rule makes `runc create` hang forever.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -16,7 +15,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -27,6 +25,8 @@ import pytest
 from retinue import rootfs
 from retinue.seccomp import agent, config, profile
 from retinue.seccomp.api import Handler
+
+from .agent_thread import AgentThread
 
 RUNC = shutil.which("runc") or "/usr/sbin/runc"
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -245,37 +245,14 @@ class InProcessAgent:
         self.log.propagate = False
         self.routes = agent.Routes.from_rules(rules, self.log, registry)
         self.agent = agent.Agent(self.routes, self.log)
-        self.loop = asyncio.new_event_loop()
-        self.task: asyncio.Task[None] | None = None
-        ready = threading.Event()
-
-        def run() -> None:
-            asyncio.set_event_loop(self.loop)
-
-            async def main() -> None:
-                sock = agent.bind(self.listener)
-                ready.set()
-                await agent.serve(sock, self.routes, self.log, agent=self.agent)
-
-            self.task = self.loop.create_task(main())
-            try:
-                self.loop.run_until_complete(self.task)
-            except asyncio.CancelledError:
-                pass
-
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-        assert ready.wait(10)
+        self.runner = AgentThread(self.listener, self.routes, self.log, self.agent)
 
     @property
     def lines(self) -> list[str]:
         return self.records.lines
 
     def stop(self) -> None:
-        if self.thread.is_alive():
-            assert self.task is not None
-            self.loop.call_soon_threadsafe(self.task.cancel)
-            self.thread.join(15)
+        self.runner.stop()
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 10) -> bool:
         deadline = time.monotonic() + timeout
