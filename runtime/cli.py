@@ -154,7 +154,7 @@ def _containers(state_dir: str) -> list[tuple[str, str]]:
         root_dir = os.path.join(state_dir, key)
         if key in ("cache", "seccomp", statedir.MARKERS) or not os.path.isdir(root_dir):
             continue
-        root = "/" + key.replace("%2F", "/").replace("%25", "%")
+        root = statedir.root_from_key(key)
         for cid in sorted(os.listdir(root_dir)):
             out.append((root, os.path.join(root_dir, cid)))
     return out

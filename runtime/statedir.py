@@ -21,6 +21,13 @@ def root_key(root: str) -> str:
     return os.path.abspath(root).strip("/").replace("%", "%25").replace("/", "%2F") or "%2F"
 
 
+def root_from_key(key: str) -> str:
+    """The runc root a `root_key` was made from."""
+    if key == "%2F":
+        return "/"
+    return "/" + key.replace("%2F", "/").replace("%25", "%")
+
+
 def container_dir(state_dir: str, root: str, container_id: str) -> str:
     return os.path.join(state_dir, root_key(root), container_id)
 
