@@ -4,7 +4,7 @@ runc runs it in the runtime's namespaces with the container's OCI state on stdin
 state, unparsed, to the container's supervisor (json alone would double this program's start-up
 time, and it runs on every create). With no supervisor (nothing but mounts and env attached, or
 the supervisor already gone) there is nothing to tell and it succeeds; at poststop it removes a
-state directory that a dead supervisor left behind.
+state directory that a dead supervisor left behind, and refuses to remove anything else.
 """
 
 from __future__ import annotations
@@ -50,10 +50,8 @@ def tell_supervisor(container_dir: str, stage: str, state: bytes) -> int:
             finally:
                 os.close(fd)
         except OSError:
-            if stage == "poststop" and os.path.isdir(container_dir):
-                from retinue import statedir
-
-                statedir.remove(container_dir)
+            if stage == "poststop" and os.path.lexists(container_dir):
+                return remove_left_state(container_dir)
             return 0
         request = (
             '{"op":"hook","stage":'
@@ -73,6 +71,21 @@ def tell_supervisor(container_dir: str, stage: str, state: bytes) -> int:
         sock.close()
     if b'"ok": true' not in reply and b'"ok":true' not in reply:
         return fail(f"{stage}: supervisor answered {reply.decode('utf-8', 'replace').strip()!r}")
+    return 0
+
+
+def remove_left_state(container_dir: str) -> int:
+    """Remove the state directory a dead supervisor left, and nothing else: the argument comes
+    from a spec, and a spec can name any directory."""
+    from retinue import statedir
+
+    refused = statedir.refuse_removal(container_dir)
+    if refused is not None and os.path.lexists(container_dir):  # not removed meanwhile
+        return fail(
+            f"poststop: {container_dir}: not a retinue container state directory ({refused}); "
+            "not removed"
+        )
+    statedir.remove(container_dir)
     return 0
 
 

@@ -156,7 +156,8 @@ def _containers(state_dir: str) -> list[tuple[str, str]]:
             continue
         root = statedir.root_from_key(key)
         for cid in sorted(os.listdir(root_dir)):
-            out.append((root, os.path.join(root_dir, cid)))
+            if statedir.valid_id(cid):  # not a create's directory under construction
+                out.append((root, os.path.join(root_dir, cid)))
     return out
 
 
@@ -191,6 +192,8 @@ def status(config_path: str | None, as_json: bool, container_id: str | None) -> 
                 os.path.join(directory, control.SOCKET_NAME), {"op": "status"}, 5
             )
         except (control.SupervisorGone, OSError, ValueError):
+            if not statedir.is_complete(directory):
+                continue  # what a create that failed midway left: no container to show
             reply = {"id": os.path.basename(directory), "phase": "supervisor gone", "services": []}
         reply["root"] = root
         reply.pop("ok", None)

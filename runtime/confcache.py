@@ -80,7 +80,10 @@ def _replace(target: str, blob: bytes, mtime_ns: int | None = None) -> None:
     """Write `target` atomically, root-only; an error leaves the cache as it was."""
     tmp = f"{target}.{os.getpid()}.tmp"
     try:
-        os.makedirs(CACHE_DIR, mode=0o700, exist_ok=True)
+        from . import statedir
+
+        statedir.private_dir(os.path.dirname(CACHE_DIR))
+        statedir.private_dir(CACHE_DIR)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             os.write(fd, blob)

@@ -22,8 +22,11 @@ SERVICE_PREFIX = "/retinue"
 NOTIFY_DIR = "/run/retinue"
 HOOK_STAGES = ("createRuntime", "poststart", "poststop")
 BIND_OPTIONS = ("rbind", "ro", "nosuid", "nodev")
-NOTIFY_OPTIONS = ("rbind", "nosuid", "nodev", "noexec")
-OUR_MOUNT_OPTIONS = (list(BIND_OPTIONS), list(NOTIFY_OPTIONS))
+NOTIFY_OPTIONS = ("bind", "ro", "nosuid", "nodev", "noexec")
+# Before each socket was mounted on its own, the whole notify directory was, read-write: a
+# bundle edited then must still be recognised.
+OLD_NOTIFY_OPTIONS = ("rbind", "nosuid", "nodev", "noexec")
+OUR_MOUNT_OPTIONS = (list(BIND_OPTIONS), list(NOTIFY_OPTIONS), list(OLD_NOTIFY_OPTIONS))
 
 
 def bind_mount(source: str, destination: str) -> dict[str, Any]:
@@ -108,20 +111,29 @@ def retinue_hooks(hook_path: str, container_dir: str) -> list[tuple[str, dict[st
 
 
 def service_mounts(services: list[dict[str, Any]], container_dir: str) -> list[dict[str, Any]]:
-    """Each service's files, read-only under /retinue/NAME, and the notify sockets if needed."""
+    """Each service's files, read-only under /retinue/NAME, and its notify socket if it has one.
+
+    Each socket is mounted on its own, read-only (sending to a unix socket needs no write access
+    to the mount): the container gets nothing of the host's state directory that it could fill
+    or shape, and never the control socket beside them.
+    """
     mounts = [bind_mount(s["files"], f"{SERVICE_PREFIX}/{s['name']}") for s in services]
-    if any(s["ready"] == "notify" for s in services):
-        # Only the notify sockets' directory is shared with the container, never the control
-        # socket beside it.
-        mounts.append(
-            {
-                "destination": NOTIFY_DIR,
-                "type": "bind",
-                "source": f"{container_dir}/notify",
-                "options": list(NOTIFY_OPTIONS),
-            }
-        )
+    for s in services:
+        if s["ready"] == "notify":
+            mounts.append(
+                {
+                    "destination": notify_socket(s["name"]),
+                    "type": "bind",
+                    "source": f"{container_dir}/notify/{s['name']}.sock",
+                    "options": list(NOTIFY_OPTIONS),
+                }
+            )
     return mounts
+
+
+def notify_socket(service: str) -> str:
+    """Where a service finds its notify socket (its NOTIFY_SOCKET) inside the container."""
+    return f"{NOTIFY_DIR}/{service}.sock"
 
 
 def strip_previous(spec: Spec) -> Spec:

@@ -8,7 +8,7 @@ and rlimits are kept, so a service is confined exactly as the container is.
 
 from __future__ import annotations
 
-from .edits import NOTIFY_DIR
+from .edits import notify_socket
 
 TYPE_CHECKING = False  # the shim's create path imports this; typing costs ~10 ms
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ def service_env(service: dict[str, Any], container_id: str) -> list[str]:
         "RETINUE_CONTAINER_ID": container_id,
     }
     if service["ready"] == "notify":
-        env["NOTIFY_SOCKET"] = f"{NOTIFY_DIR}/{service['name']}.sock"
+        env["NOTIFY_SOCKET"] = notify_socket(service["name"])
     env.update(dict(service["env"]))
     return [f"{k}={v}" for k, v in env.items()]
 

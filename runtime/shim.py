@@ -207,7 +207,8 @@ def supervised(args: runc_argv.RuncArgs, compiled: dict[str, Any], container_dir
             # delete --force then kills what is left.
             _request(container_dir, {"op": "delete", "force": False})
         except SupervisorGone:
-            runclog.log(args, "warning", f"{PREFIX}{gone}; removed its state {container_dir}")
+            if statedir.is_complete(container_dir):
+                runclog.log(args, "warning", f"{PREFIX}{gone}; removed its state {container_dir}")
             statedir.remove(container_dir)
     return runtime
 
@@ -250,6 +251,8 @@ def main() -> NoReturn:
                 )
                 if os.path.isdir(container_dir):
                     runtime = supervised(args, compiled, container_dir)
+                elif command == "delete":
+                    statedir.sweep(container_dir)  # what a create killed midway left
         lower.handoff(runtime, argv)
     except RetinueError as e:
         runclog.fail(args, PREFIX + str(e))

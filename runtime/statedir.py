@@ -62,8 +62,163 @@ def _split(container_dir: str) -> tuple[str, str, str]:
 def add_marker(container_dir: str) -> None:
     state_dir, key, container_id = _split(container_dir)
     directory = os.path.join(state_dir, MARKERS, container_id)
-    os.makedirs(directory, mode=0o700, exist_ok=True)
+    private_dir(os.path.dirname(directory))
+    private_dir(directory)
     os.close(os.open(os.path.join(directory, key), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+
+
+def private_dir(path: str) -> None:
+    """Make `path` a directory only its owner can enter (the state is root's alone).
+
+    Every level created here is 0700 (os.makedirs gives missing parents 0755), and an existing
+    `path` that others can enter is narrowed: older versions made the state directories 0755,
+    which let any local user list the ids of every container with services.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        parent = os.path.dirname(path)
+        if parent != path and not os.path.isdir(parent):
+            private_dir(parent)
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass  # made at the same time by another create
+        return
+    if mode & 0o077:
+        os.chmod(path, 0o700)
+
+
+# Written last into every container's state directory, only by retinue: what makes a directory
+# one (for `retinue status` and the poststop hook, which must remove nothing else).
+STATE_FILE = "retinue.state"
+
+
+def _state_text(container_dir: str) -> bytes:
+    _, key, container_id = _split(container_dir)
+    return f"retinue container state\n{key}\n{container_id}\n".encode()
+
+
+def write_state_file(directory: str, container_dir: str) -> None:
+    """Mark `directory` (being built, to be renamed to `container_dir`) as complete."""
+    fd = os.open(
+        os.path.join(directory, STATE_FILE),
+        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW,
+        0o600,
+    )
+    try:
+        os.write(fd, _state_text(container_dir))
+    finally:
+        os.close(fd)
+
+
+def _state_file_ok(dir_fd: int, container_dir: str) -> bool:
+    try:
+        fd = os.open(STATE_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        want = _state_text(container_dir)
+        return (
+            st.st_uid == os.geteuid()
+            and st.st_mode & 0o170000 == 0o100000  # a regular file
+            and os.read(fd, len(want) + 1) == want
+        )
+    finally:
+        os.close(fd)
+
+
+def is_complete(container_dir: str) -> bool:
+    """Whether `container_dir` is a container's state directory as retinue completed it (not
+    what a create that failed midway, or anything else, left there)."""
+    try:
+        fd = os.open(container_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return _state_file_ok(fd, container_dir)
+    finally:
+        os.close(fd)
+
+
+def refuse_removal(container_dir: str) -> str | None:
+    """Why `container_dir` is not a container's state directory that retinue made, or None.
+
+    For the poststop hook, whose argument anyone who writes a spec can choose: it must remove
+    nothing else. The path must be STATE/KEY/ID without symlinks below STATE, every level owned
+    by us and writable by nobody else (so nobody else planted what follows), STATE must have
+    registered the container (STATE/ids/ID/KEY), and the directory must hold the state file
+    retinue wrote for exactly this path.
+    """
+    if not os.path.isabs(container_dir) or os.path.normpath(container_dir) != container_dir:
+        return "not a normalized absolute path"
+    state_dir, key, container_id = _split(container_dir)
+    if not valid_id(container_id) or key in ("", MARKERS, "cache", "seccomp"):
+        return "not STATE_DIR/ROOT/ID"
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+    fds: list[int] = []
+    try:
+        fds.append(os.open(state_dir, flags))
+        fds.append(os.open(key, flags | os.O_NOFOLLOW, dir_fd=fds[-1]))
+        fds.append(os.open(container_id, flags | os.O_NOFOLLOW, dir_fd=fds[-1]))
+        for fd in fds:
+            st = os.fstat(fd)
+            if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+                return "a level of it is not ours alone"
+        registered = os.stat(
+            os.path.join(MARKERS, container_id, key), dir_fd=fds[0], follow_symlinks=False
+        )
+        if registered.st_uid != os.geteuid() or registered.st_mode & 0o170000 != 0o100000:
+            return "its state directory did not register it"
+        if not _state_file_ok(fds[2], container_dir):
+            return f"no {STATE_FILE} of retinue's in it"
+    except OSError as e:
+        return e.strerror or str(e)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    return None
+
+
+def temp_dir(container_dir: str) -> str:
+    """Where a create builds `container_dir` before renaming it into place; `~` is not allowed
+    in an id, so nothing reads it as a container."""
+    return f"{container_dir}~{os.getpid()}"
+
+
+def sweep(container_dir: str) -> None:
+    """Remove what creates of this container that were killed midway left: their temporary
+    directories and, without a state directory, the id marker."""
+    parent, container_id = os.path.split(container_dir)
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    building = False
+    for name in names:
+        head, sep, pid = name.partition("~")
+        if head != container_id or not sep or not pid.isdigit():
+            continue
+        if int(pid) != os.getpid() and _alive(int(pid)):
+            building = True  # a create of this id is under way
+            continue
+        try:
+            remove_tree(os.path.join(parent, name))
+        except OSError:
+            pass
+    if not building and not os.path.isdir(container_dir):
+        remove_marker(container_dir)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def remove_marker(container_dir: str) -> None:
@@ -83,11 +238,128 @@ def remove(container_dir: str) -> None:
     removes the seccomp listener it left behind, unless something still answers there (the
     listener path names the bundle, and another container may have been created from it).
     """
-    import shutil
-
     _remove_stale_listener(os.path.join(container_dir, "plan.json"))
-    shutil.rmtree(container_dir, ignore_errors=True)
+    # Out of the way at once, then emptied: the supervisor, the hook and `delete` can all be
+    # removing it at the same moment, and none may meet a half-removed directory.
+    doomed = temp_dir(container_dir)
+    try:
+        os.rename(container_dir, doomed)
+    except OSError:
+        doomed = container_dir  # gone already, or cannot be moved: remove it where it is
+    try:
+        remove_tree(doomed)
+    except OSError:
+        pass  # what cannot be removed (a mount point) stays; the rest is gone
     remove_marker(container_dir)
+
+
+# Directories deeper than this below the top are moved up to the top before they are entered:
+# the number of open descriptors stays bounded whatever the depth of the tree.
+_MAX_OPEN = 32
+
+
+def remove_tree(path: str) -> None:
+    """Remove `path` and everything under it, however deep, without recursion.
+
+    Every step is relative to a descriptor of a directory already inside the tree, and nothing
+    is followed: a symlink is unlinked, never entered, and a directory on another filesystem (a
+    mount point) is not entered (its rmdir fails). A tree that a container could shape (1,500
+    levels) broke shutil.rmtree with RecursionError; this is bounded in stack and descriptors.
+    Raises OSError if something could not be removed; a missing `path` is not an error.
+    """
+    parent, name = os.path.split(os.path.abspath(path))
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+    pfd = os.open(parent, flags)
+    try:
+        try:
+            top = os.open(name, flags | os.O_NOFOLLOW, dir_fd=pfd)
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            import errno
+
+            if e.errno not in (errno.ENOTDIR, errno.ELOOP):  # ELOOP: a symlink
+                raise
+            os.unlink(name, dir_fd=pfd)
+            return
+        try:
+            _empty(top)
+        finally:
+            os.close(top)
+        os.rmdir(name, dir_fd=pfd)
+    finally:
+        os.close(pfd)
+
+
+def _empty(top: int) -> None:
+    device = os.fstat(top).st_dev
+    # One frame per open directory: its descriptor, its name in the directory of the frame
+    # below, and the subdirectories in it still to empty.
+    frames: list[tuple[int, str, list[str]]] = [(top, "", _scan(top))]
+    moved = 0
+    try:
+        while frames:
+            fd, name, pending = frames[-1]
+            if not pending:
+                frames.pop()
+                if frames:
+                    os.close(fd)
+                    os.rmdir(name, dir_fd=frames[-1][0])
+                continue
+            sub = pending.pop()
+            if len(frames) >= _MAX_OPEN:
+                moved += 1
+                while _exists(top, f".retinue-rm.{moved}"):
+                    moved += 1
+                os.rename(sub, f".retinue-rm.{moved}", src_dir_fd=fd, dst_dir_fd=top)
+                frames[0][2].append(f".retinue-rm.{moved}")
+                continue
+            try:
+                child = os.open(
+                    sub, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd
+                )
+            except FileNotFoundError:
+                continue
+            except OSError:  # no longer a directory (or a symlink now): unlink, never enter
+                _unlink(fd, sub)
+                continue
+            if os.fstat(child).st_dev != device:
+                os.close(child)
+                os.rmdir(sub, dir_fd=fd)  # a mount point: EBUSY, and nothing under it touched
+                continue
+            frames.append((child, sub, _scan(child)))
+    finally:
+        for fd, _, _ in frames[1:]:
+            os.close(fd)
+
+
+def _scan(fd: int) -> list[str]:
+    """Unlink everything in the directory `fd` but its subdirectories; returns those."""
+    subdirs = []
+    with os.scandir(fd) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False) or _unlink(fd, entry.name):
+                subdirs.append(entry.name)
+    return subdirs
+
+
+def _unlink(fd: int, name: str) -> bool:
+    """Unlink a non-directory; True if it turned out to be a directory after all."""
+    try:
+        os.unlink(name, dir_fd=fd)
+    except FileNotFoundError:
+        pass
+    except IsADirectoryError:
+        return True
+    return False
+
+
+def _exists(fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _remove_stale_listener(plan_path: str) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 from retinue import statedir
 
@@ -18,3 +21,58 @@ def test_root_key_round_trip(root: str) -> None:
 @pytest.mark.parametrize("container_id", ["", ".", "..", "a/b", "ü", "a b"])
 def test_ids_that_could_name_another_path_are_refused(container_id: str) -> None:
     assert not statedir.valid_id(container_id)
+
+
+def _deep(top: Path, depth: int) -> None:
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    for i in range(depth):
+        os.mkdir("d", dir_fd=fd)
+        if i % 100 == 0:
+            os.close(os.open(f"f{i}", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fd))
+        nfd = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = nfd
+    os.close(fd)
+
+
+def test_remove_tree_survives_any_depth(tmp_path: Path) -> None:
+    """shutil.rmtree raised RecursionError at 1,500 levels; descriptors stay bounded too."""
+    top = tmp_path / "state"
+    top.mkdir()
+    _deep(top, 5000)
+    for i in range(50):
+        (top / f"wide{i}" / "x").mkdir(parents=True)
+    before = len(os.listdir("/proc/self/fd"))
+    statedir.remove_tree(str(top))
+    assert not top.exists()
+    assert len(os.listdir("/proc/self/fd")) == before
+    statedir.remove_tree(str(top))  # already gone: nothing to do
+
+
+def test_remove_tree_follows_no_symlink(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    (outside / "sub").mkdir(parents=True)
+    (outside / "keep").write_text("x")
+    top = tmp_path / "state"
+    (top / "a").mkdir(parents=True)
+    (top / "a" / "link").symlink_to(outside)
+    (top / "link").symlink_to(outside / "keep")
+    statedir.remove_tree(str(top))
+    assert not top.exists()
+    assert (outside / "keep").read_text() == "x" and (outside / "sub").is_dir()
+    # A symlink given as the tree itself is removed, not entered.
+    link = tmp_path / "link"
+    link.symlink_to(outside)
+    statedir.remove_tree(str(link))
+    assert not os.path.lexists(link) and (outside / "keep").exists()
+
+
+def test_private_dir_makes_every_level_root_only(tmp_path: Path) -> None:
+    deep = tmp_path / "a" / "b" / "c"
+    statedir.private_dir(str(deep))
+    for d in (tmp_path / "a", tmp_path / "a" / "b", deep):
+        assert d.stat().st_mode & 0o777 == 0o700, d
+    old = tmp_path / "old"
+    old.mkdir(mode=0o755)
+    statedir.private_dir(str(old))
+    assert old.stat().st_mode & 0o777 == 0o700

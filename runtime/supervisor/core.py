@@ -57,6 +57,8 @@ class Service:
         self.stopped = asyncio.Event()
         # Reads what the current run wrote and the loop has not read yet (see service_output).
         self.drain_output: Callable[[], None] = lambda: None
+        # The readiness file as it was before the current run (None: absent).
+        self.file_before: os.stat_result | None = None
 
     def settle(self, error: str | None) -> None:
         if not self.settled.done():
@@ -193,7 +195,8 @@ class Supervisor:
         from ..seccomp import agent
 
         path = self.plan["seccomp_listener"]
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        statedir.private_dir(os.path.dirname(os.path.dirname(path)))
+        statedir.private_dir(os.path.dirname(path))
         log = agent.setup_log(
             os.path.join(self.plan["log_dir"], self.id, "seccomp.log"),
             name=f"retinue.seccomp.{self.id}",
@@ -557,6 +560,9 @@ class Supervisor:
             process_file,
             self.id,
         ]
+        if svc.spec["ready"] == "file" and self.init_pid is not None:
+            # What the readiness file is before this run: only a file this run makes counts.
+            svc.file_before = readiness.file_stat(self.init_pid, svc.spec["ready_target"])
         wfd = self.service_output(svc)
         svc.launched.clear()
         try:
@@ -641,7 +647,7 @@ class Supervisor:
             while not readiness.tcp_listening(pid, target):
                 await asyncio.sleep(interval)
         elif kind == "file":
-            while not readiness.file_exists(pid, target):
+            while not readiness.file_made(pid, target, svc.file_before):
                 await asyncio.sleep(interval)
         elif kind == "notify":
             await svc.notified.wait()
@@ -669,11 +675,14 @@ class Supervisor:
         for svc in self.services.values():
             if svc.spec["ready"] != "notify":
                 continue
+            # Bound before the lower create (the shim waits for us): the container's spec
+            # bind-mounts this very socket, read-only, at the service's NOTIFY_SOCKET.
             path = os.path.join(self.dir, "notify", f"{svc.name}.sock")
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
             control.via_fd(path, sock.bind)
-            os.chmod(path, 0o666)  # the service may run as any user
+            # The service may run as any user; the directory itself stays root-only.
+            os.chmod(path, 0o666)
             sock.setblocking(False)
             loop.add_reader(sock.fileno(), self.notify_readable, sock, svc)
             socks.append(sock)

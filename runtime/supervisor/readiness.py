@@ -8,6 +8,7 @@ following symlinks, so a path inside the container can never name a host file.
 from __future__ import annotations
 
 import os
+import stat
 
 TCP_LISTEN = "0A"
 
@@ -32,15 +33,16 @@ def tcp_listening(pid: int, port: int) -> bool:
     return False
 
 
-def file_exists(pid: int, path: str) -> bool:
-    """Whether `path` exists inside the root of `pid`, never following a symlink out of it."""
+def file_stat(pid: int, path: str) -> os.stat_result | None:
+    """What `path` is inside the root of `pid` (a symlink as itself), None if it is not there;
+    never following a symlink out of it."""
     parts = [p for p in path.split("/") if p and p != "."]
     if ".." in parts:
-        return False
+        return None
     try:
         fd = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
-        return False
+        return None
     try:
         for i, part in enumerate(parts):
             last = i == len(parts) - 1
@@ -48,12 +50,29 @@ def file_exists(pid: int, path: str) -> bool:
             try:
                 nfd = os.open(part, flags, dir_fd=fd)
             except OSError:
-                return False
+                return None
             os.close(fd)
             fd = nfd
-        return True
+        return os.fstat(fd)
     finally:
         os.close(fd)
+
+
+def file_made(pid: int, path: str, before: os.stat_result | None) -> bool:
+    """Whether `path` (seen from `pid`) is a file made or changed since `before` was taken at the
+    start of the run: one the image already had does not say the service is ready, nor does a
+    symlink, dangling or not."""
+    now = file_stat(pid, path)
+    if now is None or stat.S_ISLNK(now.st_mode):
+        return False
+    if before is None:
+        return True
+    # A new file (another inode), or the same one written, touched or chmod-ed by this run.
+    return (now.st_dev, now.st_ino, now.st_ctime_ns) != (
+        before.st_dev,
+        before.st_ino,
+        before.st_ctime_ns,
+    )
 
 
 def is_descendant(pid: int, ancestor: int) -> bool:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import select
-import shutil
 import sys
 
 from .. import statedir
@@ -33,25 +32,62 @@ def alive(container_dir: str) -> bool:
 
 
 def prepare(container_dir: str, plan: dict[str, Any], processes: dict[str, dict[str, Any]]) -> bool:
-    """Write the supervisor's inputs; False if a live supervisor already owns this container."""
+    """Write the supervisor's inputs; False if a live supervisor already owns this container.
+
+    The directory is built under a temporary name beside its own and renamed into place once
+    complete: a create that fails midway (no space, killed) never leaves a partial one where
+    `retinue status`, `delete` or the hook would take it for a container's.
+    """
+    log_dir = os.path.join(plan["log_dir"], plan["id"])
+    try:
+        # The supervisor's own log must exist before it runs: else "see supervisor.log" would
+        # point at a file that cannot exist.
+        os.makedirs(log_dir, mode=0o750, exist_ok=True)
+        os.close(
+            os.open(
+                os.path.join(log_dir, "supervisor.log"),
+                os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+                0o640,
+            )
+        )
+    except OSError as e:
+        raise RetinueError(f"{e.filename or log_dir}: cannot create: {e.strerror}") from None
     if os.path.isdir(container_dir):
         if alive(container_dir):
             return False
-        shutil.rmtree(container_dir)  # a stale directory from a supervisor that died
+        statedir.remove_tree(container_dir)  # a stale directory from a supervisor that died
     parent = os.path.dirname(container_dir)
-    os.makedirs(os.path.dirname(parent), mode=0o700, exist_ok=True)
-    os.makedirs(parent, mode=0o700, exist_ok=True)
-    os.mkdir(container_dir, 0o700)
-    statedir.add_marker(container_dir)
-    for sub, mode in (("pids", 0o700), ("process", 0o700), ("notify", 0o755)):
-        os.mkdir(os.path.join(container_dir, sub), mode)
-        os.chmod(os.path.join(container_dir, sub), mode)
-    for name, proc in processes.items():
-        with open(os.path.join(container_dir, "process", f"{name}.json"), "w") as f:
-            json.dump(proc, f)
-    with open(os.path.join(container_dir, "plan.json"), "w") as f:
-        json.dump(plan, f)
+    statedir.private_dir(os.path.dirname(parent))
+    statedir.private_dir(parent)
+    statedir.sweep(container_dir)
+    building = statedir.temp_dir(container_dir)
+    try:
+        os.mkdir(building, 0o700)
+        # notify holds the services' notify sockets; the container gets each socket, read-only,
+        # never this directory.
+        for sub in ("pids", "process", "notify"):
+            os.mkdir(os.path.join(building, sub), 0o700)
+        for name, proc in processes.items():
+            _write_json(os.path.join(building, "process", f"{name}.json"), proc)
+        _write_json(os.path.join(building, "plan.json"), plan)
+        statedir.write_state_file(building, container_dir)
+        statedir.add_marker(container_dir)
+        os.rename(building, container_dir)
+    except BaseException:
+        try:
+            statedir.remove_tree(building)
+        except OSError:
+            pass
+        if not os.path.isdir(container_dir):
+            statedir.remove_marker(container_dir)
+        raise
     return True
+
+
+def _write_json(path: str, value: object) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    with open(fd, "w") as f:
+        json.dump(value, f)
 
 
 def spawn(container_dir: str, log_path: str) -> None:
