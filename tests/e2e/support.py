@@ -104,6 +104,12 @@ SERVICES: dict[str, tuple[str, str]] = {
         'required = false\n[restart]\ndelay = "100ms"\nburst = 3\ninterval = "30s"\n',
         'echo "flaky: crashing"\nexit 1\n',
     ),
+    # Ready by READY=1 on its notify socket (busybox's logger sends one datagram to /dev/log).
+    "ntf": (
+        "[ready]\nnotify = true\n",
+        'sleep 0.3\nln -sf "$NOTIFY_SOCKET" /dev/log\nev ntf-ready\n'
+        'logger "$(printf "x\\nREADY=1")" & exec sleep 1000\n',
+    ),
     # Never ready: misses its start timeout.
     "stuck": (
         '[ready]\ntcp = 9999\ntimeout = "1s"\n',

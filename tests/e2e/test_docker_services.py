@@ -219,3 +219,32 @@ def test_an_unknown_service_fails_docker_run(docker: engines.Dockerd, shared: Pa
         f"create failed: {unknown_service_error('env RETINUE_SERVICES')}: unknown"
     ) in result.stderr, result.stderr
     assert read_events(shared) == []
+
+
+def test_a_container_cannot_fill_or_shape_the_host_state_dir(
+    docker: engines.Dockerd, docker_name: str, shared: Path, e2e_dir: Path
+) -> None:
+    """A notify-ready service's container once got STATE/ROOT/ID/notify read-write: it filled
+    the host's /run and left a tree too deep for shutil.rmtree, so `docker rm -f` left the task,
+    its shim and the state behind. Now it gets only its socket, read-only: what it writes under
+    /run/retinue stays in its own layer, and READY=1 still gets through."""
+    main = (
+        "dd if=/dev/zero of=/run/retinue/filler bs=1k count=512 2>/dev/null; "
+        "cd /run/retinue && i=0; while [ $i -lt 1500 ]; do mkdir d && cd d || break; "
+        "i=$((i+1)); done; ev main-built-$i; sleep 1000"
+    )
+    cid = docker.docker(
+        "run", "-d", "--name", docker_name, *_run_args(shared, "ntf"), docker.image,
+        *main_command(main),
+    ).stdout.strip()
+    deadline = time.monotonic() + 20
+    while not any(w.startswith("main-built-") for _, w in read_events(shared)):
+        assert time.monotonic() < deadline, read_events(shared)
+        time.sleep(0.1)
+    assert first(read_events(shared), "ntf-ready") < first(read_events(shared), "main-built-1500")
+    (state,) = [p for p in (e2e_dir / "state").glob(f"*/{cid}") if p.parent.name != "ids"]
+    assert sorted(p.name for p in (state / "notify").iterdir()) == ["ntf.sock"]
+    assert not [p for p in state.rglob("*") if p.name in ("filler", "d")]
+    docker.docker("rm", "-f", docker_name)
+    wait_until_gone(e2e_dir, cid)
+    assert not _runc_has(docker, cid)

@@ -17,7 +17,8 @@ from retinue import confcache, statedir
 
 SLEEP = 'ev "$RETINUE_SERVICE start"; exec sleep 1000\n'
 # busybox has no sd_notify client: `logger` sends one datagram to /dev/log, pointed at the socket.
-NOTIFY = 'sleep 0.3; ln -sf "$NOTIFY_SOCKET" /dev/log; logger "$(printf "x\\nREADY=1")" & exec sleep 1000\n'
+NOTIFY = ('sleep 0.3; ln -sf "$NOTIFY_SOCKET" /dev/log; '
+          'logger "$(printf "x\\nREADY=1")" & exec sleep 1000\n')
 DEPTH = 5000
 
 
@@ -255,9 +256,16 @@ def test_a_partial_state_dir_is_not_listed_and_delete_removes_it(
     r = rig.rt("delete", "--force", container_id)
     assert r.returncode == 0, (r.stderr, rig.errors())
     assert not directory.exists() and not marker.parent.exists()
-    # A temporary directory of a create that was killed before it was complete: not listed,
-    # and swept by the next create of that id.
+    # A create killed before its directory was complete leaves it under a temporary name (and
+    # maybe the id marker): not listed, removed by delete, and by the next create of that id.
     temp = directory.parent / f"{container_id}~999999999"
+    (temp / "process").mkdir(parents=True)
+    marker.parent.mkdir()
+    marker.touch()
+    assert [c["id"] for c in json.loads(rig.retinue("status", "--json").stdout)] == ["other"]
+    r = rig.rt("delete", "--force", container_id)
+    assert r.returncode == 0, (r.stderr, rig.errors())
+    assert not temp.exists() and not marker.parent.exists()
     (temp / "process").mkdir(parents=True)
     assert [c["id"] for c in json.loads(rig.retinue("status", "--json").stdout)] == ["other"]
     assert rig.create(container_id, rig.bundle(env=["RETINUE_SERVICES=svc"])).returncode == 0
