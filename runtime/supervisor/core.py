@@ -560,9 +560,13 @@ class Supervisor:
             process_file,
             self.id,
         ]
-        if svc.spec["ready"] == "file" and self.init_pid is not None:
+        if svc.spec["ready"] == "file":
             # What the readiness file is before this run: only a file this run makes counts.
-            svc.file_before = readiness.file_stat(self.init_pid, svc.spec["ready_target"])
+            svc.file_before = (
+                readiness.file_stat(self.init_pid, svc.spec["ready_target"])
+                if self.init_pid
+                else None
+            )
         wfd = self.service_output(svc)
         svc.launched.clear()
         try:
