@@ -401,6 +401,7 @@ class Containerd:
     process: subprocess.Popen[bytes]
     startup_seconds: float = 0.0
     image: str = ""
+    env: dict[str, str] = field(default_factory=dict)
 
     def ctr(
         self, *args: str, check: bool = True, timeout: float = CMD_TIMEOUT,
@@ -447,13 +448,25 @@ class Containerd:
         argv += [*extra, image or self.image, container_id, *cmd]
         return self.ctr(*argv, check=check, timeout=timeout)
 
-    def import_rootfs(self, rootfs: Path, ref: str = "docker.io/library/busybox:latest") -> str:
+    def import_rootfs(
+        self, rootfs: Path, ref: str = "docker.io/library/busybox:latest",
+        cmd: Sequence[str] = ("sh",),
+    ) -> str:
         """Import `rootfs` as the one-layer image `ref`; it becomes the default for `run()`."""
-        archive = oci_archive(rootfs, self.workdir / "image.tar", ref)
+        archive = oci_archive(rootfs, self.workdir / "image.tar", ref, cmd)
         self.ctr("images", "import", str(archive))
         archive.unlink()
         self.image = ref
         return ref
+
+    def restart(self, timeout: float = START_TIMEOUT) -> None:
+        """Stop the daemon (SIGTERM) and start it again on the same config; its shims and
+        containers keep running meanwhile, as with `systemctl restart containerd`."""
+        _stop(self.process)
+        self.process = _start([CONTAINERD, "--config", str(self.config_path)], self.log_path,
+                              self.env)
+        _wait_ready(self.process, lambda: _unix_connects(self.address), "containerd",
+                    self.log_path, timeout)
 
     def remove_all(self) -> None:
         """Kill and delete every task and container, in every namespace (dockerd's too)."""
@@ -551,9 +564,10 @@ def containerd(
     fifo_dir = d / "fifo"
     for p in (runc_root, fifo_dir):
         p.mkdir(exist_ok=True)
-    process = _start([CONTAINERD, "--config", str(config_path)], log_path, _daemon_env(env))
+    daemon_env = _daemon_env(env)
+    process = _start([CONTAINERD, "--config", str(config_path)], log_path, daemon_env)
     daemon = Containerd(d, address, namespace, runc_root, fifo_dir, cgroup_parent, config_path,
-                        log_path, process)
+                        log_path, process, env=daemon_env)
     try:
         daemon.startup_seconds = _wait_ready(
             process, lambda: _unix_connects(address), "containerd", log_path, timeout
@@ -564,6 +578,94 @@ def containerd(
 
 
 _private_containerd = containerd  # `dockerd()` has a parameter of that name
+
+
+# --- containerd's CRI plugin, as a kubelet's node runs it -------------------------------------
+
+CRI_NAMESPACE = "k8s.io"
+PAUSE_IMAGE = "registry.test/retinue/pause:1"
+APP_IMAGE = "docker.io/library/busybox:latest"
+
+
+def _cri_section(
+    runc_root: Path, runtimes: Mapping[str, str | None], pod_annotations: Sequence[str]
+) -> str:
+    """The CRI plugin's part of a version 2 config: handler name -> runc binary (None: runc).
+
+    Every handler keeps its runc state under `runc_root` (runc's default is the host's
+    /run/containerd/runc). `restrict_oom_score_adj`: the shims here cannot lower their score.
+    """
+    cri = f'plugins."{CRI_PLUGIN}"'
+    lines = [
+        f"[{cri}]",
+        f'  sandbox_image = "{PAUSE_IMAGE}"',
+        "  restrict_oom_score_adj = true",
+        "  enable_selinux = false",
+        f"[{cri}.containerd]",
+        '  default_runtime_name = "runc"',
+        '  snapshotter = "overlayfs"',
+    ]
+    for name, binary in runtimes.items():
+        lines += [
+            f"[{cri}.containerd.runtimes.{name}]",
+            '  runtime_type = "io.containerd.runc.v2"',
+            f"  pod_annotations = {json.dumps(list(pod_annotations))}",
+            f"[{cri}.containerd.runtimes.{name}.options]",
+            f'  Root = "{runc_root}"',
+        ]
+        if binary:
+            lines.append(f'  BinaryName = "{binary}"')
+    return "\n".join(lines) + "\n"
+
+
+@contextlib.contextmanager
+def cri_containerd(
+    workdir: Path,
+    rootfs: Path,
+    runtimes: Mapping[str, str | None],
+    env: Mapping[str, str] | None = None,
+    pod_annotations: Sequence[str] = ("io.retinue.*",),
+    timeout: float = START_TIMEOUT,
+) -> Iterator[Containerd]:
+    """A private containerd with its CRI plugin on, handlers `runtimes` (name -> runc binary,
+    None for runc itself), `pod_annotations` passed through to every handler, and two images
+    made of `rootfs` in the k8s.io namespace: PAUSE_IMAGE (the sandbox image: `sleep`) and
+    APP_IMAGE (`sh`). Pods run on the node's network: no CNI is set up.
+
+    Leaving the block stops and removes every pod through the CRI first (CRI keeps its own
+    records of sandboxes), then tears down as `containerd()` does.
+    """
+    workdir = Path(workdir)
+
+    def configure(config_path: Path) -> None:
+        runc_root = config_path.parent / "runc"
+        with open(config_path, "a") as f:
+            f.write(_cri_section(runc_root, runtimes, pod_annotations))
+
+    with containerd(workdir, env=env, namespace=CRI_NAMESPACE, timeout=timeout, cri=True,
+                    configure=configure) as ctd:
+        ctd.import_rootfs(rootfs, PAUSE_IMAGE, cmd=("sleep", "2147483647"))
+        ctd.import_rootfs(rootfs, APP_IMAGE)
+        try:
+            yield ctd
+        finally:
+            if ctd.process.poll() is None:
+                _cri_remove_pods(ctd)
+
+
+def _cri_remove_pods(ctd: Containerd) -> None:
+    # The test's client module may not be importable here (benchmarks import engines alone).
+    try:
+        from cri.client import CRI
+    except ImportError:
+        return
+    cri = CRI(ctd.address)
+    try:
+        cri.remove_all_pods()
+    except Exception:
+        pass  # containerd's teardown below removes what is left by force
+    finally:
+        cri.close()
 
 
 def _rmdir_empty(*paths: str) -> None:
