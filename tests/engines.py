@@ -824,3 +824,103 @@ def _teardown_dockerd(daemon: Dockerd) -> None:
         ("host dirs", lambda: _rmdir_empty(DOCKER_PLUGIN_DIR, os.path.dirname(DOCKER_PLUGIN_DIR))),
         ("remove files", lambda: _remove_tree(daemon.workdir)),
     ])
+
+
+# --- podman -----------------------------------------------------------------------------------
+
+PODMAN = shutil.which("podman") or "/usr/bin/podman"
+# Podman 4.3 passes no --root to the runtime from every one of its processes (`podman container
+# cleanup`, run by conmon when a container exits, drops --runtime-flag): runc's default root.
+PODMAN_RUNC_ROOT = "/run/runc"
+# netavark's run directory; Podman creates it even for `--network none`.
+PODMAN_NETWORK_RUN_DIR = "/run/containers/networks"
+
+
+@dataclass
+class Podman:
+    """Podman with a private root, runroot, tmp dir and containers.conf; `podman()` runs it."""
+
+    workdir: Path
+    runtime: str
+    env: dict[str, str]
+
+    @property
+    def global_args(self) -> list[str]:
+        return ["--root", str(self.workdir / "root"), "--runroot", str(self.workdir / "rr"),
+                "--runtime", self.runtime, "--storage-driver", "overlay"]
+
+    def podman(
+        self, *args: str, check: bool = True, timeout: float = CMD_TIMEOUT,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """`podman GLOBAL-ARGS ARGS...`, captured as text; check=True raises on failure."""
+        return _run([PODMAN, *self.global_args, *args], check, timeout, input, self.env,
+                    self.workdir / "podman.log")
+
+    def runc_containers(self) -> dict[str, str]:
+        """id -> bundle of the containers runc holds for this Podman (its bundles are ours)."""
+        listed = subprocess.run([RUNC, "--root", PODMAN_RUNC_ROOT, "list", "-f", "json"],
+                                capture_output=True, text=True, check=False).stdout
+        prefix = str(self.workdir) + "/"
+        return {c["id"]: c["bundle"] for c in json.loads(listed or "null") or []
+                if str(c.get("bundle", "")).startswith(prefix)}
+
+
+@contextlib.contextmanager
+def podman(
+    workdir: Path, runtime: str, env: Mapping[str, str] | None = None,
+    cleanup_runtime: Sequence[str] = (),
+) -> Iterator[Podman]:
+    """Podman on private storage under `workdir/pm` with `runtime`, cgroupfs, file events, no
+    network, the ulimits this host allows. `env` is Podman's (and so conmon's and the runtime's
+    `create`; Podman calls `kill` and `delete` with an empty environment).
+
+    Leaving the block removes every container: through Podman, then whatever runc still holds
+    for it (with `cleanup_runtime`, e.g. retinue-runtime with its configuration, so that its
+    supervisors stop too; else runc), then the files and mounts, and Podman's host directories
+    when empty.
+    """
+    d = _short_dir(Path(workdir), "pm")
+    for sub in ("root", "rr", "tmp", "net"):
+        (d / sub).mkdir(exist_ok=True)
+    conf = d / "containers.conf"
+    conf.write_text(
+        "[containers]\n"
+        # Podman gives root containers nofile/nproc limits above this host's hard limits.
+        'default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]\n'
+        'netns = "none"\n'
+        "[engine]\n"
+        'cgroup_manager = "cgroupfs"\n'
+        'events_logger = "file"\n'
+        f'tmp_dir = "{d / "tmp"}"\n'
+        "[network]\n"
+        f'network_config_dir = "{d / "net"}"\n'
+    )
+    full_env = _daemon_env(env)
+    full_env["CONTAINERS_CONF"] = str(conf)
+    pm = Podman(d, runtime, full_env)
+    try:
+        yield pm
+    finally:
+        _teardown_podman(pm, list(cleanup_runtime))
+
+
+def _teardown_podman(pm: Podman, cleanup_runtime: list[str]) -> None:
+    def runtime_delete() -> None:
+        argv = cleanup_runtime or [RUNC]
+        for cid in pm.runc_containers():
+            subprocess.run([*argv, "--root", PODMAN_RUNC_ROOT, "delete", "--force", cid],
+                           capture_output=True, check=False, env=pm.env, timeout=CMD_TIMEOUT)
+        for cid in pm.runc_containers():  # what the runtime could not delete
+            subprocess.run([RUNC, "--root", PODMAN_RUNC_ROOT, "delete", "--force", cid],
+                           capture_output=True, check=False)
+
+    _cleanup_steps([
+        ("podman rm", lambda: pm.podman("rm", "--all", "--force", "--time", "0", check=False)),
+        ("runtime delete", runtime_delete),
+        ("podman rm again", lambda: pm.podman("rm", "--all", "--force", check=False)),
+        ("host dirs", lambda: _rmdir_empty(PODMAN_NETWORK_RUN_DIR,
+                                           os.path.dirname(PODMAN_NETWORK_RUN_DIR),
+                                           PODMAN_RUNC_ROOT)),
+        ("remove files", lambda: _remove_tree(pm.workdir)),
+    ])

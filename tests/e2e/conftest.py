@@ -169,8 +169,8 @@ def nothing_left_behind(e2e_dir: Path) -> Iterator[None]:
 ADMIN = os.path.join(sys.prefix, "bin", "retinue")
 # The runc roots of the session's engines, relative to e2e_dir: Docker's runtimes share
 # EXEC_ROOT/runtime-runc/NAMESPACE; `ctr run --runc-root` and the CRI handlers' `Root` put a
-# namespace level under their root; Podman's runtime root has none.
-RUNC_ROOTS = ("docker/dk/exec/runtime-runc/*", "ctd/ctd/runc/*", "cri/ctd/runc/*", "podman/runc")
+# namespace level under their root.
+RUNC_ROOTS = ("docker/dk/exec/runtime-runc/*", "ctd/ctd/runc/*", "cri/ctd/runc/*")
 
 
 @pytest.fixture
