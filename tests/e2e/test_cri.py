@@ -206,7 +206,7 @@ def test_plain_pods_under_both_handlers(node: Node, e2e_dir: Path) -> None:
 
 @pytest.mark.xfail(strict=True, reason=NEEDS_F_K8S + "a pod's sandbox is never selected")
 def test_sandbox_untouched_by_an_always_rule(
-    node: Node, e2e_dir: Path, swap_config: Callable[[str], None], retinue_config: Path
+    node: Node, e2e_dir: Path, retinue_config: Path
 ) -> None:
     """A rule with `when.always` attaches to every app container, never to the pause one."""
     policy = retinue_config.parent / "policy.toml"
