@@ -5,9 +5,9 @@ image writes Podman's blob cache under /var/lib/containers whatever --root says)
 cgroupfs, file events. Podman's own runc root is runc's default, /run/runc: the tests look there
 for containers whose bundles are ours.
 
-Podman hands the runtime none of its own environment but PATH (and that to `create` and
-`start` only; `kill` and `delete` get an empty one): RETINUE_CONFIG set for podman never reaches
-retinue. A Podman user keeps the configuration at /etc/retinue/config.toml; here, where /etc is
+Podman does not pass RETINUE_CONFIG on to the runtime (`create` and `start` see little more
+than PATH; `kill` and `delete` get an empty environment): RETINUE_CONFIG set for podman never
+reaches retinue. A Podman user keeps the configuration at /etc/retinue/config.toml; here, where /etc is
 the host's, `--runtime` is a two-line wrapper that sets RETINUE_CONFIG and execs the launcher.
 The tests that need retinue to find its lower runtime without PATH are xfail(strict) until
 b-config's fix is merged; the lead flips them then.
