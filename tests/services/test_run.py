@@ -182,3 +182,31 @@ def test_run_with_a_terminal(rig: Rig, container_id: str) -> None:
     assert words.index("svc ready") < words.index("main")
     assert rig.state(container_id) is None
     wait_for(lambda: not rig.leftovers(container_id), 5)
+
+
+def test_run_with_a_terminal_forwards_signals(rig: Rig, container_id: str) -> None:
+    """A signal to `run` reaches the container's main process through the terminal relay."""
+    rig.service("svc", LATE, READY_FILE)
+
+    def terminal(spec: dict[str, dict[str, object]]) -> None:
+        spec["process"]["terminal"] = True
+
+    body = "trap 'echo got-term; exit 9' TERM; echo ready; while :; do sleep 0.1; done"
+    bundle = rig.bundle(main_args(body), env=["RETINUE_SERVICES=svc"], edit=terminal)
+    master, slave = os.openpty()
+    proc = subprocess.Popen(rig.rt_argv("run", "--bundle", str(bundle), container_id),
+                            stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+    seen = bytearray()
+    try:
+        _read_until(master, b"ready\r\n", seen)
+        proc.send_signal(signal.SIGTERM)
+        _read_until(master, b"got-term\r\n", seen)
+        assert proc.wait(timeout=20) == 9, bytes(seen)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+        os.close(slave)
+    assert rig.state(container_id) is None
+    wait_for(lambda: not rig.leftovers(container_id), 5)
