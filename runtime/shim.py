@@ -82,15 +82,6 @@ def create(args: runc_argv.RuncArgs, compiled: dict[str, Any]) -> str | None:
     if found is None:
         return None
     if found.supervised:
-        if (
-            args.command == "run"
-            and (spec.get("process") or {}).get("terminal")
-            and not args.option("console-socket")
-        ):
-            raise RetinueError(
-                "run with a terminal (process.terminal) is not supported for a container with "
-                "services; use create --console-socket, then start"
-            )
         start_supervisor(args, compiled, spec, found)
     if found.edited is not spec:
         try:
@@ -240,9 +231,11 @@ def main() -> NoReturn:
         if command in ("create", "run"):
             container_dir = create(args, compiled)
             if command == "run" and container_dir:
-                from . import run
+                from . import bundle, run
 
-                run.run(args, compiled["runtime"], lower_globals(args), container_dir)
+                _, spec = bundle.load(args.bundle)
+                terminal = bool((spec.get("process") or {}).get("terminal"))
+                run.run(args, compiled["runtime"], lower_globals(args), container_dir, terminal)
         elif command in ("start", "kill", "delete") and compiled["supervised"]:
             container_id = args.container_id
             if statedir.valid_id(container_id):

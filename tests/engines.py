@@ -401,6 +401,7 @@ class Containerd:
     process: subprocess.Popen[bytes]
     startup_seconds: float = 0.0
     image: str = ""
+    env: dict[str, str] = field(default_factory=dict)
 
     def ctr(
         self, *args: str, check: bool = True, timeout: float = CMD_TIMEOUT,
@@ -447,13 +448,25 @@ class Containerd:
         argv += [*extra, image or self.image, container_id, *cmd]
         return self.ctr(*argv, check=check, timeout=timeout)
 
-    def import_rootfs(self, rootfs: Path, ref: str = "docker.io/library/busybox:latest") -> str:
+    def import_rootfs(
+        self, rootfs: Path, ref: str = "docker.io/library/busybox:latest",
+        cmd: Sequence[str] = ("sh",),
+    ) -> str:
         """Import `rootfs` as the one-layer image `ref`; it becomes the default for `run()`."""
-        archive = oci_archive(rootfs, self.workdir / "image.tar", ref)
+        archive = oci_archive(rootfs, self.workdir / "image.tar", ref, cmd)
         self.ctr("images", "import", str(archive))
         archive.unlink()
         self.image = ref
         return ref
+
+    def restart(self, timeout: float = START_TIMEOUT) -> None:
+        """Stop the daemon (SIGTERM) and start it again on the same config; its shims and
+        containers keep running meanwhile, as with `systemctl restart containerd`."""
+        _stop(self.process)
+        self.process = _start([CONTAINERD, "--config", str(self.config_path)], self.log_path,
+                              self.env)
+        _wait_ready(self.process, lambda: _unix_connects(self.address), "containerd",
+                    self.log_path, timeout)
 
     def remove_all(self) -> None:
         """Kill and delete every task and container, in every namespace (dockerd's too)."""
@@ -551,9 +564,10 @@ def containerd(
     fifo_dir = d / "fifo"
     for p in (runc_root, fifo_dir):
         p.mkdir(exist_ok=True)
-    process = _start([CONTAINERD, "--config", str(config_path)], log_path, _daemon_env(env))
+    daemon_env = _daemon_env(env)
+    process = _start([CONTAINERD, "--config", str(config_path)], log_path, daemon_env)
     daemon = Containerd(d, address, namespace, runc_root, fifo_dir, cgroup_parent, config_path,
-                        log_path, process)
+                        log_path, process, env=daemon_env)
     try:
         daemon.startup_seconds = _wait_ready(
             process, lambda: _unix_connects(address), "containerd", log_path, timeout
@@ -564,6 +578,94 @@ def containerd(
 
 
 _private_containerd = containerd  # `dockerd()` has a parameter of that name
+
+
+# --- containerd's CRI plugin, as a kubelet's node runs it -------------------------------------
+
+CRI_NAMESPACE = "k8s.io"
+PAUSE_IMAGE = "registry.test/retinue/pause:1"
+APP_IMAGE = "docker.io/library/busybox:latest"
+
+
+def _cri_section(
+    runc_root: Path, runtimes: Mapping[str, str | None], pod_annotations: Sequence[str]
+) -> str:
+    """The CRI plugin's part of a version 2 config: handler name -> runc binary (None: runc).
+
+    Every handler keeps its runc state under `runc_root` (runc's default is the host's
+    /run/containerd/runc). `restrict_oom_score_adj`: the shims here cannot lower their score.
+    """
+    cri = f'plugins."{CRI_PLUGIN}"'
+    lines = [
+        f"[{cri}]",
+        f'  sandbox_image = "{PAUSE_IMAGE}"',
+        "  restrict_oom_score_adj = true",
+        "  enable_selinux = false",
+        f"[{cri}.containerd]",
+        '  default_runtime_name = "runc"',
+        '  snapshotter = "overlayfs"',
+    ]
+    for name, binary in runtimes.items():
+        lines += [
+            f"[{cri}.containerd.runtimes.{name}]",
+            '  runtime_type = "io.containerd.runc.v2"',
+            f"  pod_annotations = {json.dumps(list(pod_annotations))}",
+            f"[{cri}.containerd.runtimes.{name}.options]",
+            f'  Root = "{runc_root}"',
+        ]
+        if binary:
+            lines.append(f'  BinaryName = "{binary}"')
+    return "\n".join(lines) + "\n"
+
+
+@contextlib.contextmanager
+def cri_containerd(
+    workdir: Path,
+    rootfs: Path,
+    runtimes: Mapping[str, str | None],
+    env: Mapping[str, str] | None = None,
+    pod_annotations: Sequence[str] = ("io.retinue.*",),
+    timeout: float = START_TIMEOUT,
+) -> Iterator[Containerd]:
+    """A private containerd with its CRI plugin on, handlers `runtimes` (name -> runc binary,
+    None for runc itself), `pod_annotations` passed through to every handler, and two images
+    made of `rootfs` in the k8s.io namespace: PAUSE_IMAGE (the sandbox image: `sleep`) and
+    APP_IMAGE (`sh`). Pods run on the node's network: no CNI is set up.
+
+    Leaving the block stops and removes every pod through the CRI first (CRI keeps its own
+    records of sandboxes), then tears down as `containerd()` does.
+    """
+    workdir = Path(workdir)
+
+    def configure(config_path: Path) -> None:
+        runc_root = config_path.parent / "runc"
+        with open(config_path, "a") as f:
+            f.write(_cri_section(runc_root, runtimes, pod_annotations))
+
+    with containerd(workdir, env=env, namespace=CRI_NAMESPACE, timeout=timeout, cri=True,
+                    configure=configure) as ctd:
+        ctd.import_rootfs(rootfs, PAUSE_IMAGE, cmd=("sleep", "2147483647"))
+        ctd.import_rootfs(rootfs, APP_IMAGE)
+        try:
+            yield ctd
+        finally:
+            if ctd.process.poll() is None:
+                _cri_remove_pods(ctd)
+
+
+def _cri_remove_pods(ctd: Containerd) -> None:
+    # The test's client module may not be importable here (benchmarks import engines alone).
+    try:
+        from cri.client import CRI
+    except ImportError:
+        return
+    cri = CRI(ctd.address)
+    try:
+        cri.remove_all_pods()
+    except Exception:
+        pass  # containerd's teardown below removes what is left by force
+    finally:
+        cri.close()
 
 
 def _rmdir_empty(*paths: str) -> None:
@@ -721,4 +823,104 @@ def _teardown_dockerd(daemon: Dockerd) -> None:
         ("cgroups", lambda: _remove_cgroup(daemon.cgroup_parent)),
         ("host dirs", lambda: _rmdir_empty(DOCKER_PLUGIN_DIR, os.path.dirname(DOCKER_PLUGIN_DIR))),
         ("remove files", lambda: _remove_tree(daemon.workdir)),
+    ])
+
+
+# --- podman -----------------------------------------------------------------------------------
+
+PODMAN = shutil.which("podman") or "/usr/bin/podman"
+# Podman 4.3 passes no --root to the runtime from every one of its processes (`podman container
+# cleanup`, run by conmon when a container exits, drops --runtime-flag): runc's default root.
+PODMAN_RUNC_ROOT = "/run/runc"
+# netavark's run directory; Podman creates it even for `--network none`.
+PODMAN_NETWORK_RUN_DIR = "/run/containers/networks"
+
+
+@dataclass
+class Podman:
+    """Podman with a private root, runroot, tmp dir and containers.conf; `podman()` runs it."""
+
+    workdir: Path
+    runtime: str
+    env: dict[str, str]
+
+    @property
+    def global_args(self) -> list[str]:
+        return ["--root", str(self.workdir / "root"), "--runroot", str(self.workdir / "rr"),
+                "--runtime", self.runtime, "--storage-driver", "overlay"]
+
+    def podman(
+        self, *args: str, check: bool = True, timeout: float = CMD_TIMEOUT,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """`podman GLOBAL-ARGS ARGS...`, captured as text; check=True raises on failure."""
+        return _run([PODMAN, *self.global_args, *args], check, timeout, input, self.env,
+                    self.workdir / "podman.log")
+
+    def runc_containers(self) -> dict[str, str]:
+        """id -> bundle of the containers runc holds for this Podman (its bundles are ours)."""
+        listed = subprocess.run([RUNC, "--root", PODMAN_RUNC_ROOT, "list", "-f", "json"],
+                                capture_output=True, text=True, check=False).stdout
+        prefix = str(self.workdir) + "/"
+        return {c["id"]: c["bundle"] for c in json.loads(listed or "null") or []
+                if str(c.get("bundle", "")).startswith(prefix)}
+
+
+@contextlib.contextmanager
+def podman(
+    workdir: Path, runtime: str, env: Mapping[str, str] | None = None,
+    cleanup_runtime: Sequence[str] = (),
+) -> Iterator[Podman]:
+    """Podman on private storage under `workdir/pm` with `runtime`, cgroupfs, file events, no
+    network, the ulimits this host allows. `env` is Podman's (and so conmon's and the runtime's
+    `create`; Podman calls `kill` and `delete` with an empty environment).
+
+    Leaving the block removes every container: through Podman, then whatever runc still holds
+    for it (with `cleanup_runtime`, e.g. retinue-runtime with its configuration, so that its
+    supervisors stop too; else runc), then the files and mounts, and Podman's host directories
+    when empty.
+    """
+    d = _short_dir(Path(workdir), "pm")
+    for sub in ("root", "rr", "tmp", "net"):
+        (d / sub).mkdir(exist_ok=True)
+    conf = d / "containers.conf"
+    conf.write_text(
+        "[containers]\n"
+        # Podman gives root containers nofile/nproc limits above this host's hard limits.
+        'default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]\n'
+        'netns = "none"\n'
+        "[engine]\n"
+        'cgroup_manager = "cgroupfs"\n'
+        'events_logger = "file"\n'
+        f'tmp_dir = "{d / "tmp"}"\n'
+        "[network]\n"
+        f'network_config_dir = "{d / "net"}"\n'
+    )
+    full_env = _daemon_env(env)
+    full_env["CONTAINERS_CONF"] = str(conf)
+    pm = Podman(d, runtime, full_env)
+    try:
+        yield pm
+    finally:
+        _teardown_podman(pm, list(cleanup_runtime))
+
+
+def _teardown_podman(pm: Podman, cleanup_runtime: list[str]) -> None:
+    def runtime_delete() -> None:
+        argv = cleanup_runtime or [RUNC]
+        for cid in pm.runc_containers():
+            subprocess.run([*argv, "--root", PODMAN_RUNC_ROOT, "delete", "--force", cid],
+                           capture_output=True, check=False, env=pm.env, timeout=CMD_TIMEOUT)
+        for cid in pm.runc_containers():  # what the runtime could not delete
+            subprocess.run([RUNC, "--root", PODMAN_RUNC_ROOT, "delete", "--force", cid],
+                           capture_output=True, check=False)
+
+    _cleanup_steps([
+        ("podman rm", lambda: pm.podman("rm", "--all", "--force", "--time", "0", check=False)),
+        ("runtime delete", runtime_delete),
+        ("podman rm again", lambda: pm.podman("rm", "--all", "--force", check=False)),
+        ("host dirs", lambda: _rmdir_empty(PODMAN_NETWORK_RUN_DIR,
+                                           os.path.dirname(PODMAN_NETWORK_RUN_DIR),
+                                           PODMAN_RUNC_ROOT)),
+        ("remove files", lambda: _remove_tree(pm.workdir)),
     ])

@@ -42,3 +42,22 @@ def test_bench_quick_passthrough(tmp_path: Path) -> None:
     assert {t["target"].split(" (")[0] for t in data["targets"]} == {
         "pass-through state", "pass-through kill", "pass-through delete",
     }
+
+
+@pytest.mark.cri
+@pytest.mark.skipif(os.geteuid() != 0, reason="the bench starts a private containerd: needs root")
+def test_cri_bench_quick(tmp_path: Path) -> None:
+    """The CRI section of `make bench`: both handlers measured, ratios printed."""
+    report = tmp_path / "cri.json"
+    p = subprocess.run(
+        [sys.executable, str(BENCH.parent / "cri_bench.py"), "--quick", "--json", str(report)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+    if "skipped" in p.stdout:
+        pytest.skip(p.stdout.strip())
+    assert "retinue/runc, ratio of the medians: CRI RunPodSandbox " in p.stdout, p.stdout
+    data = json.loads(report.read_text())
+    for table in data.values():
+        assert set(table["series"]) == {"runc", "retinue"}
+        assert all(series["n"] == 3 for series in table["series"].values())

@@ -168,8 +168,9 @@ def nothing_left_behind(e2e_dir: Path) -> Iterator[None]:
 
 ADMIN = os.path.join(sys.prefix, "bin", "retinue")
 # The runc roots of the session's engines, relative to e2e_dir: Docker's runtimes share
-# EXEC_ROOT/runtime-runc/NAMESPACE; `ctr run --runc-root` puts a namespace level under its root.
-RUNC_ROOTS = ("docker/dk/exec/runtime-runc/*", "ctd/ctd/runc/*")
+# EXEC_ROOT/runtime-runc/NAMESPACE; `ctr run --runc-root` and the CRI handlers' `Root` put a
+# namespace level under their root.
+RUNC_ROOTS = ("docker/dk/exec/runtime-runc/*", "ctd/ctd/runc/*", "cri/ctd/runc/*")
 
 
 @pytest.fixture

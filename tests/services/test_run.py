@@ -3,8 +3,13 @@ the exit code is the main process's, as with runc run."""
 
 from __future__ import annotations
 
+import fcntl
+import os
+import select
 import signal
+import struct
 import subprocess
+import termios
 import time
 
 from conftest import Rig, main_args, wait_for
@@ -112,16 +117,96 @@ def test_run_main_killed_by_a_signal(rig: Rig, container_id: str) -> None:
     wait_for(lambda: not rig.leftovers(container_id), 5)
 
 
-def test_run_with_a_terminal_is_refused(rig: Rig, container_id: str) -> None:
+def _read_until(fd: int, needle: bytes, seen: bytearray, timeout: float = 20) -> None:
+    """Read the pty master into `seen` until `needle` is in it."""
+    deadline = time.monotonic() + timeout
+    while needle not in seen:
+        left = deadline - time.monotonic()
+        assert left > 0, f"no {needle!r} in {bytes(seen)!r}"
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # EIO: the other side closed
+                chunk = b""
+            assert chunk, f"pty closed; no {needle!r} in {bytes(seen)!r}"
+            seen += chunk
+
+
+def _set_size(fd: int, rows: int, cols: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+def test_run_with_a_terminal(rig: Rig, container_id: str) -> None:
+    """`run` of a container with services and `process.terminal`, no console socket, from a
+    terminal (a pty here), as people try runc by hand: the gate holds the entrypoint, the
+    container gets a terminal of its own with the caller's window size (and its changes), what
+    the user types reaches it, the exit code is main's, the caller's terminal is restored."""
     rig.service("svc", LATE, READY_FILE)
 
     def terminal(spec: dict[str, dict[str, object]]) -> None:
         spec["process"]["terminal"] = True
 
-    bundle = rig.bundle(env=["RETINUE_SERVICES=svc"], edit=terminal)
-    r = subprocess.run(rig.rt_argv("run", "--bundle", str(bundle), container_id),
-                       capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=30)
-    assert r.returncode == 1
-    assert "run with a terminal (process.terminal) is not supported" in r.stderr
+    body = ('ev main; test -t 0 && test -t 1 && echo "is a tty"; echo "size $(stty size)"; '
+            'read -r line; echo "got $line"; read -r _; echo "size $(stty size)"; exit 5')
+    bundle = rig.bundle(main_args(body), env=["RETINUE_SERVICES=svc"], edit=terminal)
+    master, slave = os.openpty()
+    _set_size(slave, 33, 111)
+    before = termios.tcgetattr(slave)
+
+    def controlling_tty() -> None:
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    proc = subprocess.Popen(rig.rt_argv("run", "--bundle", str(bundle), container_id),
+                            stdin=slave, stdout=slave, stderr=slave, preexec_fn=controlling_tty)
+    seen = bytearray()
+    try:
+        _read_until(master, b"size 33 111\r\n", seen)
+        assert b"is a tty\r\n" in seen
+        assert not termios.tcgetattr(slave)[3] & termios.ICANON  # the caller's side is raw
+        _set_size(master, 40, 120)  # the caller's terminal is resized: SIGWINCH to the shim
+        os.write(master, b"hello\r")  # raw mode on our side: the container's pty cooks it
+        _read_until(master, b"got hello\r\n", seen)
+        os.write(master, b"\r")
+        _read_until(master, b"size 40 120\r\n", seen)
+        assert proc.wait(timeout=20) == 5, bytes(seen)
+        assert termios.tcgetattr(slave) == before  # raw mode undone
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+        os.close(slave)
+    words = [w for _, w in rig.events()]
+    assert words.index("svc ready") < words.index("main")
     assert rig.state(container_id) is None
-    assert rig.leftovers(container_id) == []
+    wait_for(lambda: not rig.leftovers(container_id), 5)
+
+
+def test_run_with_a_terminal_forwards_signals(rig: Rig, container_id: str) -> None:
+    """A signal to `run` reaches the container's main process through the terminal relay."""
+    rig.service("svc", LATE, READY_FILE)
+
+    def terminal(spec: dict[str, dict[str, object]]) -> None:
+        spec["process"]["terminal"] = True
+
+    body = "trap 'echo got-term; exit 9' TERM; echo ready; while :; do sleep 0.1; done"
+    bundle = rig.bundle(main_args(body), env=["RETINUE_SERVICES=svc"], edit=terminal)
+    master, slave = os.openpty()
+    proc = subprocess.Popen(rig.rt_argv("run", "--bundle", str(bundle), container_id),
+                            stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+    seen = bytearray()
+    try:
+        _read_until(master, b"ready\r\n", seen)
+        proc.send_signal(signal.SIGTERM)
+        _read_until(master, b"got-term\r\n", seen)
+        assert proc.wait(timeout=20) == 9, bytes(seen)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+        os.close(slave)
+    assert rig.state(container_id) is None
+    wait_for(lambda: not rig.leftovers(container_id), 5)
