@@ -27,7 +27,8 @@ import shlex
 import sys
 import sysconfig
 
-from . import confcache
+from . import argv as runc_argv
+from . import confcache, statedir
 
 
 def _python(python: str, site_packages: str, self_path: str, code: str) -> str:
@@ -40,6 +41,17 @@ def _python(python: str, site_packages: str, self_path: str, code: str) -> str:
         f"sys.path.insert(0, {literal(site_packages)}); {code}"
     )
     return f'exec {shlex.quote(python)} -IS -c {shlex.quote(program)} "$@"'
+
+
+def _value_flags() -> str:
+    """sh case patterns `subcommand:flag` for the flags that take a value, of the subcommands
+    about an existing container (argv.py's tables: one truth for both parsers)."""
+    return "|".join(
+        f"{command}:{flag}"
+        for command, flags in sorted(runc_argv.SUBCOMMAND_VALUE_FLAGS.items())
+        if command not in ("create", "run", "restore", "spec", "list")
+        for flag in sorted(flags)
+    )
 
 
 def render_runtime(python: str, site_packages: str, self_path: str) -> str:
@@ -62,13 +74,23 @@ for a do
 		*) cmd=$a ;;
 		esac
 	else
+		# The id is the first argument that is not a flag or a flag's value: a supervised
+		# container's call must never be taken for another's (argv.py has the same tables).
 		case $a in
-		-*) ;;
+		--) slow "$@" ;;
+		-*=*) ;;
+		-*)
+			n=${{a#-}}
+			case $cmd:${{n#-}} in {_value_flags()}) skip=1 ;; esac
+			;;
 		*) id=$a; break ;;
 		esac
 	fi
 done
 case $cmd in create|run) slow "$@" ;; esac
+# A container with a supervisor is in the registry whatever the configuration: Python finds
+# what it was created with.
+case $id in ''|.|..|*/*) ;; *) [ -e {statedir.REGISTRY}/"$id" ] && slow "$@" ;; esac
 config=${{RETINUE_CONFIG:-{confcache.DEFAULT_CONFIG}}}
 case $config in /*) ;; *) slow "$@" ;; esac
 key= rest=$config
@@ -78,7 +100,11 @@ while :; do
 	*) key=$key$rest; break ;;
 	esac
 done
-cache={confcache.CACHE_DIR}/$key.sh
+# Engines that call with an empty environment (Podman) get a cache of their own.
+case $PATH in
+'') cache={confcache.CACHE_DIR}/$key{confcache.NO_PATH_SUFFIX}.sh ;;
+*) cache={confcache.CACHE_DIR}/$key.sh ;;
+esac
 [ -f "$cache" ] || slow "$@"
 . "$cache"
 [ "$self" = {shlex.quote(self_path)} ] && [ "$path" = "$PATH" ] || slow "$@"
@@ -89,12 +115,6 @@ done
 for f in $absent; do
 	[ -e "$f" ] && slow "$@"
 done
-case $cmd in
-start|kill|delete)
-	case $id in ''|.|..|*/*) slow "$@" ;; esac
-	[ -e "$state_dir/ids/$id" ] && slow "$@"
-	;;
-esac
 exec "$lower" "$@"
 """
 

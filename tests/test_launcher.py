@@ -14,6 +14,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -83,17 +84,41 @@ def test_create_and_run_go_to_python(fast: dict[str, object], args: list[str]) -
 
 
 def test_a_supervised_container_goes_to_python(fast: dict[str, object]) -> None:
-    container_dir = statedir.container_dir(str(fast["state"]), str(fast["root"]), "svc")
+    """Every call about a container with a supervisor goes to Python, which sends it to the lower
+    runtime the container was created with; other containers' calls pass straight through."""
+    cid = f"svc-{uuid.uuid4().hex[:8]}"
+    container_dir = statedir.container_dir(str(fast["state"]), str(fast["root"]), cid)
     os.makedirs(container_dir)
     statedir.add_marker(container_dir)
     shim, root = str(fast["shim"]), str(fast["root"])
-    for args in (["start", "svc"], ["kill", "--all", "svc", "TERM"], ["delete", "--force", "svc"]):
-        assert call(shim, "--root", root, *args).returncode == NO_PYTHON, args
-    # Other containers, and other calls about this one, still pass straight through.
-    assert call(shim, "--root", root, "state", "svc").returncode == 1
-    assert call(shim, "--root", root, "kill", "other").returncode == 1
-    statedir.remove(container_dir)
-    assert call(shim, "--root", root, "kill", "svc").returncode == 1
+    try:
+        for args in (
+            ["start", cid],
+            ["kill", "--all", cid, "TERM"],
+            ["delete", "--force", cid],
+            ["state", cid],
+            ["pause", cid],
+            ["resume", cid],
+            ["exec", "--process", "/p.json", "--detach", cid],
+            ["exec", "--user", "0", "-e", "A=1", cid, "true"],
+            ["ps", "--format", "json", cid],
+            ["update", "--pids-limit", "5", cid],
+            ["events", "--interval", "1s", cid],
+            ["--log-format", "json", "kill", cid],
+        ):
+            assert call(shim, "--root", root, *args).returncode == NO_PYTHON, args
+        # Other containers pass straight through, even with this id as a flag's value.
+        for args in (
+            ["state", "other"],
+            ["kill", "other"],
+            ["exec", "--cwd", cid, "other", "true"],
+            ["exec", f"--cwd={cid}", "other", "true"],
+            ["update", "--memory", cid, "other"],
+        ):
+            assert call(shim, "--root", root, *args).returncode not in (0, NO_PYTHON), args
+    finally:
+        statedir.remove(container_dir)
+    assert call(shim, "--root", root, "kill", cid).returncode == 1
 
 
 def test_a_changed_configuration_is_not_trusted(fast: dict[str, object]) -> None:
