@@ -23,7 +23,9 @@ POLITE = (
 )
 
 
-def bare(rig: Rig, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def bare(
+    rig: Rig, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """retinue-runtime with exactly `env` (default: none at all), as Podman calls it."""
     return subprocess.run(
         rig.rt_argv(*args), capture_output=True, text=True, stdin=subprocess.DEVNULL,
