@@ -7,7 +7,8 @@ are small POSIX sh scripts (dash starts in ~1 ms) that settle the common case th
 start Python for everything else:
 
 - `retinue-runtime` hands a call straight to the lower runtime when it cannot concern retinue:
-  any subcommand but create and run, and start/kill/delete of a container without a supervisor.
+  any subcommand but create and run about a container without a supervisor (no entry in
+  statedir.REGISTRY; a supervised container's calls go to the runtime it was created with).
   It decides only from the cache that Python wrote (`confcache.write_sh`), and only while no file
   the configuration was read from is newer than that cache; in every other case it runs
   `retinue.shim`, which decides the same things at full length.

@@ -8,6 +8,11 @@ it.
 Paths that are not pass-through:
 - create/run of a container the policy selects: edit the bundle, spawn the supervisor;
 - start/kill/delete of a container that has a supervisor: talk to it first.
+
+A container with a supervisor is found through statedir's registry, never through this call's
+configuration: every call about it goes to the lower runtime it was created with. `-h`/`--help`
+goes to the lower runtime untouched; so does every call that needs no policy while the
+configuration is broken (with the last good configuration's lower runtime).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import sys
 
 from . import argv as runc_argv
 from . import confcache, lower, runclog, statedir
-from .errors import RetinueError, clip
+from .errors import LowerRuntimeError, RetinueError, clip
 
 TYPE_CHECKING = False  # typing costs ~10 ms to import; mypy reads this as True
 if TYPE_CHECKING:
@@ -73,10 +78,16 @@ def passthrough_config(args: runc_argv.RuncArgs) -> tuple[str, dict[str, Any] | 
     use the lower runtime of the last good configuration, else the default one, and say so only
     in `--log` (on stdout or stderr it would corrupt what the engine parses, e.g. `state`).
     """
+    defaults = True
+    broken: Exception
     try:
         compiled = load_config()
         return compiled["runtime"], compiled
-    except Exception as e:  # whatever is wrong with it, the answer is the same
+    except LowerRuntimeError as e:
+        # The configuration reads well but names no usable runtime: runc in its place could
+        # only answer for containers it never made.
+        broken, defaults = e, False
+    except Exception as e:  # whatever else is wrong with it, the answer is the same
         broken = e
     path, explicit = config_source()
     path_env, self_path = os.environ.get("PATH", ""), _self_path()
@@ -84,6 +95,8 @@ def passthrough_config(args: runc_argv.RuncArgs) -> tuple[str, dict[str, Any] | 
         good = confcache.last_good(path, explicit, path_env, self_path)
         runtime, source = lower.resolve(good["runtime"], path_env, self_path), "last good"
     except (LookupError, KeyError, TypeError, RetinueError):
+        if not defaults:
+            raise broken from None
         try:
             runtime, source = lower.resolve("", path_env, self_path), "default"
         except RetinueError:
