@@ -113,14 +113,8 @@ def _sh_quote(value: str) -> str:
     return "'" + value.replace("'", "'\\''") + "'"
 
 
-# The sh cache of callers without PATH (Podman runs kill, pause, resume and delete with an empty
-# environment): with one file for both, each kind of caller would rewrite it for the other.
-NO_PATH_SUFFIX = "%nopath"
-
-
-def sh_cache_file(config_path: str, path_env: str = "x") -> str:
-    name = os.path.abspath(config_path).replace("/", "%")
-    return os.path.join(CACHE_DIR, name + ("" if path_env else NO_PATH_SUFFIX) + ".sh")
+def sh_cache_file(config_path: str) -> str:
+    return os.path.join(CACHE_DIR, os.path.abspath(config_path).replace("/", "%") + ".sh")
 
 
 def write_sh(
@@ -138,7 +132,7 @@ def write_sh(
     the launcher trusts it only while none of them is newer. Paths it cannot list safely (spaces,
     glob characters) mean no sh cache at all: the launcher then always asks Python.
     """
-    target = sh_cache_file(config_path, path_env)
+    target = sh_cache_file(config_path)
     present = [s[0] for s in stamps if s[1] != -1]
     absent = [s[0] for s in stamps if s[1] == -1]
     present += [os.path.dirname(__file__), compiled["runtime"]]

@@ -101,11 +101,7 @@ while :; do
 	*) key=$key$rest; break ;;
 	esac
 done
-# Engines that call with an empty environment (Podman) get a cache of their own.
-case $PATH in
-'') cache={confcache.CACHE_DIR}/$key{confcache.NO_PATH_SUFFIX}.sh ;;
-*) cache={confcache.CACHE_DIR}/$key.sh ;;
-esac
+cache={confcache.CACHE_DIR}/$key.sh
 [ -f "$cache" ] || slow "$@"
 . "$cache"
 [ "$self" = {shlex.quote(self_path)} ] && [ "$path" = "$PATH" ] || slow "$@"

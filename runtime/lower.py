@@ -14,6 +14,9 @@ DEFAULT_CANDIDATES = ("runc", "crun")
 # Where runc and crun are installed when PATH does not say: Podman calls kill, pause, resume and
 # delete with an empty environment, and a container must still reach its lower runtime.
 FALLBACK_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+# The PATH of a caller that has none. It is also what dash's $PATH says then, so the sh launcher's
+# cache (keyed on $PATH) serves such callers, and engines calling with this PATH, alike.
+DEFAULT_PATH = ":".join(FALLBACK_DIRS)
 # Both of our own launchers import this module; a "lower runtime" whose head contains it is
 # retinue again (a copy, a symlink, a wrapper), and exec'ing it would recurse forever.
 _SELF_MARKER = b"retinue.shim"

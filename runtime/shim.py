@@ -42,11 +42,15 @@ def _self_path() -> str:
 
 
 def _which(name: str) -> str:
-    for d in os.environ.get("PATH", "").split(os.pathsep):
+    for d in _path_env().split(os.pathsep):
         candidate = os.path.join(d, name)
         if d and os.path.isfile(candidate):
             return candidate
     return name
+
+
+def _path_env() -> str:
+    return os.environ.get("PATH") or lower.DEFAULT_PATH
 
 
 def config_source() -> tuple[str, bool]:
@@ -57,7 +61,7 @@ def config_source() -> tuple[str, bool]:
 
 def load_config() -> dict[str, Any]:
     path, explicit = config_source()
-    return confcache.load(path, explicit, os.environ.get("PATH", ""), _self_path())
+    return confcache.load(path, explicit, _path_env(), _self_path())
 
 
 # Go's strconv.ParseBool spellings of true: `-h=false` is not a request for help.
@@ -90,7 +94,7 @@ def passthrough_config(args: runc_argv.RuncArgs) -> tuple[str, dict[str, Any] | 
     except Exception as e:  # whatever else is wrong with it, the answer is the same
         broken = e
     path, explicit = config_source()
-    path_env, self_path = os.environ.get("PATH", ""), _self_path()
+    path_env, self_path = _path_env(), _self_path()
     try:
         good = confcache.last_good(path, explicit, path_env, self_path)
         runtime, source = lower.resolve(good["runtime"], path_env, self_path), "last good"

@@ -94,7 +94,7 @@ def _write_entry(path: str, fields: list[str]) -> None:
             try:
                 os.mkdir(REGISTRY, 0o700)
             except FileExistsError:
-                pass
+                os.chmod(REGISTRY, 0o700)  # older versions made it 0755: ids are not for users
             os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             try:

@@ -8,6 +8,7 @@ without timing anything.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -19,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from retinue import launcher, statedir
+from retinue import confcache, launcher, lower, statedir
 
 RUNC = shutil.which("runc") or "/usr/sbin/runc"
 NO_PYTHON = 127
@@ -164,3 +165,25 @@ def test_hook_without_a_supervisor_skips_python(fast: dict[str, object], tmp_pat
     assert there.returncode == NO_PYTHON
     wrong = subprocess.run([hook, "prestart", str(tmp_path / "nothing")], input=state, timeout=30)
     assert wrong.returncode == NO_PYTHON
+
+
+def test_an_empty_environment_skips_python(tmp_path: Path, make_config: ConfigFactory) -> None:
+    """Podman calls kill, pause, resume and delete without PATH. dash's $PATH is then its
+    default, which is the PATH Python uses for such callers too: the sh cache serves them, and
+    engines calling with that PATH, alike."""
+    cfg = make_config("", extra=f'state_dir = "{tmp_path / "state"}"\n')
+    bin_dir = tmp_path / "bin"
+    site = sysconfig.get_paths()["purelib"]
+    launcher.write(str(bin_dir), os.path.join(sys.prefix, "bin", "python3"), site)
+    shim, root = str(bin_dir / "retinue-runtime"), str(tmp_path / "root")
+    bare = {"RETINUE_CONFIG": str(cfg)}
+    default = {"RETINUE_CONFIG": str(cfg), "PATH": lower.DEFAULT_PATH}
+    assert call(shim, "--root", root, "list", env=bare).returncode == 0
+    time.sleep(0.1)
+    assert call(shim, "--root", root, "list", env=default).returncode == 0
+    launcher.write(str(bin_dir), "/nonexistent/python3", site)
+    for env in (bare, default, bare):
+        r = call(shim, "--root", root, "list", env=env)
+        assert r.returncode == 0, (env, r.stderr)
+    with contextlib.suppress(OSError):
+        os.unlink(confcache.sh_cache_file(str(cfg)))
