@@ -10,7 +10,7 @@ from __future__ import annotations
 import _json
 import os
 
-from .errors import SpecError
+from .errors import SpecError, clip
 
 TYPE_CHECKING = False  # typing costs ~10 ms to import; mypy reads this as True
 if TYPE_CHECKING:
@@ -100,7 +100,7 @@ def validate(spec: object) -> list[str]:
         errors, "annotations", annotations, dict, "an object of strings"
     ):
         for key, value in annotations.items():
-            _expect(errors, f"annotations.{key}", value, str, "a string")
+            _expect(errors, f"annotations.{clip(key)}", value, str, "a string")
     mounts = spec.get("mounts")
     if mounts is not None and _expect(errors, "mounts", mounts, list, "a list of objects"):
         for i, mount in enumerate(mounts):

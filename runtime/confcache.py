@@ -4,8 +4,8 @@ Loading and validating the TOML files costs ~80 ms (tomllib, attrs, cattrs); eve
 of every container needs at least the lower runtime's path. The first call after a change does the
 full load (`config.load`) and stores the result with `marshal`, keyed on the inode, size and mtime
 of every file it read, the PATH it resolved names against and the shim's own location. Later calls
-stat those files and read one small file. An invalid configuration is never cached: every call
-reports it until it is fixed.
+stat those files and read one small file. An invalid configuration is never cached: every create
+reports it until it is fixed, and the calls that need no policy use the last good one meanwhile.
 
 Imports nothing beyond `os` and the builtins `marshal` and `binascii`.
 """
@@ -170,6 +170,29 @@ def default_hook(self_path: str) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(self_path)), "retinue-hook")
 
 
+def _key(explicit: bool, path_env: str, self_path: str) -> tuple[Any, ...]:
+    # The package directory's mtime changes on every (re)install, so a new version never reads
+    # a cache written by an old one.
+    package_stamp = os.stat(os.path.dirname(__file__)).st_mtime_ns
+    return (FORMAT, package_stamp, explicit, path_env, os.path.abspath(self_path))
+
+
+def last_good(config_path: str, explicit: bool, path_env: str, self_path: str) -> dict[str, Any]:
+    """The compiled configuration from the last time `config_path` loaded, whatever changed in
+    its files since; raises LookupError when there is none. For calls that need no policy while
+    the configuration is broken: they keep using the lower runtime it named."""
+    key = _key(explicit, path_env, self_path)
+    try:
+        with open(_cache_file(config_path, key), "rb") as f:
+            data = marshal.loads(f.read())
+    except (OSError, EOFError, ValueError, TypeError):
+        raise LookupError(config_path) from None
+    if not isinstance(data, dict) or data.get("key") != key:
+        raise LookupError(config_path)
+    compiled: dict[str, Any] = data["compiled"]
+    return compiled
+
+
 def load(config_path: str, explicit: bool, path_env: str, self_path: str) -> dict[str, Any]:
     """The compiled configuration; raises ConfigError or LowerRuntimeError when it is unusable."""
     import time
@@ -178,10 +201,7 @@ def load(config_path: str, explicit: bool, path_env: str, self_path: str) -> dic
     # or two: a file written just after this moment may carry an earlier time. Every comparison
     # with file times therefore starts from a little before now.
     started = time.time_ns() - CLOCK_MARGIN_NS
-    # The package directory's mtime changes on every (re)install, so a new version never reads
-    # a cache written by an old one.
-    package_stamp = os.stat(os.path.dirname(__file__)).st_mtime_ns
-    key = (FORMAT, package_stamp, explicit, path_env, os.path.abspath(self_path))
+    key = _key(explicit, path_env, self_path)
     found = _read(config_path, key)
     if found is not None:
         compiled, stamps = found

@@ -7,7 +7,7 @@ not duplicate mounts, env or hooks) and appends in order (re-sorting mounts brok
 
 from __future__ import annotations
 
-from .errors import SpecError
+from .errors import SpecError, clip
 
 TYPE_CHECKING = False  # typing costs ~10 ms to import; mypy reads this as True
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ def add_mounts(spec: Spec, mounts: list[dict[str, Any]]) -> Spec:
         if current is not None:
             raise SpecError(
                 f"mounts: {mount['destination']} is already a mount of the container "
-                f"(source {current.get('source')!r}); retinue will not mount over it"
+                f"(source {clip(str(current.get('source')))!r}); retinue will not mount over it"
             )
         existing.append(mount)
         by_destination[mount["destination"]] = mount

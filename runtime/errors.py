@@ -17,3 +17,16 @@ class SpecError(RetinueError):
 
 class LowerRuntimeError(RetinueError):
     """No usable lower runtime (runc or crun) could be found or executed."""
+
+
+# Values a container's owner controls (env, annotations, spec fields) can be megabytes long. An
+# error that repeats one whole fills the stderr pipe, which containerd's shim drains only after
+# the runtime exits: the runtime blocks for ever. Every echo of such a value is clipped.
+CLIP_CHARS = 200
+
+
+def clip(text: str, limit: int = CLIP_CHARS) -> str:
+    """`text`, or its first `limit` characters and an ellipsis with the total length."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text)} characters)"

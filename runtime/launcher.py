@@ -7,7 +7,8 @@ are small POSIX sh scripts (dash starts in ~1 ms) that settle the common case th
 start Python for everything else:
 
 - `retinue-runtime` hands a call straight to the lower runtime when it cannot concern retinue:
-  any subcommand but create and run, and start/kill/delete of a container without a supervisor.
+  any subcommand but create and run about a container without a supervisor (no entry in
+  statedir.REGISTRY; a supervised container's calls go to the runtime it was created with).
   It decides only from the cache that Python wrote (`confcache.write_sh`), and only while no file
   the configuration was read from is newer than that cache; in every other case it runs
   `retinue.shim`, which decides the same things at full length.
@@ -27,7 +28,8 @@ import shlex
 import sys
 import sysconfig
 
-from . import confcache
+from . import argv as runc_argv
+from . import confcache, statedir
 
 
 def _python(python: str, site_packages: str, self_path: str, code: str) -> str:
@@ -40,6 +42,17 @@ def _python(python: str, site_packages: str, self_path: str, code: str) -> str:
         f"sys.path.insert(0, {literal(site_packages)}); {code}"
     )
     return f'exec {shlex.quote(python)} -IS -c {shlex.quote(program)} "$@"'
+
+
+def _value_flags() -> str:
+    """sh case patterns `subcommand:flag` for the flags that take a value, of the subcommands
+    about an existing container (argv.py's tables: one truth for both parsers)."""
+    return "|".join(
+        f"{command}:{flag}"
+        for command, flags in sorted(runc_argv.SUBCOMMAND_VALUE_FLAGS.items())
+        if command not in ("create", "run", "restore", "spec", "list")
+        for flag in sorted(flags)
+    )
 
 
 def render_runtime(python: str, site_packages: str, self_path: str) -> str:
@@ -62,13 +75,23 @@ for a do
 		*) cmd=$a ;;
 		esac
 	else
+		# The id is the first argument that is not a flag or a flag's value: a supervised
+		# container's call must never be taken for another's (argv.py has the same tables).
 		case $a in
-		-*) ;;
+		--) slow "$@" ;;
+		-*=*) ;;
+		-*)
+			n=${{a#-}}
+			case $cmd:${{n#-}} in {_value_flags()}) skip=1 ;; esac
+			;;
 		*) id=$a; break ;;
 		esac
 	fi
 done
 case $cmd in create|run) slow "$@" ;; esac
+# A container with a supervisor is in the registry whatever the configuration: Python finds
+# what it was created with.
+case $id in ''|.|..|*/*) ;; *) [ -e {statedir.REGISTRY}/"$id" ] && slow "$@" ;; esac
 config=${{RETINUE_CONFIG:-{confcache.DEFAULT_CONFIG}}}
 case $config in /*) ;; *) slow "$@" ;; esac
 key= rest=$config
@@ -89,12 +112,6 @@ done
 for f in $absent; do
 	[ -e "$f" ] && slow "$@"
 done
-case $cmd in
-start|kill|delete)
-	case $id in ''|.|..|*/*) slow "$@" ;; esac
-	[ -e "$state_dir/ids/$id" ] && slow "$@"
-	;;
-esac
 exec "$lower" "$@"
 """
 

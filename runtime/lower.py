@@ -11,6 +11,12 @@ import os
 from .errors import LowerRuntimeError
 
 DEFAULT_CANDIDATES = ("runc", "crun")
+# Where runc and crun are installed when PATH does not say: Podman calls kill, pause, resume and
+# delete with an empty environment, and a container must still reach its lower runtime.
+FALLBACK_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+# The PATH of a caller that has none. It is also what dash's $PATH says then, so the sh launcher's
+# cache (keyed on $PATH) serves such callers, and engines calling with this PATH, alike.
+DEFAULT_PATH = ":".join(FALLBACK_DIRS)
 # Both of our own launchers import this module; a "lower runtime" whose head contains it is
 # retinue again (a copy, a symlink, a wrapper), and exec'ing it would recurse forever.
 _SELF_MARKER = b"retinue.shim"
@@ -32,10 +38,10 @@ def _is_retinue(path: str, self_path: str) -> bool:
     return head.startswith(b"#!") and _SELF_MARKER in head
 
 
-def _search_path(name: str, path_env: str) -> list[str]:
+def _search(name: str, dirs: list[str]) -> list[str]:
     return [
         os.path.join(d, name)
-        for d in path_env.split(os.pathsep)
+        for d in dirs
         if d and os.path.isabs(d) and _is_executable_file(os.path.join(d, name))
     ]
 
@@ -44,7 +50,8 @@ def resolve(configured: str, path_env: str, self_path: str) -> str:
     """The absolute path of the lower runtime.
 
     `configured` is the config file's `runtime`: an absolute path, a name looked up on PATH, or
-    empty for the first of runc, crun on PATH. Never returns retinue itself.
+    empty for the first of runc, crun on PATH. A name found nowhere on PATH (or no PATH at all)
+    is looked up in the usual install directories. Never returns retinue itself.
     """
     if configured and "/" in configured:
         if not os.path.isabs(configured):
@@ -61,15 +68,21 @@ def resolve(configured: str, path_env: str, self_path: str) -> str:
         return configured
     names = (configured,) if configured else DEFAULT_CANDIDATES
     skipped: list[str] = []
-    for name in names:
-        for candidate in _search_path(name, path_env):
-            if _is_retinue(candidate, self_path):
-                skipped.append(candidate)
-                continue
-            return candidate
+    for dirs in (path_env.split(os.pathsep), list(FALLBACK_DIRS)):
+        for name in names:
+            for candidate in _search(name, dirs):
+                if candidate in skipped:
+                    continue
+                if _is_retinue(candidate, self_path):
+                    skipped.append(candidate)
+                    continue
+                return candidate
     wanted = " or ".join(names)
     extra = f" (skipped {', '.join(skipped)}: retinue-runtime itself)" if skipped else ""
-    raise LowerRuntimeError(f"lower runtime {wanted}: not found on PATH {path_env!r}{extra}")
+    raise LowerRuntimeError(
+        f"lower runtime {wanted}: not found on PATH {path_env[:200]!r} "
+        f"nor in {', '.join(FALLBACK_DIRS)}{extra}"
+    )
 
 
 def handoff(lower: str, argv: list[str]) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .errors import clip
+
 TYPE_CHECKING = False  # typing costs ~10 ms to import; mypy reads this as True
 if TYPE_CHECKING:
     from typing import Any
@@ -94,7 +96,7 @@ def attached_services(
         if name not in defined or not defined[name]["selectable"]:
             names = ", ".join(sorted(n for n, s in defined.items() if s["selectable"])) or "none"
             raise ValueError(
-                f"the container asks for service {name!r} ({source}), which is not defined "
+                f"the container asks for service {clip(name)!r} ({source}), which is not defined "
                 f"(selectable services: {names})"
             )
     g = {n: (s["requires"], s["wants"], s["after"]) for n, s in defined.items()}

@@ -70,16 +70,35 @@ def _stderr(text: str) -> None:
         pass
 
 
+# What one message may take, whatever it repeats: a pipe holds 64 KiB, and nobody may be reading
+# our stderr until we exit (containerd's shim drains it afterwards). A message plus its log line
+# on stderr stays far below that.
+MAX_MESSAGE = 8192
+
+
+def _bounded(msg: str) -> str:
+    if len(msg) <= MAX_MESSAGE:
+        return msg
+    return f"{msg[:MAX_MESSAGE]}… ({len(msg) - MAX_MESSAGE} more characters)"
+
+
 def log(args: RuncArgs, level: str, msg: str) -> None:
     """A warning or error line, to `--log` if given, else to stderr (as runc does)."""
-    line = format_line(level, msg, args.log_format)
+    line = format_line(level, _bounded(msg), args.log_format)
     if not (args.log_path and _append(args.log_path, line)):
         _stderr(line)
+
+
+def log_only(args: RuncArgs, level: str, msg: str) -> None:
+    """A line in `--log` if there is one, else nothing: for calls whose stdout and stderr the
+    engine parses (containerd reads `state` with both combined)."""
+    if args.log_path:
+        _append(args.log_path, format_line(level, _bounded(msg), args.log_format))
 
 
 def fail(args: RuncArgs, msg: str, status: int = 1) -> None:
     """Report `msg` as runc reports a fatal error, then exit with `status`."""
     log(args, "error", msg)
-    _stderr(msg + "\n")
+    _stderr(_bounded(msg) + "\n")
     sys.stdout.flush()
     os._exit(status)

@@ -8,6 +8,11 @@ it.
 Paths that are not pass-through:
 - create/run of a container the policy selects: edit the bundle, spawn the supervisor;
 - start/kill/delete of a container that has a supervisor: talk to it first.
+
+A container with a supervisor is found through statedir's registry, never through this call's
+configuration: every call about it goes to the lower runtime it was created with. `-h`/`--help`
+goes to the lower runtime untouched; so does every call that needs no policy while the
+configuration is broken (with the last good configuration's lower runtime).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import sys
 
 from . import argv as runc_argv
 from . import confcache, lower, runclog, statedir
-from .errors import RetinueError
+from .errors import LowerRuntimeError, RetinueError, clip
 
 TYPE_CHECKING = False  # typing costs ~10 ms to import; mypy reads this as True
 if TYPE_CHECKING:
@@ -37,21 +42,77 @@ def _self_path() -> str:
 
 
 def _which(name: str) -> str:
-    for d in os.environ.get("PATH", "").split(os.pathsep):
+    for d in _path_env().split(os.pathsep):
         candidate = os.path.join(d, name)
         if d and os.path.isfile(candidate):
             return candidate
     return name
 
 
-def load_config() -> dict[str, Any]:
+def _path_env() -> str:
+    return os.environ.get("PATH") or lower.DEFAULT_PATH
+
+
+def config_source() -> tuple[str, bool]:
+    """The configuration file this call reads, and whether RETINUE_CONFIG named it."""
     explicit = os.environ.get(confcache.CONFIG_ENV, "")
-    return confcache.load(
-        explicit or confcache.DEFAULT_CONFIG,
-        bool(explicit),
-        os.environ.get("PATH", ""),
-        _self_path(),
+    return explicit or confcache.DEFAULT_CONFIG, bool(explicit)
+
+
+def load_config() -> dict[str, Any]:
+    path, explicit = config_source()
+    return confcache.load(path, explicit, _path_env(), _self_path())
+
+
+# Go's strconv.ParseBool spellings of true: `-h=false` is not a request for help.
+_TRUE = frozenset({"", "1", "t", "T", "true", "TRUE", "True"})
+
+
+def wants_help(args: runc_argv.RuncArgs) -> bool:
+    """`-h`/`--help` anywhere runc reads flags: runc prints help and touches nothing."""
+    return any(
+        flags.get(name) in _TRUE for flags in (args.globals, args.options) for name in ("h", "help")
     )
+
+
+def passthrough_config(args: runc_argv.RuncArgs) -> tuple[str, dict[str, Any] | None]:
+    """The lower runtime for a call that needs no policy, and the configuration if it loads.
+
+    A broken configuration must not take down the containers that are already there: such calls
+    use the lower runtime of the last good configuration, else the default one, and say so only
+    in `--log` (on stdout or stderr it would corrupt what the engine parses, e.g. `state`).
+    """
+    defaults = True
+    broken: Exception
+    try:
+        compiled = load_config()
+        return compiled["runtime"], compiled
+    except LowerRuntimeError as e:
+        # The configuration reads well but names no usable runtime: runc in its place could
+        # only answer for containers it never made.
+        broken, defaults = e, False
+    except Exception as e:  # whatever else is wrong with it, the answer is the same
+        broken = e
+    path, explicit = config_source()
+    path_env, self_path = _path_env(), _self_path()
+    try:
+        good = confcache.last_good(path, explicit, path_env, self_path)
+        runtime, source = lower.resolve(good["runtime"], path_env, self_path), "last good"
+    except (LookupError, KeyError, TypeError, RetinueError):
+        if not defaults:
+            raise broken from None
+        try:
+            runtime, source = lower.resolve("", path_env, self_path), "default"
+        except RetinueError:
+            raise broken from None
+    reason = (str(broken).splitlines() or [type(broken).__name__])[0]
+    runclog.log_only(
+        args,
+        "warning",
+        f"{PREFIX}the configuration cannot be used ({clip(reason)}); "
+        f"{args.command or 'the call'} goes to {runtime}, the {source} lower runtime",
+    )
+    return runtime, None
 
 
 def lower_globals(args: runc_argv.RuncArgs) -> list[str]:
@@ -121,6 +182,12 @@ def start_supervisor(
     }
     try:
         if spawn.prepare(container_dir, plan, processes):
+            config, explicit = config_source()
+            # Before the lower create: every later call finds the container through this,
+            # whatever its environment (see statedir.REGISTRY).
+            statedir.register(
+                container_dir, config, explicit, compiled["runtime"], compiled["log_dir"]
+            )
             log = os.path.join(compiled["log_dir"], container_id, "supervisor.log")
             spawn.spawn(container_dir, log)
     except OSError as e:
@@ -161,16 +228,16 @@ def recorded_lower(container_dir: str, default: str) -> str:
     return lower_runtime if isinstance(lower_runtime, str) and lower_runtime else default
 
 
-def supervised(args: runc_argv.RuncArgs, compiled: dict[str, Any], container_dir: str) -> str:
+def supervised(args: runc_argv.RuncArgs, runtime: str, log_dir: str, container_dir: str) -> str:
     """start, kill and delete of a container that has a supervisor, which goes first.
 
-    Returns the lower runtime to hand the call to.
+    `runtime` is the lower runtime the container was created with; returns the one to hand the
+    call to.
     """
     from .supervisor.control import SupervisorGone
 
-    runtime = recorded_lower(container_dir, compiled["runtime"])
     command, container_id = args.command, args.container_id
-    gone = _gone_message(container_id, compiled["log_dir"])
+    gone = _gone_message(container_id, log_dir)
     if command == "start":
         try:
             reply = _request(container_dir, {"op": "start"})
@@ -221,14 +288,33 @@ def _is_running(runtime: str, args: runc_argv.RuncArgs) -> bool:
         return False
 
 
+# Subcommands whose first argument is an existing container (create, run and restore make one).
+_ABOUT_A_CONTAINER = frozenset(
+    {"start", "kill", "delete", "state", "exec", "pause", "resume", "ps", "events", "update",
+     "checkpoint"}
+)
+
+
+def _about_supervised(
+    args: runc_argv.RuncArgs, runtime: str, log_dir: str, container_dir: str
+) -> str:
+    """start, kill or delete of a container that has (or had) a supervisor."""
+    if os.path.isdir(container_dir):
+        return supervised(args, runtime, log_dir, container_dir)
+    if args.command == "delete":
+        statedir.sweep(container_dir)  # what a create killed midway left
+    return runtime
+
+
 def main() -> NoReturn:
     argv = sys.argv
     args = runc_argv.parse(argv)
     try:
-        compiled = load_config()
-        runtime = compiled["runtime"]
-        command = args.command
+        command, container_id = args.command, args.container_id
+        if wants_help(args):
+            lower.handoff(passthrough_config(args)[0], argv)
         if command in ("create", "run"):
+            compiled = load_config()
             container_dir = create(args, compiled)
             if command == "run" and container_dir:
                 from . import bundle, run
@@ -236,16 +322,30 @@ def main() -> NoReturn:
                 _, spec = bundle.load(args.bundle)
                 terminal = bool((spec.get("process") or {}).get("terminal"))
                 run.run(args, compiled["runtime"], lower_globals(args), container_dir, terminal)
-        elif command in ("start", "kill", "delete") and compiled["supervised"]:
-            container_id = args.container_id
-            if statedir.valid_id(container_id):
-                container_dir = statedir.container_dir(
-                    compiled["state_dir"], args.root, container_id
-                )
-                if os.path.isdir(container_dir):
-                    runtime = supervised(args, compiled, container_dir)
-                elif command == "delete":
-                    statedir.sweep(container_dir)  # what a create killed midway left
+            lower.handoff(compiled["runtime"], argv)
+        entry = None
+        if command in _ABOUT_A_CONTAINER and statedir.valid_id(container_id):
+            entry = statedir.lookup(args.root, container_id)
+        if entry is not None and entry.lower:
+            # A container with a supervisor keeps what it was created with: no configuration
+            # (this call's environment may name another one, or none) is read.
+            runtime = entry.lower
+            if command in ("start", "kill", "delete"):
+                runtime = _about_supervised(args, runtime, entry.log_dir, entry.container_dir)
+            lower.handoff(runtime, argv)
+        runtime, current = passthrough_config(args)
+        if (
+            command in ("start", "kill", "delete")
+            and current
+            and current["supervised"]
+            and statedir.valid_id(container_id)
+        ):
+            # A container registered by an older version without its record, or what a create
+            # killed midway left (a partial state directory, an entry without a record).
+            container_dir = statedir.container_dir(current["state_dir"], args.root, container_id)
+            runtime = _about_supervised(
+                args, recorded_lower(container_dir, runtime), current["log_dir"], container_dir
+            )
         lower.handoff(runtime, argv)
     except RetinueError as e:
         runclog.fail(args, PREFIX + str(e))

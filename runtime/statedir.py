@@ -48,9 +48,34 @@ def seccomp_listener(state_dir: str, bundle: str) -> str:
     return f"{SECCOMP_DIR}/{key.hexdigest()[:24]}.sock"
 
 
-# `STATE_DIR/ids/<id>/<root key>` exists while a supervisor owns that container: the sh launcher
-# checks `ids/<id>` with one test, without the root-key escaping it cannot do cheaply.
-MARKERS = "ids"
+# The registry: `/run/retinue/ids/<id>/<root key>` exists while a supervisor owns that container,
+# whatever the configuration. Engines call later subcommands with another environment than create
+# (Podman: kill, pause, resume, delete with none at all), so a container must be found without
+# its configuration: the entry names the container's state directory and records what it was
+# created with. The sh launcher checks `ids/<id>` with one test, without the root-key escaping it
+# cannot do cheaply.
+REGISTRY = "/run/retinue/ids"
+MARKERS = "ids"  # its name in the default state_dir, which `retinue status` skips
+_ENTRY_VERSION = "1"
+
+
+class Registered:
+    """What a container was created with: its state directory, config file, lower runtime."""
+
+    __slots__ = ("config", "container_dir", "explicit", "log_dir", "lower")
+
+    def __init__(
+        self, container_dir: str, config: str, explicit: bool, lower: str, log_dir: str
+    ) -> None:
+        self.container_dir = container_dir
+        self.config = config
+        self.explicit = explicit
+        self.lower = lower
+        self.log_dir = log_dir
+
+
+def _entry_path(root: str, container_id: str) -> str:
+    return os.path.join(REGISTRY, container_id, root_key(root))
 
 
 def _split(container_dir: str) -> tuple[str, str, str]:
@@ -59,12 +84,69 @@ def _split(container_dir: str) -> tuple[str, str, str]:
     return state_dir, key, container_id
 
 
+def _write_entry(path: str, fields: list[str]) -> None:
+    """Atomically, root-only; retried once if a concurrent removal took the id's directory."""
+    blob = "\0".join([_ENTRY_VERSION, *fields]).encode("utf-8", "surrogateescape")
+    tmp = f"{path}.{os.getpid()}.tmp"
+    for attempt in (1, 2):
+        try:
+            os.makedirs(os.path.dirname(REGISTRY), mode=0o700, exist_ok=True)
+            try:
+                os.mkdir(REGISTRY, 0o700)
+            except FileExistsError:
+                os.chmod(REGISTRY, 0o700)  # older versions made it 0755: ids are not for users
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, blob)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+            return
+        except FileNotFoundError:
+            if attempt == 2:
+                raise
+
+
+def register(
+    container_dir: str, config: str, explicit: bool, lower: str, log_dir: str
+) -> None:
+    """Record a supervised container in the registry (before its lower create runs)."""
+    _, key, container_id = _split(container_dir)
+    path = os.path.join(REGISTRY, container_id, key)
+    _write_entry(path, [container_dir, config, "1" if explicit else "", lower, log_dir])
+
+
+def lookup(root: str, container_id: str) -> Registered | None:
+    """The registry's entry for a container, or None (no entry, or one this cannot read)."""
+    try:
+        with open(_entry_path(root, container_id), "rb") as f:
+            fields = f.read(1 << 16).decode("utf-8", "surrogateescape").split("\0")
+    except (OSError, ValueError):
+        return None
+    if len(fields) != 6 or fields[0] != _ENTRY_VERSION or not fields[1].startswith("/"):
+        return None
+    _, container_dir, config, explicit, lower, log_dir = fields
+    return Registered(container_dir, config, explicit == "1", lower, log_dir)
+
+
 def add_marker(container_dir: str) -> None:
-    state_dir, key, container_id = _split(container_dir)
-    directory = os.path.join(state_dir, MARKERS, container_id)
-    private_dir(os.path.dirname(directory))
-    private_dir(directory)
-    os.close(os.open(os.path.join(directory, key), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    """An entry for a container whose state directory is being made, unless one already names
+    it; `register` completes it with what the container was created with."""
+    _, key, container_id = _split(container_dir)
+    path = os.path.join(REGISTRY, container_id, key)
+    found = _read_dir(path)
+    if found != container_dir:
+        _write_entry(path, [container_dir, "", "", "", ""])
+
+
+def _read_dir(path: str) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            fields = f.read(1 << 16).decode("utf-8", "surrogateescape").split("\0")
+    except (OSError, ValueError):
+        return None
+    return fields[1] if len(fields) > 1 else None
 
 
 def private_dir(path: str) -> None:
@@ -166,11 +248,14 @@ def refuse_removal(container_dir: str) -> str | None:
             st = os.fstat(fd)
             if st.st_uid != os.geteuid() or st.st_mode & 0o022:
                 return "a level of it is not ours alone"
-        registered = os.stat(
-            os.path.join(MARKERS, container_id, key), dir_fd=fds[0], follow_symlinks=False
-        )
-        if registered.st_uid != os.geteuid() or registered.st_mode & 0o170000 != 0o100000:
-            return "its state directory did not register it"
+        entry = os.path.join(REGISTRY, container_id, key)
+        registered = os.stat(entry, follow_symlinks=False)
+        if (
+            registered.st_uid != os.geteuid()
+            or registered.st_mode & 0o170000 != 0o100000
+            or _read_dir(entry) != container_dir
+        ):
+            return "retinue did not register it"
         if not _state_file_ok(fds[2], container_dir):
             return f"no {STATE_FILE} of retinue's in it"
     except OSError as e:
@@ -222,10 +307,15 @@ def _alive(pid: int) -> bool:
 
 
 def remove_marker(container_dir: str) -> None:
-    state_dir, key, container_id = _split(container_dir)
-    directory = os.path.join(state_dir, MARKERS, container_id)
+    """Remove the container's entry, if it names this state directory (a stale removal never
+    takes the entry of a newer container with the same id and root)."""
+    _, key, container_id = _split(container_dir)
+    directory = os.path.join(REGISTRY, container_id)
+    path = os.path.join(directory, key)
+    if _read_dir(path) != container_dir:
+        return
     try:
-        os.unlink(os.path.join(directory, key))
+        os.unlink(path)
         os.rmdir(directory)
     except OSError:
         pass  # already gone, or another root's container with the same id keeps it

@@ -32,6 +32,7 @@ TEXT_LINE = re.compile(
     r'time="(?P<time>[^"]+)" level=(?P<level>\w+) msg=(?P<msg>"(?:[^"\\]|\\.)*")\Z'
 )
 
+FALLBACK_DIRS = "/usr/local/sbin, /usr/local/bin, /usr/sbin, /usr/bin, /sbin, /bin"
 ALWAYS = """
 [[attach]]
 name = "everyone"
@@ -266,15 +267,23 @@ def lower_runtime_missing_path(ctx: Ctx) -> list[str]:
 @case
 def lower_runtime_missing_name(ctx: Ctx) -> list[str]:
     ctx.config = 'runtime = "no-such-runtime"\n'
-    return [f"lower runtime no-such-runtime: not found on PATH {os.environ['PATH']!r}"]
+    return [
+        f"lower runtime no-such-runtime: not found on PATH {os.environ['PATH']!r} nor in "
+        f"{FALLBACK_DIRS}"
+    ]
 
 
 @case
 def no_runtime_on_path(ctx: Ctx) -> list[str]:
+    """Nothing on PATH and nothing in the usual install directories either (runc and crun
+    themselves are found there without PATH: see test_engine_env)."""
     empty = ctx.tmp / "empty-bin"
     empty.mkdir()
     ctx.env["PATH"] = str(empty)
-    return [f"lower runtime runc or crun: not found on PATH {str(empty)!r}"]
+    ctx.config = 'runtime = "no-such-runtime"\n'
+    return [
+        f"lower runtime no-such-runtime: not found on PATH {str(empty)!r} nor in {FALLBACK_DIRS}"
+    ]
 
 
 @case

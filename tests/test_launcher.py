@@ -8,17 +8,19 @@ without timing anything.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import sysconfig
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from retinue import launcher, statedir
+from retinue import confcache, launcher, lower, statedir
 
 RUNC = shutil.which("runc") or "/usr/sbin/runc"
 NO_PYTHON = 127
@@ -83,17 +85,41 @@ def test_create_and_run_go_to_python(fast: dict[str, object], args: list[str]) -
 
 
 def test_a_supervised_container_goes_to_python(fast: dict[str, object]) -> None:
-    container_dir = statedir.container_dir(str(fast["state"]), str(fast["root"]), "svc")
+    """Every call about a container with a supervisor goes to Python, which sends it to the lower
+    runtime the container was created with; other containers' calls pass straight through."""
+    cid = f"svc-{uuid.uuid4().hex[:8]}"
+    container_dir = statedir.container_dir(str(fast["state"]), str(fast["root"]), cid)
     os.makedirs(container_dir)
     statedir.add_marker(container_dir)
     shim, root = str(fast["shim"]), str(fast["root"])
-    for args in (["start", "svc"], ["kill", "--all", "svc", "TERM"], ["delete", "--force", "svc"]):
-        assert call(shim, "--root", root, *args).returncode == NO_PYTHON, args
-    # Other containers, and other calls about this one, still pass straight through.
-    assert call(shim, "--root", root, "state", "svc").returncode == 1
-    assert call(shim, "--root", root, "kill", "other").returncode == 1
-    statedir.remove(container_dir)
-    assert call(shim, "--root", root, "kill", "svc").returncode == 1
+    try:
+        for args in (
+            ["start", cid],
+            ["kill", "--all", cid, "TERM"],
+            ["delete", "--force", cid],
+            ["state", cid],
+            ["pause", cid],
+            ["resume", cid],
+            ["exec", "--process", "/p.json", "--detach", cid],
+            ["exec", "--user", "0", "-e", "A=1", cid, "true"],
+            ["ps", "--format", "json", cid],
+            ["update", "--pids-limit", "5", cid],
+            ["events", "--interval", "1s", cid],
+            ["--log-format", "json", "kill", cid],
+        ):
+            assert call(shim, "--root", root, *args).returncode == NO_PYTHON, args
+        # Other containers pass straight through, even with this id as a flag's value.
+        for args in (
+            ["state", "other"],
+            ["kill", "other"],
+            ["exec", "--cwd", cid, "other", "true"],
+            ["exec", f"--cwd={cid}", "other", "true"],
+            ["update", "--memory", cid, "other"],
+        ):
+            assert call(shim, "--root", root, *args).returncode not in (0, NO_PYTHON), args
+    finally:
+        statedir.remove(container_dir)
+    assert call(shim, "--root", root, "kill", cid).returncode == 1
 
 
 def test_a_changed_configuration_is_not_trusted(fast: dict[str, object]) -> None:
@@ -139,3 +165,25 @@ def test_hook_without_a_supervisor_skips_python(fast: dict[str, object], tmp_pat
     assert there.returncode == NO_PYTHON
     wrong = subprocess.run([hook, "prestart", str(tmp_path / "nothing")], input=state, timeout=30)
     assert wrong.returncode == NO_PYTHON
+
+
+def test_an_empty_environment_skips_python(tmp_path: Path, make_config: ConfigFactory) -> None:
+    """Podman calls kill, pause, resume and delete without PATH. dash's $PATH is then its
+    default, which is the PATH Python uses for such callers too: the sh cache serves them, and
+    engines calling with that PATH, alike."""
+    cfg = make_config("", extra=f'state_dir = "{tmp_path / "state"}"\n')
+    bin_dir = tmp_path / "bin"
+    site = sysconfig.get_paths()["purelib"]
+    launcher.write(str(bin_dir), os.path.join(sys.prefix, "bin", "python3"), site)
+    shim, root = str(bin_dir / "retinue-runtime"), str(tmp_path / "root")
+    bare = {"RETINUE_CONFIG": str(cfg)}
+    default = {"RETINUE_CONFIG": str(cfg), "PATH": lower.DEFAULT_PATH}
+    assert call(shim, "--root", root, "list", env=bare).returncode == 0
+    time.sleep(0.1)
+    assert call(shim, "--root", root, "list", env=default).returncode == 0
+    launcher.write(str(bin_dir), "/nonexistent/python3", site)
+    for env in (bare, default, bare):
+        r = call(shim, "--root", root, "list", env=env)
+        assert r.returncode == 0, (env, r.stderr)
+    with contextlib.suppress(OSError):
+        os.unlink(confcache.sh_cache_file(str(cfg)))

@@ -248,3 +248,53 @@ def test_a_container_cannot_fill_or_shape_the_host_state_dir(
     docker.docker("rm", "-f", docker_name)
     wait_until_gone(e2e_dir, cid)
     assert not _runc_has(docker, cid)
+
+
+def test_a_huge_service_request_fails_docker_run_promptly(
+    docker: engines.Dockerd, shared: Path
+) -> None:
+    """Over 64 KiB in RETINUE_SERVICES once hung `docker run` for ever: the runtime's error
+    filled the stderr pipe that containerd's shim reads only after it exits. (100 KB: one
+    argument of `docker run` may not exceed 128 KiB.)"""
+    started = time.monotonic()
+    result = docker.docker(
+        "run", "--rm", *RETINUE, "-e", "RETINUE_SERVICES=" + "x" * 100_000, docker.image,
+        "true", check=False, timeout=60,
+    )
+    assert time.monotonic() - started < 30
+    assert result.returncode == 125
+    assert "retinue: the container asks for service 'xxxx" in result.stderr, result.stderr[:500]
+    assert "… (100000 characters)" in result.stderr
+    assert len(result.stderr) < 4000
+    assert read_events(shared) == []
+
+
+def test_a_broken_configuration_stops_nothing(
+    docker: engines.Dockerd,
+    docker_name: str,
+    shared: Path,
+    swap_config: Callable[[str], None],
+    retinue_config: Path,
+) -> None:
+    """A container started under a good configuration stops gracefully, services first, and is
+    removed under a broken one; a new `docker run` gets the check's message."""
+    main = MAIN + 'trap "ev main-term; exit 0" TERM; sleep 1000 & wait'
+    docker.docker(
+        "run", "-d", "--name", docker_name, *_run_args(shared, "web"), docker.image,
+        *main_command(main),
+    )
+    deadline = time.monotonic() + 10
+    while not any(w == "main-fetched" for _, w in read_events(shared)):
+        assert time.monotonic() < deadline, read_events(shared)
+        time.sleep(0.05)
+    swap_config('runtime = "runc\npolicy = [\n')
+    stop = time.monotonic()
+    docker.docker("stop", "-t", "20", docker_name)
+    assert time.monotonic() - stop < 10  # no SIGKILL fallback
+    events = read_events(shared)
+    assert first(events, "web-term") < first(events, "main-term")
+    assert _state(docker, docker_name)["ExitCode"] == 0
+    docker.docker("rm", docker_name)
+    result = docker.docker("run", "--rm", *RETINUE, docker.image, "true", check=False)
+    assert result.returncode != 0
+    assert f"retinue: {retinue_config}: invalid TOML" in result.stderr, result.stderr

@@ -297,6 +297,11 @@ class Rig:
                     continue
                 found += [f"state dir {d}" for d in key.iterdir()] if key.is_dir() else []
         found += [f"mount {m}" for m in mounts_under(str(self.base))]
+        # The registry that finds a supervised container whatever a call's environment.
+        key = str(self.root.resolve()).strip("/").replace("%", "%25").replace("/", "%2F")
+        registry = Path("/run/retinue/ids")
+        ids = [cid] if cid else (os.listdir(registry) if registry.is_dir() else [])
+        found += [f"registry entry {e}" for e in (registry / i / key for i in ids) if e.exists()]
         return found
 
     def cleanup(self) -> list[str]:

@@ -173,7 +173,7 @@ def test_poststop_hook_removes_the_state_a_dead_supervisor_left(
     r = run_hook(rig, "poststop", rig.container_dir(container_id), container_id)
     assert r.returncode == 0, r.stderr
     assert not rig.container_dir(container_id).exists()
-    assert not (rig.state_dir / "ids" / container_id).exists()
+    assert not (Path(statedir.REGISTRY) / container_id).exists()
     rig.runc("delete", "--force", container_id)
 
 
@@ -183,7 +183,7 @@ def test_every_state_level_is_root_only(rig: Rig, container_id: str) -> None:
     rig.service("ntf", NOTIFY, "[ready]\nnotify = true\n")
     assert rig.create(container_id, rig.bundle(env=["RETINUE_SERVICES=ntf"])).returncode == 0
     directory = rig.container_dir(container_id)
-    levels = [rig.state_dir, rig.state_dir / "ids", rig.state_dir / "ids" / container_id,
+    levels = [rig.state_dir, Path(statedir.REGISTRY), Path(statedir.REGISTRY) / container_id,
               directory.parent, directory, *[p for p in directory.iterdir() if p.is_dir()],
               Path(confcache.CACHE_DIR), Path(confcache.CACHE_DIR).parent]
     if os.path.isdir(statedir.SECCOMP_DIR):
@@ -247,9 +247,9 @@ def test_a_partial_state_dir_is_not_listed_and_delete_removes_it(
     directory = rig.container_dir(container_id)
     (directory / "pids").mkdir(parents=True)
     (directory / "process").mkdir()
-    marker = rig.state_dir / "ids" / container_id / directory.parent.name
-    marker.parent.mkdir()
-    marker.touch()
+    marker = Path(statedir.REGISTRY) / container_id / directory.parent.name
+    statedir.add_marker(str(directory))
+    assert marker.is_file()
     listed = json.loads(rig.retinue("status", "--json").stdout)
     assert [c["id"] for c in listed] == ["other"]
     r = rig.retinue("status", container_id)
@@ -261,8 +261,7 @@ def test_a_partial_state_dir_is_not_listed_and_delete_removes_it(
     # maybe the id marker): not listed, removed by delete, and by the next create of that id.
     temp = directory.parent / f"{container_id}~999999999"
     (temp / "process").mkdir(parents=True)
-    marker.parent.mkdir()
-    marker.touch()
+    statedir.add_marker(str(directory))
     assert [c["id"] for c in json.loads(rig.retinue("status", "--json").stdout)] == ["other"]
     r = rig.rt("delete", "--force", container_id)
     assert r.returncode == 0, (r.stderr, rig.errors())
