@@ -9,9 +9,7 @@ Podman does not pass RETINUE_CONFIG on to the runtime (`create` and `start` see 
 than PATH; `kill` and `delete` get an empty environment): RETINUE_CONFIG set for podman never
 reaches retinue. A Podman user keeps the configuration at /etc/retinue/config.toml; here, where
 /etc is the host's, `--runtime` is a two-line wrapper that sets RETINUE_CONFIG and execs the
-launcher.
-The tests that need retinue to find its lower runtime without PATH are xfail(strict) until
-b-config's fix is merged; the lead flips them then.
+launcher. Podman's empty environment for kill and delete is the real one.
 """
 
 from __future__ import annotations
@@ -30,7 +28,6 @@ from support import first, main_command, read_events
 
 pytestmark = [pytest.mark.podman]
 
-NEEDS_B_CONFIG = "needs b-config: Podman runs kill/delete with an empty environment"
 MAIN_UNTIL_TERM = "trap 'ev main-term; exit 0' TERM; ev main-start; while :; do sleep 0.1; done"
 
 
@@ -114,7 +111,6 @@ def test_run_output_and_exit_code(pm: engines.Podman, podman_rootfs: Path, name:
     assert "err\n" in result.stderr
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_B_CONFIG)
 def test_run_rm_leaves_nothing(pm: engines.Podman, podman_rootfs: Path) -> None:
     before = set(_ours_in_runc(pm))
     result = _run(pm, podman_rootfs, "--rm", body="exit 0")
@@ -137,7 +133,6 @@ def test_exec(pm: engines.Podman, podman_rootfs: Path, name: str) -> None:
     assert (result.returncode, result.stdout) == (4, "3\n"), result.stderr
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_B_CONFIG)
 def test_stop_and_rm(pm: engines.Podman, podman_rootfs: Path, name: str) -> None:
     _run(pm, podman_rootfs, "-d", "--name", name, check=True,
          body="trap 'exit 0' TERM; while :; do sleep 0.1; done")
@@ -149,7 +144,6 @@ def test_stop_and_rm(pm: engines.Podman, podman_rootfs: Path, name: str) -> None
     assert cid not in _ours_in_runc(pm)
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_B_CONFIG)
 def test_kill_and_rm(pm: engines.Podman, podman_rootfs: Path, name: str) -> None:
     _run(pm, podman_rootfs, "-d", "--name", name, check=True,
          body="while :; do sleep 0.1; done")
@@ -183,7 +177,6 @@ def test_services_gate_the_entrypoint(
     assert any(f.startswith("supervisor") for f in _footprint(e2e_dir, pm, cid))
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_B_CONFIG)
 def test_stop_and_rm_with_services_leave_nothing(
     pm: engines.Podman, podman_rootfs: Path, name: str, shared: Path, e2e_dir: Path
 ) -> None:
@@ -202,7 +195,6 @@ def test_stop_and_rm_with_services_leave_nothing(
         time.sleep(0.1)
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_B_CONFIG)
 def test_run_rm_with_services_leaves_nothing(
     pm: engines.Podman, podman_rootfs: Path, shared: Path, e2e_dir: Path
 ) -> None:
