@@ -232,7 +232,8 @@ def validate(spec: object) -> list[str]:
     assert isinstance(spec, dict)
     _case_variants(errors, "", spec, TOP_FIELDS)
     if "process" not in spec:
-        errors.append("process: missing (required by runc to create a container)")
+        if not errors:  # a misspelt `process` was named already
+            errors.append("process: missing (required by runc to create a container)")
     elif _expect(errors, "process", spec["process"], dict, "an object"):
         process = spec["process"]
         _case_variants(errors, "process", process, PROCESS_FIELDS)
