@@ -101,6 +101,8 @@ def _got(value: object) -> str:
 
 
 def _expect(errors: list[str], path: str, value: object, kind: type, what: str) -> bool:
+    if type(value) is kind:
+        return True
     if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
         return True
     errors.append(f"{path}: expected {what}, got {_got(value)}")
@@ -110,6 +112,11 @@ def _expect(errors: list[str], path: str, value: object, kind: type, what: str) 
 def _strings(errors: list[str], path: str, value: object) -> None:
     if _expect(errors, path, value, list, "a list of strings"):
         assert isinstance(value, list)
+        try:
+            "".join(value)  # every item a string, checked in C: a seccomp profile has hundreds
+            return
+        except TypeError:
+            pass
         for i, item in enumerate(value):
             _expect(errors, f"{path}[{i}]", item, str, "a string")
 
@@ -175,7 +182,7 @@ def _fold(key: str) -> str:
     return "".join(_GO_FOLD.get(c, c.upper() if c.isascii() else c) for c in key)
 
 
-_FOLDED: dict[tuple[str, ...], dict[str, str]] = {}
+_FOLDED: dict[tuple[str, ...], tuple[frozenset[str], dict[str, str]]] = {}
 
 
 def _case_variants(
@@ -187,15 +194,18 @@ def _case_variants(
     reads the same way; two keys for one field (runc would merge them) or a non-ASCII spelling
     (which Go versions fold differently) are refused.
     """
-    folded = _FOLDED.get(fields)
-    if folded is None:
-        folded = _FOLDED[fields] = {f.upper(): f for f in fields}
+    known = _FOLDED.get(fields)
+    if known is None:
+        known = _FOLDED[fields] = (frozenset(fields), {f.upper(): f for f in fields})
+    names, folded = known
+    others = obj.keys() - names
+    if not others:
+        return
     variants = {}
-    for key in obj:
-        if key not in fields:
-            field = folded.get(_fold(key))
-            if field is not None:
-                variants[key] = field
+    for key in others:
+        field = folded.get(_fold(key))
+        if field is not None:
+            variants[key] = field
     if not variants:
         return
     by_field: dict[str, list[str]] = {}
