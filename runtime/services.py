@@ -261,11 +261,11 @@ def check_service(name: str, svc: Service, source: str, files_base: str) -> list
             err(f"capabilities[{i}]", f"expected a capability name like CAP_NET_ADMIN, got {cap!r}")
         elif cap in svc.capabilities[:i]:
             err(f"capabilities[{i}]", f"{cap} is listed twice")
-    for key, value in svc.env.items():
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-            err("env", f"invalid variable name {key!r}")
-        elif "\0" in value:
-            err(f"env.{key}", f"contains a NUL byte, got {value!r}")
+    for var, text in svc.env.items():
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", var):
+            err("env", f"invalid variable name {var!r}")
+        elif "\0" in text:
+            err(f"env.{var}", f"contains a NUL byte, got {text!r}")
     # A path inside the container: whether it exists is known only when the service starts
     # (its exec then fails at once, naming it); what can be checked here is its form.
     if not svc.working_dir.startswith("/"):
