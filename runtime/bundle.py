@@ -16,16 +16,6 @@ TYPE_CHECKING = False  # typing costs ~10 ms to import; mypy reads this as True
 if TYPE_CHECKING:
     from typing import Any
 
-HOOK_STAGES = (
-    "prestart",
-    "createRuntime",
-    "createContainer",
-    "startContainer",
-    "poststart",
-    "poststop",
-)
-
-
 def config_path(bundle: str) -> str:
     return os.path.join(bundle, "config.json")
 
@@ -35,8 +25,9 @@ def config_path(bundle: str) -> str:
 # making the shim read for ever or exhaust memory.
 MAX_BYTES = 64 << 20
 # Go's decoder takes up to 10,000 levels; this interpreter's parser, comparisons and encoders
-# recurse per level and stop near 1,000. A real spec is under 10 deep: a deeper one is refused
-# with its depth, never a RecursionError.
+# recurse per level and stop near 1,000. A real spec is under 10 deep: one the parser cannot read,
+# or one deeper than this that retinue would edit, is refused with its depth, never with a
+# RecursionError (one that nothing attaches to goes to runc as it is).
 MAX_DEPTH = 500
 
 
@@ -136,22 +127,6 @@ def _object(errors: list[str], path: str, value: object, fields: tuple[str, ...]
     return True
 
 
-def _objects(
-    errors: list[str], path: str, value: object, fields: tuple[str, ...]
-) -> list[tuple[str, dict[str, Any]]]:
-    """The (path, object) items of a list of objects; null counts as an empty list."""
-    if value is None or not _expect(errors, path, value, list, "a list of objects"):
-        return []
-    assert isinstance(value, list)
-    out = []
-    for i, item in enumerate(value):
-        at = f"{path}[{i}]"
-        if _expect(errors, at, item, dict, "an object"):
-            _case_variants(errors, at, item, fields)
-            out.append((at, item))
-    return out
-
-
 # Go's decoder matches an object's keys to a struct's fields without regard to case, and a second
 # key for one field decodes into the same value again (a merge). Only the fields retinue reads or
 # edits matter: another field is runc's to read, and retinue never touches it.
@@ -165,12 +140,6 @@ PROCESS_FIELDS = (
     "selinuxLabel",
     "rlimits",
 )
-CAP_SETS = ("bounding", "effective", "permitted", "inheritable", "ambient")
-MOUNT_FIELDS = ("destination", "source", "options", "type")
-HOOK_FIELDS = ("path", "args")
-LINUX_FIELDS = ("seccomp",)
-SECCOMP_FIELDS = ("defaultAction", "syscalls", "listenerPath", "listenerMetadata")
-SYSCALL_FIELDS = ("names", "action", "args")
 # Beyond ASCII, Go folds these four to ASCII letters (unicode.ToUpper(unicode.ToLower(r)) since Go
 # 1.21; the long s and the Kelvin sign before it too).
 _GO_FOLD = {"\u017f": "S", "\u212a": "K", "\u0131": "I", "\u0130": "I"}
@@ -232,7 +201,7 @@ def _case_variants(
 
 
 def validate(spec: object) -> list[str]:
-    """Problems with the fields the shim reads or edits, each naming its JSON path.
+    """Problems with the fields every create reads (to select), each naming its JSON path.
 
     Keys that runc would read as one of those fields are renamed to its spelling in place.
     """
@@ -249,62 +218,12 @@ def validate(spec: object) -> list[str]:
         _case_variants(errors, "process", process, PROCESS_FIELDS)
         _optional_strings(errors, "process.env", process.get("env"))
         _optional_strings(errors, "process.args", process.get("args"))
-        terminal = process.get("terminal")
-        if terminal is not None:
-            _expect(errors, "process.terminal", terminal, bool, "true or false")
-        for key in ("apparmorProfile", "selinuxLabel"):
-            if process.get(key) is not None:
-                _expect(errors, f"process.{key}", process[key], str, "a string")
-        caps = process.get("capabilities")
-        if _object(errors, "process.capabilities", caps, CAP_SETS):
-            assert isinstance(caps, dict)
-            for name in CAP_SETS:
-                _optional_strings(errors, f"process.capabilities.{name}", caps.get(name))
-        _objects(errors, "process.rlimits", process.get("rlimits"), ())
     annotations = spec.get("annotations")
     if annotations is not None and _expect(
         errors, "annotations", annotations, dict, "an object of strings"
     ):
         for key, value in annotations.items():
             _expect(errors, f"annotations.{key}", value, str, "a string")
-    for at, mount in _objects(errors, "mounts", spec.get("mounts"), MOUNT_FIELDS):
-        _expect(errors, f"{at}.destination", mount.get("destination"), str, "a string")
-        for key in ("source", "type"):
-            if mount.get(key) is not None:
-                _expect(errors, f"{at}.{key}", mount[key], str, "a string")
-        _optional_strings(errors, f"{at}.options", mount.get("options"))
-    hooks = spec.get("hooks")
-    if _object(errors, "hooks", hooks, HOOK_STAGES):
-        assert isinstance(hooks, dict)
-        for stage in HOOK_STAGES:
-            entries = hooks.get(stage)
-            if entries is None:
-                continue
-            if _expect(errors, f"hooks.{stage}", entries, list, "a list of hooks"):
-                for i, hook in enumerate(entries):
-                    at = f"hooks.{stage}[{i}]"
-                    if _expect(errors, at, hook, dict, "an object"):
-                        _case_variants(errors, at, hook, HOOK_FIELDS)
-                        _expect(errors, f"{at}.path", hook.get("path"), str, "a string")
-                        _optional_strings(errors, f"{at}.args", hook.get("args"))
-    linux = spec.get("linux")
-    if _object(errors, "linux", linux, LINUX_FIELDS):
-        assert isinstance(linux, dict)
-        seccomp = linux.get("seccomp")
-        if _object(errors, "linux.seccomp", seccomp, SECCOMP_FIELDS):
-            assert isinstance(seccomp, dict)
-            for key in ("defaultAction", "listenerPath", "listenerMetadata"):
-                if seccomp.get(key) is not None:
-                    _expect(errors, f"linux.seccomp.{key}", seccomp[key], str, "a string")
-            syscalls = seccomp.get("syscalls")
-            for at, entry in _objects(
-                errors, "linux.seccomp.syscalls", syscalls, SYSCALL_FIELDS
-            ):
-                _optional_strings(errors, f"{at}.names", entry.get("names"))
-                if entry.get("action") is not None:
-                    _expect(errors, f"{at}.action", entry["action"], str, "a string")
-                if entry.get("args") is not None:
-                    _objects(errors, f"{at}.args", entry["args"], ())
     return errors
 
 
@@ -370,19 +289,6 @@ def _dumps_compact(spec: object, ensure_ascii: bool) -> str:
         return json.dumps(spec, ensure_ascii=ensure_ascii, separators=(",", ":"))
 
 
-def _depth(obj: object) -> int:
-    """How deeply lists and objects nest in obj (1 for a flat object), without recursion."""
-    deepest = 0
-    stack = [(obj, 1)]
-    while stack:
-        value, depth = stack.pop()
-        deepest = max(deepest, depth)
-        for item in value.values() if isinstance(value, dict) else value:  # type: ignore[attr-defined]
-            if isinstance(item, dict | list):
-                stack.append((item, depth + 1))
-    return deepest
-
-
 def _raw_depth(raw: bytes) -> int:
     """How deeply brackets nest in raw, outside strings (for text too deep to parse)."""
     depth = deepest = 0
@@ -424,11 +330,6 @@ def parse(path: str, raw: bytes) -> dict[str, Any]:
                 raise SpecError(f"{path}: not valid JSON: {e}") from None
     except RecursionError:
         raise _too_deep(path, _raw_depth(raw)) from None
-    # Only a file with that many brackets can nest that deep: most never pay for the walk.
-    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH:
-        depth = _depth(spec)
-        if depth > MAX_DEPTH:
-            raise _too_deep(path, depth)
     errors = validate(spec)
     if errors:
         raise SpecError("; ".join(f"{path}: {e}" for e in errors))
