@@ -251,8 +251,8 @@ FAILURES = {
         'retinue: service "bad" could not be started: chdir to cwd ("/nonexistent") set in '
         "config.json failed: no such file or directory",
     ),
-    "command-gone": (
-        # Its files lost the command after the container was created.
+    "command-host-symlink": (
+        # The command is a symlink to a host path: the check finds it, the container does not.
         'echo "never runs"\n',
         '[ready]\ntimeout = "30s"\n',
         'retinue: service "bad" could not be started: exec: "/retinue/bad/run.sh": stat '
@@ -270,12 +270,13 @@ def test_a_required_service_that_never_gets_ready_fails_start(
     rig.service("bad", script, toml)
     if case.startswith("not-executable"):
         (rig.files / "bad").chmod(0o700)
+    if case == "command-host-symlink":
+        (rig.files / "bad" / "run.sh").unlink()
+        (rig.files / "bad" / "run.sh").symlink_to("/usr/bin/true")
     late(rig, "good", 0.1)
     bundle = rig.bundle(main_args("ev main; echo ran > /shared/marker; sleep 1000"),
                         env=["RETINUE_SERVICES=good,bad"])
     assert rig.create(container_id, bundle).returncode == 0
-    if case == "command-gone":
-        (rig.files / "bad" / "run.sh").unlink()
     t0 = time.monotonic()
     r = rig.rt("start", container_id, log_format=log_format)
     took = time.monotonic() - t0
