@@ -156,7 +156,7 @@ def check_policy(policy: Policy, source: str) -> list[str]:
         for j, m in enumerate(rule.mounts):
             if m.source.startswith("/"):
                 errors += check_abs(f"{at}.mounts[{j}].source", m.source, "host path")
-            elif not m.source or ".." in m.source.split("/"):
+            elif not m.source or ".." in m.source.split("/") or "\0" in m.source:
                 errors.append(
                     f"{at}.mounts[{j}].source: expected a host path (absolute, or relative to "
                     f"this file, without '..'), got {m.source!r}"

@@ -120,6 +120,10 @@ def test_check_shipped_configuration(admin: str) -> None:
         ('[[attach]]\nname = "a"\nwhen.always = true\n'
          'mounts = [{ source = "/usr\\u0000", destination = "/x" }]\n', "",
          "{etc}/policy.toml: attach[0].mounts[0].source: contains a NUL byte, got '/usr\\x00'"),
+        ('[[attach]]\nname = "a"\nwhen.always = true\n'
+         'mounts = [{ source = "tools\\u0000", destination = "/x" }]\n', "",
+         "{etc}/policy.toml: attach[0].mounts[0].source: expected a host path (absolute, or "
+         "relative to this file, without '..'), got 'tools\\x00'"),
         ('[[attach]]\nname = "a"\nwhen.always = true\n\n[[attach.seccomp]]\n'
          'syscalls = ["mkdir"]\nhandler = "deny"\nargs = [{ index = 0, op = "eq", value = nan }]\n',
          "", "{etc}/policy.toml: attach[0].seccomp[0].args[0].value: expected an integer, got a "
@@ -127,7 +131,7 @@ def test_check_shipped_configuration(admin: str) -> None:
     ],
     ids=["type", "two errors", "unknown key", "runtime path", "runtime name", "log_keep huge",
          "inf for an integer", "integer over 64 bits", "NUL in a path", "NUL in a mount source",
-         "nan in a seccomp value"],
+         "NUL in a relative source", "nan in a seccomp value"],
 )
 def test_check_reports_errors(
     admin: str, make_config: ConfigFactory, policy: str, config: str, message: str
