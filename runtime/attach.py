@@ -53,7 +53,10 @@ def plan(
         raise RetinueError(str(e)) from None
     if not rules and not names:
         return None
-    from . import edits  # only once something attaches: most creates stop above
+    from . import bundle as bundle_file
+    from . import editable, edits  # only once something attaches: most creates stop above
+
+    editable.check(bundle_file.config_path(bundle), spec)
     container_dir = statedir.container_dir(compiled["state_dir"], root, container_id)
     services = [compiled["services"][n] for n in names]
     edited = edits.apply(spec, rules, compiled["hook"], container_dir, services)

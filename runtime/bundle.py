@@ -16,18 +16,19 @@ TYPE_CHECKING = False  # typing costs ~10 ms to import; mypy reads this as True
 if TYPE_CHECKING:
     from typing import Any
 
-HOOK_STAGES = (
-    "prestart",
-    "createRuntime",
-    "createContainer",
-    "startContainer",
-    "poststart",
-    "poststop",
-)
-
-
 def config_path(bundle: str) -> str:
     return os.path.join(bundle, "config.json")
+
+
+# runc reads config.json whole, whatever it is (a FIFO blocks it, /dev/zero runs until the
+# decoder fails); a real spec is tens of kilobytes, and a bound keeps a bundle's owner from
+# making the shim read for ever or exhaust memory.
+MAX_BYTES = 64 << 20
+# Go's decoder takes up to 10,000 levels; this interpreter's parser, comparisons and encoders
+# recurse per level and stop near 1,000. A real spec is under 10 deep: one the parser cannot read,
+# or one deeper than this that retinue would edit, is refused with its depth, never with a
+# RecursionError (one that nothing attaches to goes to runc as it is).
+MAX_DEPTH = 500
 
 
 def read(bundle: str) -> tuple[str, bytes]:
@@ -37,12 +38,35 @@ def read(bundle: str) -> tuple[str, bytes]:
         raise SpecError(f"bundle {bundle}: {what}")
     path = config_path(bundle)
     try:
-        with open(path, "rb") as f:
-            return path, f.read()
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         raise SpecError(f"{path}: no such file") from None
     except OSError as e:
         raise SpecError(f"{path}: cannot read: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if st.st_mode & 0o170000 == 0o040000:
+            raise SpecError(f"{path}: cannot read: Is a directory")
+        if st.st_mode & 0o170000 != 0o100000:
+            raise SpecError(f"{path}: not a regular file")
+        if st.st_size > MAX_BYTES:
+            raise SpecError(f"{path}: {st.st_size} bytes, more than retinue reads ({MAX_BYTES})")
+        chunks = []
+        left = MAX_BYTES + 1  # the file may grow while it is read
+        while left > 0:
+            chunk = os.read(fd, min(left, max(st.st_size + 1, 65536)))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        if left <= 0:
+            raise SpecError(f"{path}: more than {MAX_BYTES} bytes, more than retinue reads")
+        return path, b"".join(chunks)
+    except OSError as e:
+        raise SpecError(f"{path}: cannot read: {e.strerror}") from None
+    finally:
+        os.close(fd)
 
 
 def _kind(value: object) -> str:
@@ -68,6 +92,8 @@ def _got(value: object) -> str:
 
 
 def _expect(errors: list[str], path: str, value: object, kind: type, what: str) -> bool:
+    if type(value) is kind:
+        return True
     if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
         return True
     errors.append(f"{path}: expected {what}, got {_got(value)}")
@@ -77,48 +103,127 @@ def _expect(errors: list[str], path: str, value: object, kind: type, what: str) 
 def _strings(errors: list[str], path: str, value: object) -> None:
     if _expect(errors, path, value, list, "a list of strings"):
         assert isinstance(value, list)
+        try:
+            "".join(value)  # every item a string, checked in C: a seccomp profile has hundreds
+            return
+        except TypeError:
+            pass
         for i, item in enumerate(value):
             _expect(errors, f"{path}[{i}]", item, str, "a string")
 
 
+def _optional_strings(errors: list[str], path: str, value: object) -> None:
+    # Go leaves a field at its zero value for a JSON null, as if it were absent.
+    if value is not None:
+        _strings(errors, path, value)
+
+
+def _object(errors: list[str], path: str, value: object, fields: tuple[str, ...]) -> bool:
+    """Whether value is an object (null counts as absent: False, no error); its keys checked."""
+    if value is None or not _expect(errors, path, value, dict, "an object"):
+        return False
+    assert isinstance(value, dict)
+    _case_variants(errors, path, value, fields)
+    return True
+
+
+# Go's decoder matches an object's keys to a struct's fields without regard to case, and a second
+# key for one field decodes into the same value again (a merge). Only the fields retinue reads or
+# edits matter: another field is runc's to read, and retinue never touches it.
+TOP_FIELDS = ("process", "annotations", "mounts", "hooks", "linux")
+PROCESS_FIELDS = (
+    "env",
+    "args",
+    "terminal",
+    "capabilities",
+    "apparmorProfile",
+    "selinuxLabel",
+    "rlimits",
+)
+# Beyond ASCII, Go folds these four to ASCII letters (unicode.ToUpper(unicode.ToLower(r)) since Go
+# 1.21; the long s and the Kelvin sign before it too).
+_GO_FOLD = {"\u017f": "S", "\u212a": "K", "\u0131": "I", "\u0130": "I"}
+
+
+def _fold(key: str) -> str:
+    if key.isascii():
+        return key.upper()
+    return "".join(_GO_FOLD.get(c, c.upper() if c.isascii() else c) for c in key)
+
+
+_FOLDED: dict[tuple[str, ...], tuple[frozenset[str], dict[str, str]]] = {}
+
+
+def _case_variants(
+    errors: list[str], path: str, obj: dict[str, Any], fields: tuple[str, ...]
+) -> None:
+    """Read `obj` as runc does: a key that is another case of a field is that field.
+
+    A lone ASCII variant ("Process") is renamed in place to the field's own spelling, which runc
+    reads the same way; two keys for one field (runc would merge them) or a non-ASCII spelling
+    (which Go versions fold differently) are refused.
+    """
+    known = _FOLDED.get(fields)
+    if known is None:
+        known = _FOLDED[fields] = (frozenset(fields), {f.upper(): f for f in fields})
+    names, folded = known
+    others = obj.keys() - names
+    if not others:
+        return
+    variants = {}
+    for key in others:
+        field = folded.get(_fold(key))
+        if field is not None:
+            variants[key] = field
+    if not variants:
+        return
+    by_field: dict[str, list[str]] = {}
+    for key in obj:
+        field = key if key in fields else variants.get(key)
+        if field is not None:
+            by_field.setdefault(field, []).append(key)
+    at = f"{path}." if path else ""
+    problems = []
+    for field, keys in by_field.items():
+        if len(keys) > 1:
+            problems.append(
+                f"{at}{field}: given as {', '.join(repr(k) for k in keys)}; runc reads keys "
+                "without regard to case and would merge them: keep one"
+            )
+        elif not keys[0].isascii():
+            problems.append(f"{at}{keys[0]!r}: runc reads this key as {field!r}; spell it so")
+    if problems:
+        errors += problems
+        return
+    items = [(variants.get(k, k), v) for k, v in obj.items()]
+    obj.clear()
+    obj.update(items)
+
+
 def validate(spec: object) -> list[str]:
-    """Problems with the fields the shim reads or edits, each naming its JSON path."""
+    """Problems with the fields every create reads (to select), each naming its JSON path.
+
+    Keys that runc would read as one of those fields are renamed to its spelling in place.
+    """
     errors: list[str] = []
     if not _expect(errors, "(top level)", spec, dict, "an object"):
         return errors
     assert isinstance(spec, dict)
+    _case_variants(errors, "", spec, TOP_FIELDS)
     if "process" not in spec:
-        errors.append("process: missing (required by runc to create a container)")
+        if not errors:  # a misspelt `process` was named already
+            errors.append("process: missing (required by runc to create a container)")
     elif _expect(errors, "process", spec["process"], dict, "an object"):
         process = spec["process"]
-        if "env" in process and process["env"] is not None:
-            _strings(errors, "process.env", process["env"])
-        if "args" in process and process["args"] is not None:
-            _strings(errors, "process.args", process["args"])
+        _case_variants(errors, "process", process, PROCESS_FIELDS)
+        _optional_strings(errors, "process.env", process.get("env"))
+        _optional_strings(errors, "process.args", process.get("args"))
     annotations = spec.get("annotations")
     if annotations is not None and _expect(
         errors, "annotations", annotations, dict, "an object of strings"
     ):
         for key, value in annotations.items():
             _expect(errors, f"annotations.{clip(key)}", value, str, "a string")
-    mounts = spec.get("mounts")
-    if mounts is not None and _expect(errors, "mounts", mounts, list, "a list of objects"):
-        for i, mount in enumerate(mounts):
-            if _expect(errors, f"mounts[{i}]", mount, dict, "an object"):
-                dest = mount.get("destination")
-                _expect(errors, f"mounts[{i}].destination", dest, str, "a string")
-    hooks = spec.get("hooks")
-    if hooks is not None and _expect(errors, "hooks", hooks, dict, "an object"):
-        for stage in HOOK_STAGES:
-            entries = hooks.get(stage)
-            if entries is None:
-                continue
-            if _expect(errors, f"hooks.{stage}", entries, list, "a list of hooks"):
-                for i, hook in enumerate(entries):
-                    if _expect(errors, f"hooks.{stage}[{i}]", hook, dict, "an object"):
-                        _expect(
-                            errors, f"hooks.{stage}[{i}].path", hook.get("path"), str, "a string"
-                        )
     return errors
 
 
@@ -155,7 +260,11 @@ def _loads_utf8(raw: bytes) -> object:
         while i < n and s[i] in _WHITESPACE:
             i += 1
         obj, end = _scan(s, i)
-    except (ValueError, StopIteration):
+    except RecursionError:
+        raise
+    except Exception:
+        # Not only ValueError: on bad input the scanner looks for json.decoder's error class in
+        # sys.modules, and without it fails with a SystemError. json itself says what is wrong.
         return _NOT_FOUND
     while end < n and s[end] in _WHITESPACE:
         end += 1
@@ -180,18 +289,47 @@ def _dumps_compact(spec: object, ensure_ascii: bool) -> str:
         return json.dumps(spec, ensure_ascii=ensure_ascii, separators=(",", ":"))
 
 
+def _raw_depth(raw: bytes) -> int:
+    """How deeply brackets nest in raw, outside strings (for text too deep to parse)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte == 0x5B or byte == 0x7B:
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte == 0x5D or byte == 0x7D:
+            depth -= 1
+    return deepest
+
+
+def _too_deep(path: str, depth: int) -> SpecError:
+    return SpecError(f"{path}: nested {depth} levels deep, more than retinue reads ({MAX_DEPTH})")
+
+
 def parse(path: str, raw: bytes) -> dict[str, Any]:
     """The spec as a dict, or a SpecError naming every bad field."""
-    spec = _loads_utf8(raw)
-    if spec is _NOT_FOUND:
-        import json
+    try:
+        spec = _loads_utf8(raw)
+        if spec is _NOT_FOUND:
+            import json
 
-        try:
-            spec = json.loads(raw)
-        except UnicodeDecodeError as e:
-            raise SpecError(f"{path}: not valid JSON: not UTF-8 ({e.reason})") from None
-        except json.JSONDecodeError as e:
-            raise SpecError(f"{path}: not valid JSON: {e}") from None
+            try:
+                spec = json.loads(raw)
+            except UnicodeDecodeError as e:
+                raise SpecError(f"{path}: not valid JSON: not UTF-8 ({e.reason})") from None
+            except ValueError as e:  # JSONDecodeError, or an integer too long to convert
+                raise SpecError(f"{path}: not valid JSON: {e}") from None
+    except RecursionError:
+        raise _too_deep(path, _raw_depth(raw)) from None
     errors = validate(spec)
     if errors:
         raise SpecError("; ".join(f"{path}: {e}" for e in errors))

@@ -24,6 +24,7 @@ from .tomlmodel import check_abs, read_toml, structure
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 RULE_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}\Z")
+MAX_LOG_KEEP = 1000
 
 
 def _empty_dict() -> dict[str, str]:
@@ -116,6 +117,8 @@ def check_settings(s: Settings, source: str) -> list[str]:
         errors.append(f"log_max_bytes: expected at least 1024, got {s.log_max_bytes}")
     if s.log_keep < 1:  # rotation renames the full file away: it needs somewhere to go
         errors.append(f"log_keep: expected 1 or more, got {s.log_keep}")
+    elif s.log_keep > MAX_LOG_KEEP:  # each rotation renames every kept file in turn
+        errors.append(f"log_keep: expected at most {MAX_LOG_KEEP}, got {s.log_keep}")
     return [f"{source}: {e}" for e in errors]
 
 
@@ -153,7 +156,7 @@ def check_policy(policy: Policy, source: str) -> list[str]:
         for j, m in enumerate(rule.mounts):
             if m.source.startswith("/"):
                 errors += check_abs(f"{at}.mounts[{j}].source", m.source, "host path")
-            elif not m.source or ".." in m.source.split("/"):
+            elif not m.source or ".." in m.source.split("/") or "\0" in m.source:
                 errors.append(
                     f"{at}.mounts[{j}].source: expected a host path (absolute, or relative to "
                     f"this file, without '..'), got {m.source!r}"

@@ -40,7 +40,7 @@ from . import graph
 from .edits import SERVICE_PREFIX
 from .errors import ConfigError
 from .seccomp.config import SeccompRule, check_rules, compile_rules
-from .tomlmodel import describe_value, read_toml, structure
+from .tomlmodel import check_abs, describe_value, read_toml, structure
 
 SERVICE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}\Z")
 # Every capability Linux defines (capability.h, up to 6.x). A name that only looks right is not
@@ -91,6 +91,8 @@ CAPABILITIES = frozenset(
     ]
 )
 RESTART_POLICIES = ("no", "on-failure", "always")
+# A readiness check polls this often at most: 0 would spin the supervisor.
+MIN_READY_INTERVAL = 0.001
 
 
 @attrs.frozen
@@ -142,24 +144,43 @@ class Service:
     seccomp: list[SeccompRule] = attrs.field(factory=list)
 
 
+# A year: longer is a typo, and the supervisor's timers, sleeps and `runc` calls take it as is.
+MAX_DURATION = 365 * 24 * 3600.0
+
+
 def parse_duration(value: str | float) -> float:
-    """Seconds from 1.5, "30s", "100ms", "1m30s"; ValueError otherwise."""
+    """Seconds from 1.5, "30s", "100ms", "1m30s", at most a year; ValueError otherwise."""
     if isinstance(value, bool):
         raise ValueError
     if isinstance(value, int | float):
-        if value < 0:
+        if not 0 <= value <= MAX_DURATION:  # also false for nan
             raise ValueError
         return float(value)
     text = value.strip()
     if not text or not re.fullmatch(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h))+", text):
         raise ValueError
     unit = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-    return sum(float(n) * unit[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", text))
+    seconds = sum(float(n) * unit[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", text))
+    if not seconds <= MAX_DURATION:  # a long run of digits reads as inf
+        raise ValueError
+    return seconds
+
+
+# The largest id a process can have: (uid_t)-1 means "no change" to the kernel.
+MAX_ID = (1 << 32) - 2
+# Stopping with SIGSTOP would freeze the service until its stop timeout, then SIGKILL it.
+UNUSABLE_STOP_SIGNALS = frozenset({"SIGSTOP"})
+
+
+def signal_number(name: str) -> int | None:
+    """The number of a signal name such as SIGTERM; None for anything else (SIG_DFL, TERM)."""
+    member = signal_module.Signals.__members__.get(name)
+    return None if member is None else int(member)
 
 
 def parse_user(value: str | int) -> tuple[int, int]:
     if isinstance(value, int) and not isinstance(value, bool):
-        if value < 0:
+        if not 0 <= value <= MAX_ID:
             raise ValueError
         return value, value
     if value == "root":
@@ -167,7 +188,9 @@ def parse_user(value: str | int) -> tuple[int, int]:
     if value == "nobody":
         return 65534, 65534
     uid, _, gid = str(value).partition(":")
-    if not uid.isdigit() or (gid and not gid.isdigit()):
+    if not uid.isascii() or not uid.isdigit() or (gid and not (gid.isascii() and gid.isdigit())):
+        raise ValueError
+    if len(uid) > 10 or len(gid) > 10 or int(uid) > MAX_ID or int(gid or uid) > MAX_ID:
         raise ValueError
     return int(uid), int(gid or uid)
 
@@ -209,6 +232,9 @@ def check_service(name: str, svc: Service, source: str, files_base: str) -> list
         err("files", f"{files}: no such directory")
     if not svc.command:
         err("command", "expected a non-empty list of strings, got an empty list")
+    elif any("\0" in arg for arg in svc.command):
+        i = next(i for i, arg in enumerate(svc.command) if "\0" in arg)
+        err(f"command[{i}]", f"contains a NUL byte, got {svc.command[i]!r}")
     else:
         first = svc.command[0]
         if first.startswith("/") and not _inside_files(name, first):
@@ -233,11 +259,19 @@ def check_service(name: str, svc: Service, source: str, files_base: str) -> list
     for i, cap in enumerate(svc.capabilities):
         if cap not in CAPABILITIES:
             err(f"capabilities[{i}]", f"expected a capability name like CAP_NET_ADMIN, got {cap!r}")
-    for key in svc.env:
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-            err("env", f"invalid variable name {key!r}")
+        elif cap in svc.capabilities[:i]:
+            err(f"capabilities[{i}]", f"{cap} is listed twice")
+    for var, text in svc.env.items():
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", var):
+            err("env", f"invalid variable name {var!r}")
+        elif "\0" in text:
+            err(f"env.{var}", f"contains a NUL byte, got {text!r}")
+    # A path inside the container: whether it exists is known only when the service starts
+    # (its exec then fails at once, naming it); what can be checked here is its form.
     if not svc.working_dir.startswith("/"):
         err("working_dir", f"expected an absolute path, got {svc.working_dir!r}")
+    else:
+        errors += [f"{source}: {e}" for e in check_abs("working_dir", svc.working_dir, "path")]
     ready = svc.ready
     kinds = [k for k in ("tcp", "exec", "file") if getattr(ready, k) is not None]
     if ready.notify:
@@ -248,9 +282,14 @@ def check_service(name: str, svc: Service, source: str, files_base: str) -> list
         err("ready.tcp", f"expected a port 1-65535, got {ready.tcp}")
     if ready.file is not None and not ready.file.startswith("/"):
         err("ready.file", f"expected an absolute path in the container, got {ready.file!r}")
+    elif ready.file is not None:
+        errors += [f"{source}: {e}" for e in check_abs("ready.file", ready.file, "path")]
     if ready.exec is not None:
         if not ready.exec:
             err("ready.exec", "expected a non-empty command")
+        elif any("\0" in arg for arg in ready.exec):
+            i = next(i for i, arg in enumerate(ready.exec) if "\0" in arg)
+            err(f"ready.exec[{i}]", f"contains a NUL byte, got {ready.exec[i]!r}")
         elif ready.exec[0].startswith("/") and not _inside_files(name, ready.exec[0]):
             err("ready.exec[0]", f"must be one of the service's own files, got {ready.exec[0]!r}")
     durations: list[tuple[str, str | float]] = [
@@ -266,7 +305,20 @@ def check_service(name: str, svc: Service, source: str, files_base: str) -> list
         try:
             parse_duration(value)
         except ValueError:
-            err(key, f"expected a duration like 30s, 100ms or 1m30s, got {describe_value(value)}")
+            err(
+                key,
+                "expected a duration like 30s, 100ms or 1m30s (at most 8760h), "
+                f"got {describe_value(value)}",
+            )
+    try:
+        if parse_duration(ready.interval) < MIN_READY_INTERVAL:
+            err(
+                "ready.interval",
+                f"expected at least {MIN_READY_INTERVAL * 1000:g}ms (the check runs this often), "
+                f"got {describe_value(ready.interval)}",
+            )
+    except ValueError:
+        pass
     if svc.restart.policy not in RESTART_POLICIES:
         err(
             "restart.policy",
@@ -274,7 +326,9 @@ def check_service(name: str, svc: Service, source: str, files_base: str) -> list
         )
     if svc.restart.burst < 1:
         err("restart.burst", f"expected at least 1, got {svc.restart.burst}")
-    if not svc.stop.signal.startswith("SIG") or not hasattr(signal_module, svc.stop.signal):
+    if svc.stop.signal in UNUSABLE_STOP_SIGNALS:
+        err("stop.signal", f"{svc.stop.signal} cannot stop a service: it only suspends it")
+    elif signal_number(svc.stop.signal) is None:
         err("stop.signal", f"expected a signal name like SIGTERM, got {svc.stop.signal!r}")
     errors += [f"{source}: {e}" for e in check_rules(svc.seccomp, at="seccomp")]
     return errors
@@ -374,7 +428,7 @@ def compile_service(name: str, svc: Service, files_base: str) -> dict[str, Any]:
         "restart_reset_after": parse_duration(svc.restart.reset_after),
         "restart_burst": svc.restart.burst,
         "restart_interval": parse_duration(svc.restart.interval),
-        "stop_signal": int(getattr(signal_module, svc.stop.signal)),
+        "stop_signal": signal_number(svc.stop.signal),
         "stop_timeout": parse_duration(svc.stop.timeout),
         "seccomp": compile_rules(svc.seccomp),
     }

@@ -8,6 +8,7 @@ configuration, the services, the seccomp rules).
 
 from __future__ import annotations
 
+import math
 import posixpath
 import re
 import tomllib
@@ -81,11 +82,24 @@ def describe_value(value: object) -> str:
     return f"{kind}: {text}"
 
 
+# Signed or unsigned: seccomp masks and values use all 64 bits.
+INT64 = range(-(1 << 63), 1 << 64)
+
+
+def _check_number(value: Any) -> None:
+    """TOML reads nan, inf and integers of any size; no setting means any of them."""
+    if type(value) is float and not math.isfinite(value):
+        raise _Mismatch("a finite number", value)
+    if type(value) is int and value not in INT64:
+        raise _Mismatch("an integer that fits in 64 bits", value)
+
+
 def _scalar_hook(kind: type) -> Callable[[Any, Any], Any]:
     def hook(value: Any, _: Any) -> Any:
         # bool is an int in Python, and TOML has both: keep them apart.
         if type(value) is not kind and not (kind is float and type(value) is int):
             raise _Mismatch(_describe_type(kind), value)
+        _check_number(value)
         return value
 
     return hook
@@ -149,6 +163,7 @@ def _make_converter() -> cattrs.Converter:
                 return None
             if type(value) not in allowed:
                 raise _Mismatch(described, value)
+            _check_number(value)
             return value
 
         return hook
@@ -266,6 +281,8 @@ def read_toml(path: str) -> dict[str, Any]:
         raise ConfigError(f"{path}: invalid TOML: {e}") from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: invalid TOML: not UTF-8 ({e.reason})") from None
+    except ValueError as e:  # an integer too long for int() to convert, raised by tomllib as is
+        raise ConfigError(f"{path}: invalid TOML: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,6 +290,8 @@ def read_toml(path: str) -> dict[str, Any]:
 
 
 def check_abs(path: str, value: str, what: str) -> list[str]:
+    if "\0" in value:
+        return [f"{path}: contains a NUL byte, got {value!r}"]
     if not value.startswith("/"):
         return [f"{path}: expected an absolute {what}, got {value!r}"]
     if posixpath.normpath(value) != (value.rstrip("/") or "/") or "/../" in value + "/":

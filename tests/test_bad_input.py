@@ -251,8 +251,166 @@ when.always = true
 syscalls = ["mkdir"]
 handler = "deny"
 """
-    set_spec(ctx, lambda s: s.update(linux=["seccomp"]))
-    return ["linux: expected an object"]
+    path = set_spec(ctx, lambda s: s.update(linux=["seccomp"]))
+    return [f'{path}: linux: expected an object, got a list: ["seccomp"]']
+
+
+@case
+def capabilities_a_list(ctx: Ctx) -> list[str]:
+    path = set_spec(ctx, lambda s: s["process"].update(capabilities=["CAP_CHOWN"]))
+    return [f'{path}: process.capabilities: expected an object, got a list: ["CAP_CHOWN"]']
+
+
+@case
+def hook_args_a_number(ctx: Ctx) -> list[str]:
+    path = set_spec(
+        ctx, lambda s: s.update(hooks={"createRuntime": [{"path": "/bin/true", "args": 5}]})
+    )
+    return [f"{path}: hooks.createRuntime[0].args: expected a list of strings, got a number: 5"]
+
+
+@case
+def hook_args_an_object(ctx: Ctx) -> list[str]:
+    path = set_spec(
+        ctx, lambda s: s.update(hooks={"poststop": [{"path": "/bin/true", "args": {"a": 1}}]})
+    )
+    return [
+        f'{path}: hooks.poststop[0].args: expected a list of strings, got an object: {{"a": 1}}'
+    ]
+
+
+def nest(ctx: Ctx, depth: int) -> Path:
+    """A field nested `depth` lists deep (json.dumps itself cannot write one that deep)."""
+    path = ctx.bundle / "config.json"
+    text = path.read_text()
+    path.write_text('{"deep": ' + "[" * depth + "]" * depth + ", " + text.lstrip()[1:])
+    return path
+
+
+@case
+def nested_3000_deep(ctx: Ctx) -> list[str]:
+    path = nest(ctx, 3000)
+    return [f"{path}: nested 3001 levels deep, more than retinue reads (500)"]
+
+
+@case
+def nested_10000_deep(ctx: Ctx) -> list[str]:
+    """Go's own limit: the interpreter must not crash on it either."""
+    path = nest(ctx, 10000)
+    return [f"{path}: nested 10001 levels deep, more than retinue reads (500)"]
+
+
+@case
+def nested_just_too_deep(ctx: Ctx) -> list[str]:
+    """Deep enough to pass the parser, too deep for what comes after it."""
+    path = nest(ctx, 900)
+    return [f"{path}: nested 901 levels deep, more than retinue reads (500)"]
+
+
+@case
+def config_json_is_dev_zero(ctx: Ctx) -> list[str]:
+    path = ctx.bundle / "config.json"
+    path.unlink()
+    path.symlink_to("/dev/zero")
+    return [f"{path}: not a regular file"]
+
+
+@case
+def config_json_is_a_fifo(ctx: Ctx) -> list[str]:
+    """runc would wait for a writer for ever; the shim does not even open it for reading."""
+    path = ctx.bundle / "config.json"
+    path.unlink()
+    os.mkfifo(path)
+    return [f"{path}: not a regular file"]
+
+
+@case
+def config_json_too_big(ctx: Ctx) -> list[str]:
+    path = ctx.bundle / "config.json"
+    size = (64 << 20) + 1
+    with open(path, "r+b") as f:
+        f.truncate(size)  # sparse: costs no disk
+    return [f"{path}: {size} bytes, more than retinue reads ({64 << 20})"]
+
+
+@case
+def truncated_object(ctx: Ctx) -> list[str]:
+    path = ctx.bundle / "config.json"
+    path.write_text("{bad")
+    return [
+        f"{path}: not valid JSON: Expecting property name enclosed in double quotes: "
+        "line 1 column 2 (char 1)"
+    ]
+
+
+@case
+def truncated_list(ctx: Ctx) -> list[str]:
+    path = ctx.bundle / "config.json"
+    path.write_text('{"a": [1, 2')
+    return [f"{path}: not valid JSON: Expecting ',' delimiter: line 1 column 12 (char 11)"]
+
+
+@case
+def integer_too_long(ctx: Ctx) -> list[str]:
+    path = set_spec(ctx, lambda s: s.update(big=0))
+    path_ = Path(path)
+    path_.write_text(path_.read_text().replace('"big": 0', '"big": ' + "9" * 5000))
+    return [
+        f"{path}: not valid JSON: Exceeds the limit (4300 digits) for integer string conversion: "
+        "value has 5000 digits; use sys.set_int_max_str_digits() to increase the limit"
+    ]
+
+
+def duplicate_case(where: str, field: str, keys: str, edit: Callable[[dict[str, Any]], None]
+                   ) -> Callable[[Ctx], list[str]]:
+    def setup(ctx: Ctx) -> list[str]:
+        path = set_spec(ctx, edit)
+        return [
+            f"{path}: {where}{field}: given as {keys}; runc reads keys without regard to case "
+            "and would merge them: keep one"
+        ]
+
+    return setup
+
+
+CASE_DUPLICATES = {
+    "duplicate_process": duplicate_case(
+        "", "process", "'process', 'Process'", lambda s: s.update(Process={"args": ["sh"]})
+    ),
+    "duplicate_annotations": duplicate_case(
+        "", "annotations", "'annotations', 'Annotations'",
+        lambda s: s.update(annotations={"a": "1"}, Annotations={"b": "2"}),
+    ),
+    "duplicate_mounts": duplicate_case("", "mounts", "'mounts', 'MOUNTS'",
+                                       lambda s: s.update(MOUNTS=[])),
+    "duplicate_hooks": duplicate_case(
+        "", "hooks", "'Hooks', 'hooks'", lambda s: s.update(Hooks={}, hooks={})
+    ),
+    "duplicate_linux": duplicate_case("", "linux", "'linux', 'Linux'",
+                                      lambda s: s.update(Linux={})),
+    "duplicate_env": duplicate_case(
+        "process.", "env", "'env', 'Env'", lambda s: s["process"].update(Env=["A=1"])
+    ),
+    "duplicate_args": duplicate_case(
+        "process.", "args", "'args', 'ARGS'", lambda s: s["process"].update(ARGS=["sh"])
+    ),
+    "duplicate_hook_path": duplicate_case(
+        "hooks.poststop[0].", "path", "'path', 'Path'",
+        lambda s: s.update(hooks={"poststop": [{"path": "/bin/true", "Path": "/bin/sh"}]}),
+    ),
+    "duplicate_mount_destination": duplicate_case(
+        "mounts[0].", "destination", "'destination', 'Destination'",
+        lambda s: s["mounts"][0].update(Destination="/elsewhere"),
+    ),
+}
+CASES.update(CASE_DUPLICATES)
+
+
+@case
+def non_ascii_case_variant(ctx: Ctx) -> list[str]:
+    """Go folds the long s (U+017F) to S: runc reads `proce\u017fs` as `process`."""
+    path = set_spec(ctx, lambda s: s.update({"proce\u017fs": s.pop("process")}))
+    return [f"{path}: 'proce\u017fs': runc reads this key as 'process'; spell it so"]
 
 
 # --- the lower runtime ----------------------------------------------------------------------
@@ -550,6 +708,201 @@ def fails_cleanly(
     assert snapshot(ctx.bundle) == bundle_before  # same bytes, same mtimes, no temp files
     assert os.listdir(runc_root) == []
     assert not (ctx.tmp / "init.pid").exists()
+
+
+# --- every field retinue reads, with every wrong JSON type ------------------------------------
+
+# A spec in which every field retinue reads or edits is present (a rule, a service and a seccomp
+# handler all attach, so every reader runs), and what each field must be. `[0]` is an item.
+FULL_SPEC_EDITS: dict[str, Any] = {
+    "process": {
+        "terminal": False,
+        "capabilities": {n: ["CAP_CHOWN"] for n in
+                         ("bounding", "effective", "permitted", "inheritable", "ambient")},
+        "apparmorProfile": "unconfined",
+        "selinuxLabel": "",
+        "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+    },
+    "annotations": {"k": "v"},
+    "hooks": {stage: [{"path": "/bin/true", "args": ["true"]}] for stage in
+              ("prestart", "createRuntime", "createContainer", "startContainer", "poststart",
+               "poststop")},
+    "linux": {"seccomp": {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "listenerPath": "",
+        "listenerMetadata": "",
+        "syscalls": [{"names": ["chmod"], "action": "SCMP_ACT_ALLOW",
+                      "args": [{"index": 0, "value": 1, "op": "SCMP_CMP_EQ"}]}],
+    }},
+}
+OBJECT, STRING, BOOL = "an object", "a string", "true or false"
+STRINGS, OBJECTS = "a list of strings", "a list of objects"
+FIELDS: dict[str, str] = {
+    "process": OBJECT,
+    "process.env": STRINGS, "process.env[0]": STRING,
+    "process.args": STRINGS, "process.args[0]": STRING,
+    "process.terminal": BOOL,
+    "process.capabilities": OBJECT,
+    **{f"process.capabilities.{n}": STRINGS
+       for n in ("bounding", "effective", "permitted", "inheritable", "ambient")},
+    "process.capabilities.bounding[0]": STRING,
+    "process.apparmorProfile": STRING, "process.selinuxLabel": STRING,
+    "process.rlimits": OBJECTS, "process.rlimits[0]": OBJECT,
+    "annotations": "an object of strings", "annotations.k": STRING,
+    "mounts": OBJECTS, "mounts[0]": OBJECT,
+    "mounts[0].destination": STRING, "mounts[0].source": STRING, "mounts[0].type": STRING,
+    "mounts[0].options": STRINGS, "mounts[0].options[0]": STRING,
+    "hooks": OBJECT,
+    **{f"hooks.{stage}": "a list of hooks" for stage in
+       ("prestart", "createRuntime", "createContainer", "startContainer", "poststart",
+        "poststop")},
+    "hooks.createRuntime[0]": OBJECT, "hooks.poststop[0]": OBJECT,
+    "hooks.createRuntime[0].path": STRING, "hooks.poststop[0].path": STRING,
+    "hooks.createRuntime[0].args": STRINGS, "hooks.createRuntime[0].args[0]": STRING,
+    "linux": OBJECT, "linux.seccomp": OBJECT,
+    "linux.seccomp.defaultAction": STRING, "linux.seccomp.listenerPath": STRING,
+    "linux.seccomp.listenerMetadata": STRING,
+    "linux.seccomp.syscalls": OBJECTS, "linux.seccomp.syscalls[0]": OBJECT,
+    "linux.seccomp.syscalls[0].names": STRINGS, "linux.seccomp.syscalls[0].names[0]": STRING,
+    "linux.seccomp.syscalls[0].action": STRING,
+    "linux.seccomp.syscalls[0].args": OBJECTS, "linux.seccomp.syscalls[0].args[0]": OBJECT,
+}
+WRONG: dict[str, list[Any]] = {
+    OBJECT: ["x", 5, True, ["x"]],
+    "an object of strings": ["x", 5.5, False, [{"a": "b"}]],
+    STRING: [5, True, ["x"], {"a": 1}],
+    BOOL: ["yes", 1, ["x"], {"a": 1}],
+    STRINGS: ["x", 5, True, {"a": 1}],
+    OBJECTS: ["x", 5, True, {"a": 1}],
+    "a list of hooks": ["x", 5, True, {"a": 1}],
+}
+KIND = {str: "a string", bool: "a boolean", int: "a number", float: "a number", list: "a list",
+        dict: "an object"}
+FIELD_POLICY = """
+[[attach]]
+name = "everyone"
+when.always = true
+env = { ATTACHED = "1" }
+services = ["web"]
+
+[[attach.seccomp]]
+syscalls = ["mkdir"]
+handler = "deny"
+"""
+
+
+def full_spec(spec: dict[str, Any]) -> None:
+    for key, value in FULL_SPEC_EDITS.items():
+        if isinstance(value, dict) and isinstance(spec.get(key), dict):
+            spec[key].update(json.loads(json.dumps(value)))
+        else:
+            spec[key] = json.loads(json.dumps(value))
+    spec["mounts"][0].setdefault("options", ["nosuid"])
+
+
+def put(spec: dict[str, Any], name: str, value: Any) -> None:
+    """spec with the value at `name` (a.b[0].c) replaced."""
+    steps: list[str | int] = []
+    for part in name.split("."):
+        key, _, index = part.partition("[")
+        steps.append(key)
+        if index:
+            steps.append(int(index.rstrip("]")))
+    target: Any = spec
+    for step in steps[:-1]:
+        target = target[step]
+    target[steps[-1]] = value
+
+
+def wrong_cases() -> list[tuple[str, Any]]:
+    return [(f, v) for f, what in FIELDS.items() for v in WRONG[what]]
+
+
+def expected_error(path: str, name: str, value: Any) -> str:
+    got = f"{KIND[type(value)]}: {json.dumps(value)}"
+    return f"{path}: {name}: expected {FIELDS[name]}, got {got}"
+
+
+@pytest.fixture
+def field_config(make_config: ConfigFactory, tmp_path: Path) -> Path:
+    """A policy under which a rule, a service and a seccomp handler attach to every container."""
+    cfg = make_config(FIELD_POLICY, f'state_dir = "{tmp_path}/state"\nruntime = "{RUNC}"\n')
+    files = cfg.parent / "files"
+    files.mkdir()
+    (files / "run.sh").write_text("#!/bin/sh\nexec sleep 1000\n")
+    (files / "run.sh").chmod(0o755)
+    (cfg.parent / "services" / "web.toml").write_text(
+        'files = "files"\ncommand = ["run.sh"]\n'
+    )
+    return cfg
+
+
+def test_every_field_is_read_by_the_create_path(
+    field_config: Path, make_bundle: BundleFactory
+) -> None:
+    """The control for the table below: with valid values, each field reaches the code that
+    reads it (selection, edits, the seccomp merge, the services' process), without error."""
+    from retinue import attach, bundle, config, execspec
+
+    compiled = config.compile_config(config.load(str(field_config)), RUNC, "/bin/true")
+    b = make_bundle(["true"], edit=full_spec)
+    _, spec = bundle.load(str(b))
+    for name in FIELDS:
+        put(json.loads(json.dumps(spec)), name, None)  # every path exists in the full spec
+    found = attach.plan(compiled, spec, "/run/runc", "c1", str(b))
+    assert found is not None and found.services and found.seccomp
+    proc = execspec.process(found.services[0], spec, "c1")
+    assert proc["capabilities"]["bounding"] == ["CAP_CHOWN"]
+
+
+@pytest.mark.parametrize(("name", "value"), wrong_cases(), ids=repr)
+def test_wrong_type_in_each_field_in_process(
+    name: str, value: Any, field_config: Path, make_bundle: BundleFactory
+) -> None:
+    """Every wrong JSON type in every field: the message, never another exception."""
+    from retinue import attach, bundle, config
+    from retinue.errors import SpecError
+
+    compiled = config.compile_config(config.load(str(field_config)), RUNC, "/bin/true")
+    b = make_bundle(["true"], edit=lambda s: (full_spec(s), put(s, name, value)))
+    with pytest.raises(SpecError) as raised:
+        _, spec = bundle.load(str(b))
+        attach.plan(compiled, spec, "/run/runc", "c1", str(b))
+    assert str(raised.value) == expected_error(str(b / "config.json"), name, value)
+
+
+@pytest.mark.parametrize("name", sorted(FIELDS))
+def test_wrong_type_in_each_field_through_the_shim(
+    name: str, shim: str, field_config: Path, make_bundle: BundleFactory, runc_root: str,
+    container_id: str, tmp_path: Path,
+) -> None:
+    """One wrong type per field through the real shim: rc 1, the message, nothing changed or
+    left behind (no container, no state directory, no supervisor)."""
+    value = WRONG[FIELDS[name]][0]
+    b = make_bundle(["true"], edit=lambda s: (full_spec(s), put(s, name, value)))
+    ctx = Ctx(tmp=tmp_path, etc=field_config.parent, bundle=b)
+    fails_cleanly(shim, ctx, "json", [expected_error(str(b / "config.json"), name, value)],
+                  runc_root, container_id)
+    state = tmp_path / "state"
+    assert not state.exists() or list(state.rglob("*")) == []
+
+
+def test_a_lone_case_variant_is_read_as_runc_reads_it(
+    shim: str, make_config: ConfigFactory, make_bundle: BundleFactory, runc_root: str,
+    container_id: str,
+) -> None:
+    """`Process` alone is runc's `process`: the rule's env lands in the process runc runs."""
+    make_config(ALWAYS)
+    b = make_bundle(["true"], edit=lambda s: s.update(Process=s.pop("process")))
+    with tempfile.TemporaryFile() as out:  # not a pipe: the created container holds it open
+        proc = subprocess.run(
+            [shim, "--root", runc_root, "create", "--bundle", str(b), container_id],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=out, timeout=TIMEOUT,
+        )
+        out.seek(0)
+        assert proc.returncode == 0, out.read()
+    spec = json.loads((b / "config.json").read_text())
+    assert "Process" not in spec and "ATTACHED=1" in spec["process"]["env"]
 
 
 @pytest.mark.parametrize("fmt", ["json", "text"])

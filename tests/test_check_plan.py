@@ -108,8 +108,30 @@ def test_check_shipped_configuration(admin: str) -> None:
         ("", 'runtime = "/nonexistent/runc"\n',
          "lower runtime /nonexistent/runc: no such executable file"),
         ("", 'runtime = "no-such-runtime"\n', "lower runtime no-such-runtime: not found on PATH"),
+        ("", "log_keep = 1000000000\n",
+         "{etc}/config.toml: log_keep: expected at most 1000, got 1000000000"),
+        ("", "log_max_bytes = 1e400\n",
+         "{etc}/config.toml: log_max_bytes: expected an integer, got a number: inf"),
+        ("", f"log_max_bytes = {1 << 64}\n",
+         f"{{etc}}/config.toml: log_max_bytes: expected an integer that fits in 64 bits, got an "
+         f"integer: {1 << 64}"),
+        ("", 'state_dir = "/run/re\\u0000tinue"\n',
+         "{etc}/config.toml: state_dir: contains a NUL byte, got '/run/re\\x00tinue'"),
+        ('[[attach]]\nname = "a"\nwhen.always = true\n'
+         'mounts = [{ source = "/usr\\u0000", destination = "/x" }]\n', "",
+         "{etc}/policy.toml: attach[0].mounts[0].source: contains a NUL byte, got '/usr\\x00'"),
+        ('[[attach]]\nname = "a"\nwhen.always = true\n'
+         'mounts = [{ source = "tools\\u0000", destination = "/x" }]\n', "",
+         "{etc}/policy.toml: attach[0].mounts[0].source: expected a host path (absolute, or "
+         "relative to this file, without '..'), got 'tools\\x00'"),
+        ('[[attach]]\nname = "a"\nwhen.always = true\n\n[[attach.seccomp]]\n'
+         'syscalls = ["mkdir"]\nhandler = "deny"\nargs = [{ index = 0, op = "eq", value = nan }]\n',
+         "", "{etc}/policy.toml: attach[0].seccomp[0].args[0].value: expected an integer, got a "
+         "number: nan"),
     ],
-    ids=["type", "two errors", "unknown key", "runtime path", "runtime name"],
+    ids=["type", "two errors", "unknown key", "runtime path", "runtime name", "log_keep huge",
+         "inf for an integer", "integer over 64 bits", "NUL in a path", "NUL in a mount source",
+         "NUL in a relative source", "nan in a seccomp value"],
 )
 def test_check_reports_errors(
     admin: str, make_config: ConfigFactory, policy: str, config: str, message: str
@@ -122,14 +144,18 @@ def test_check_reports_errors(
 
 
 def test_check_agrees_with_the_shim(
-    admin: str, shim: str, make_config: ConfigFactory, tmp_path: Path
+    admin: str, shim: str, make_config: ConfigFactory, make_bundle: BundleFactory,
+    runc_root: str, container_id: str,
 ) -> None:
-    """The same configuration error, word for word, from `retinue check` and from the shim."""
+    """The same configuration error, word for word, from `retinue check` and from the shim's
+    create (the one call that needs the policy; the others pass through under a broken one)."""
     make_config('[[attach]]\nname = "a"\nwhen.always = "yes"\n')
+    bundle = make_bundle(["true"])
     checked = run([admin, "check"])
-    shimmed = run([shim, "--version"])
+    shimmed = run([shim, "--root", runc_root, "create", "--bundle", str(bundle), container_id])
     assert checked.returncode == 1 and shimmed.returncode == 1
     assert checked.stderr.splitlines()[0] == shimmed.stderr.splitlines()[-1]
+    assert run([shim, "--version"]).returncode == 0
 
 
 # --- plan -------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from .. import graph, statedir
-from . import control, procs, readiness
+from . import control, execerror, procs, readiness
 from .logs import RotatingLog
 
 # Exits by these signals are a clean stop, not a failure (as systemd's on-failure has it).
@@ -581,6 +581,14 @@ class Supervisor:
                     f"could not be started ({self.plan['lower']} exec "
                     f"{procs.describe_status(status)})"
                 )
+                why = execerror.permanent(svc.log.tail(4096).decode("utf-8", "replace"))
+                if why:  # a missing cwd or command: every retry would fail the same way
+                    svc.last_exit = f"could not be started: {why}"
+                    svc.gave_up = True
+                    svc.state = "failed"
+                    svc.reason = svc.last_exit
+                    svc.note(svc.last_exit)
+                    svc.settle(f'service "{svc.name}" {svc.last_exit}')
                 return status
             try:
                 with open(pid_file) as f:

@@ -201,6 +201,91 @@ def test_bad_value(rig: Rig, toml: str, message: str) -> None:
     assert_reports(rig, f"{rig.etc}/services/svc.toml: {message}")
 
 
+NINES = "9" * 400
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        # What `retinue check` once let through, each of which broke at run time.
+        ('[stop]\nsignal = "SIG_DFL"\n',
+         "stop.signal: expected a signal name like SIGTERM, got 'SIG_DFL'"),
+        ('[stop]\nsignal = "SIG_IGN"\n',
+         "stop.signal: expected a signal name like SIGTERM, got 'SIG_IGN'"),
+        ('[stop]\nsignal = "SIGRTMIN+40"\n',
+         "stop.signal: expected a signal name like SIGTERM, got 'SIGRTMIN+40'"),
+        ('[stop]\nsignal = "SIGSTOP"\n',
+         "stop.signal: SIGSTOP cannot stop a service: it only suspends it"),
+        ("[stop]\ntimeout = nan\n", "stop.timeout: expected a finite number, got a number: nan"),
+        ("[ready]\ntimeout = inf\n", "ready.timeout: expected a finite number, got a number: inf"),
+        ("[restart]\ndelay = -inf\n",
+         "restart.delay: expected a finite number, got a number: -inf"),
+        (f"[restart]\nburst = {NINES[:30]}\n",
+         f"restart.burst: expected an integer that fits in 64 bits, got an integer: {NINES[:30]}"),
+        ('env = { A = "x\\u0000y" }\n', "env.A: contains a NUL byte, got 'x\\x00y'"),
+        ("user = 4294967296\n",
+         "user: expected uid[:gid], 'root' or 'nobody', got an integer: 4294967296"),
+        ("user = 4294967295\n",
+         "user: expected uid[:gid], 'root' or 'nobody', got an integer: 4294967295"),
+        ('user = "0:4294967296"\n',
+         "user: expected uid[:gid], 'root' or 'nobody', got a string: '0:4294967296'"),
+        ('user = "\u0661"\n',
+         "user: expected uid[:gid], 'root' or 'nobody', got a string: '\u0661'"),
+        ('working_dir = "/srv/../etc"\n', "working_dir: expected a normalized absolute path "
+         "(no '..', '.' or '//'), got '/srv/../etc'"),
+        ('working_dir = "/srv\\u0000"\n', "working_dir: contains a NUL byte, got '/srv\\x00'"),
+        ('capabilities = ["CAP_CHOWN", "CAP_KILL", "CAP_CHOWN"]\n',
+         "capabilities[2]: CAP_CHOWN is listed twice"),
+        ('[ready]\nfile = "/tmp//ready"\n', "ready.file: expected a normalized absolute path "
+         "(no '..', '.' or '//'), got '/tmp//ready'"),
+        ('[ready]\ninterval = "0s"\n',
+         "ready.interval: expected at least 1ms (the check runs this often), got a string: '0s'"),
+    ],
+)
+def test_refused_before_run_time(rig: Rig, toml: str, message: str) -> None:
+    rig.service("svc", OK_SCRIPT, toml)
+    assert_reports(rig, f"{rig.etc}/services/svc.toml: {message}")
+
+
+def test_nul_in_command_and_probe(rig: Rig) -> None:
+    rig.service("svc", OK_SCRIPT, '[ready]\nexec = ["run.sh", "a\\u0000"]\n',
+                command='["run.sh", "--x=\\u0000"]')
+    assert_reports(
+        rig, f"{rig.etc}/services/svc.toml: command[1]: contains a NUL byte, got '--x=\\x00'",
+        f"{rig.etc}/services/svc.toml: ready.exec[1]: contains a NUL byte, got 'a\\x00'",
+    )
+
+
+@pytest.mark.parametrize(
+    ("toml", "key", "value"),
+    [
+        ('[stop]\ntimeout = "1e400s"\n', "stop.timeout", "'1e400s'"),
+        (f'[stop]\ntimeout = "{NINES}h"\n', "stop.timeout", NINES[:20]),
+        ("[ready]\ntimeout = 1e300\n", "ready.timeout", "1e+300"),
+        ('[restart]\nmax_delay = "8761h"\n', "restart.max_delay", "'8761h'"),
+        ("[restart]\nreset_after = 31536001\n", "restart.reset_after", "31536001"),
+    ],
+)
+def test_duration_out_of_range(rig: Rig, toml: str, key: str, value: str) -> None:
+    rig.service("svc", OK_SCRIPT, toml)
+    assert_reports(rig, f"{rig.etc}/services/svc.toml: {key}: expected a duration", value)
+
+
+def test_the_longest_duration_and_sigkill_pass(rig: Rig) -> None:
+    """SIGKILL is a legal stop signal (the service gets no grace: it is killed at once), and a
+    duration of exactly a year is accepted."""
+    rig.service("svc", OK_SCRIPT, '[stop]\nsignal = "SIGKILL"\ntimeout = "8760h"\n'
+                '[ready]\ninterval = "1ms"\n')
+    code, out = check(rig)
+    assert code == 0, out
+
+
+def test_an_integer_too_long_to_read(rig: Rig) -> None:
+    rig.service("svc", OK_SCRIPT, f"[restart]\nburst = {'9' * 5000}\n")
+    assert_reports(rig, f"{rig.etc}/services/svc.toml: invalid TOML: Exceeds the limit (4300 "
+                   "digits) for integer string conversion")
+
+
 def test_bad_service_file_name(rig: Rig) -> None:
     rig.service("Web", OK_SCRIPT)
     assert_reports(rig, f"{rig.etc}/services/Web.toml: (file name):", "'Web'")

@@ -234,7 +234,29 @@ FAILURES = {
         # The files are root-only: the service's user cannot run its command.
         'echo "never runs"\n',
         'user = "nobody"\n[ready]\ntimeout = "1s"\n[restart]\npolicy = "no"\n',
-        None,
+        'retinue: service "bad" could not be started: exec: "/retinue/bad/run.sh": stat '
+        "/retinue/bad/run.sh: permission denied",
+    ),
+    # The lower runtime's errors that no retry can mend fail the start at once, not after the
+    # start timeout (30s) of restarts with backoff.
+    "not-executable-restarting": (
+        'echo "never runs"\n',
+        'user = "nobody"\n[ready]\ntimeout = "30s"\n',
+        'retinue: service "bad" could not be started: exec: "/retinue/bad/run.sh": stat '
+        "/retinue/bad/run.sh: permission denied",
+    ),
+    "missing-cwd": (
+        'echo "never runs"\n',
+        'working_dir = "/nonexistent"\n[ready]\ntimeout = "30s"\n',
+        'retinue: service "bad" could not be started: chdir to cwd ("/nonexistent") set in '
+        "config.json failed: no such file or directory",
+    ),
+    "command-host-symlink": (
+        # The command is a symlink to a host path: the check finds it, the container does not.
+        'echo "never runs"\n',
+        '[ready]\ntimeout = "30s"\n',
+        'retinue: service "bad" could not be started: exec: "/retinue/bad/run.sh": stat '
+        "/retinue/bad/run.sh: no such file or directory",
     ),
 }
 
@@ -246,8 +268,11 @@ def test_a_required_service_that_never_gets_ready_fails_start(
 ) -> None:
     script, toml, expected = FAILURES[case]
     rig.service("bad", script, toml)
-    if case == "not-executable-user":
+    if case.startswith("not-executable"):
         (rig.files / "bad").chmod(0o700)
+    if case == "command-host-symlink":
+        (rig.files / "bad" / "run.sh").unlink()
+        (rig.files / "bad" / "run.sh").symlink_to("/usr/bin/true")
     late(rig, "good", 0.1)
     bundle = rig.bundle(main_args("ev main; echo ran > /shared/marker; sleep 1000"),
                         env=["RETINUE_SERVICES=good,bad"])
