@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from . import attach, bundle, confcache, config, lower, statedir
+from . import attach, bundle, confcache, config, lower, policy, statedir
 from .errors import RetinueError
 
 
@@ -87,15 +87,28 @@ def plan(config_path: str | None, container_id: str, root: str, bundle_dir: str)
     except RetinueError as e:
         _fail(e)
         raise
+    sandbox = policy.sandbox_mark(spec)
     if found is None:
+        if sandbox:
+            click.echo(
+                f"{path}: a pod's sandbox container ({sandbox}): passed through untouched; "
+                "only a rule with when.sandbox = true selects a sandbox (none here), and the "
+                "pod's io.retinue.services annotations are for its app containers"
+            )
+            return
         click.echo(f"{path}: no rule selects this container; it is passed through untouched")
         return
     edited = found.edited
     before = json.dumps(spec, indent=2, ensure_ascii=False).splitlines(keepends=True)
     after = json.dumps(edited, indent=2, ensure_ascii=False).splitlines(keepends=True)
     click.echo(f"# rules: {', '.join(r['name'] for r in found.rules) or '(none)'}")
+    if sandbox:
+        click.echo(f"# sandbox: {sandbox}, selected by when.sandbox = true; it asks for nothing")
     if found.services:
         click.echo(f"# services: {', '.join(s['name'] for s in found.services)}")
+    requested, source = policy.requested_services(spec)
+    if source:
+        click.echo(f"# asked for: {', '.join(requested) or '(none)'} ({source})")
     if found.seccomp:
         syscalls = sorted({name for r in found.seccomp for name in r["syscalls"]})
         click.echo(f"# seccomp: {', '.join(syscalls)} -> {found.listener}")

@@ -43,6 +43,9 @@ class When:
     """Which containers a rule selects. Every condition given must hold (AND)."""
 
     always: bool = False
+    # Pod sandbox (pause) containers, as the CRI marks them: true selects only sandboxes, the
+    # default never selects one; `always = true` means every container of that kind.
+    sandbox: bool = False
     # Annotation name -> glob on its value.
     annotations: dict[str, str] = attrs.field(factory=_empty_dict)
     # Env variable name -> glob on its value.
@@ -136,7 +139,7 @@ def check_policy(policy: Policy, source: str) -> list[str]:
         seen.setdefault(rule.name, i)
         errors += check_rules(rule.seccomp, at=f"{at}.seccomp")
         w = rule.when
-        if not (w.always or w.annotations or w.env or w.command):
+        if not (w.always or w.sandbox or w.annotations or w.env or w.command):
             errors.append(
                 f"{at}.when: selects nothing; give always = true or annotations, env or command"
             )
@@ -253,6 +256,7 @@ def compile_config(cfg: Config, runtime: str, hook: str) -> dict[str, Any]:
             {
                 "name": r.name,
                 "always": r.when.always,
+                "sandbox": r.when.sandbox,
                 "annotations": sorted(r.when.annotations.items()),
                 "env_match": sorted(r.when.env.items()),
                 "command": list(r.when.command),
