@@ -638,7 +638,8 @@ class Supervisor:
         pid = svc.pid
         assert pid is not None
         if kind == "tcp":
-            while not readiness.tcp_listening(pid, target):
+            # Only the service's own listener: a pod's containers share one network namespace.
+            while not readiness.tcp_listening_owned(pid, target):
                 await asyncio.sleep(interval)
         elif kind == "file":
             while not readiness.file_exists(pid, target):
