@@ -156,8 +156,8 @@ def demo(workdir: str) -> None:
     sys.exit(demo_module.run(workdir))
 
 
-def _containers(state_dir: str) -> list[tuple[str, str]]:
-    """(runc root, container dir) of every container that has a supervisor."""
+def _containers(state_dir: str) -> list[dict[str, str]]:
+    """{id, root, dir, pod, name} of every container that has a supervisor."""
     out = []
     try:
         roots = sorted(os.listdir(state_dir))
@@ -169,8 +169,44 @@ def _containers(state_dir: str) -> list[tuple[str, str]]:
             continue
         root = statedir.root_from_key(key)
         for cid in sorted(os.listdir(root_dir)):
-            out.append((root, os.path.join(root_dir, cid)))
+            directory = os.path.join(root_dir, cid)
+            plan: dict[str, object] = {}
+            try:
+                with open(os.path.join(directory, "plan.json")) as f:
+                    plan = json.load(f)
+            except (OSError, ValueError):
+                pass
+            out.append({"id": cid, "root": root, "dir": directory, **_names(plan)})
     return out
+
+
+def _names(found: object) -> dict[str, str]:
+    if not isinstance(found, dict):
+        return {"pod": "", "name": ""}
+    return {k: v if isinstance(v := found.get(k), str) else "" for k in ("pod", "name")}
+
+
+def _label(c: dict[str, str]) -> str:
+    """NAMESPACE/POD/CONTAINER for a container the CRI created, else ""."""
+    return f"{c['pod']}/{c['name']}" if c["pod"] and c["name"] else c["pod"]
+
+
+def select_containers(
+    wanted: str, found: list[dict[str, str]], what: str = "container"
+) -> list[dict[str, str]]:
+    """The containers `wanted` names: an id; NAMESPACE/POD/CONTAINER or NAMESPACE/POD (every
+    container of the pod); else a unique id prefix, as docker takes. Raises RetinueError when a
+    prefix is ambiguous."""
+    exact = [c for c in found if c["id"] == wanted]
+    if exact:
+        return exact
+    if "/" in wanted:
+        return [c for c in found if c["pod"] and wanted in (c["pod"], _label(c))]
+    ids = sorted({c["id"] for c in found if c["id"].startswith(wanted)})
+    if len(ids) > 1:
+        shown = ", ".join(i[:12] for i in ids[:5]) + (", ..." if len(ids) > 5 else "")
+        raise RetinueError(f"{what} id prefix {wanted!r} is ambiguous: {shown}")
+    return [c for c in found if c["id"] in ids]
 
 
 def _age(since: float | None) -> str:
@@ -189,23 +225,30 @@ def _age(since: float | None) -> str:
 @main.command()
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.argument("container_id", required=False)
+@click.argument("container_id", metavar="[CONTAINER]", required=False)
 def status(config_path: str | None, as_json: bool, container_id: str | None) -> None:
-    """Show the services of every container (or of CONTAINER_ID)."""
+    """Show the services of every container (or of CONTAINER: an id, a unique id prefix,
+    NAMESPACE/POD/CONTAINER or NAMESPACE/POD for a container the CRI created)."""
     from .supervisor import control
 
     cfg = _load(config_path)
+    candidates = _containers(cfg.settings.state_dir)
+    if container_id:
+        try:
+            candidates = select_containers(container_id, candidates)
+        except RetinueError as e:
+            _fail(e)
     found = []
-    for root, directory in _containers(cfg.settings.state_dir):
-        if container_id and os.path.basename(directory) != container_id:
-            continue
+    for candidate in candidates:
         try:
             reply = control.request(
-                os.path.join(directory, control.SOCKET_NAME), {"op": "status"}, 5
+                os.path.join(candidate["dir"], control.SOCKET_NAME), {"op": "status"}, 5
             )
         except (control.SupervisorGone, OSError, ValueError):
-            reply = {"id": os.path.basename(directory), "phase": "supervisor gone", "services": []}
-        reply["root"] = root
+            reply = {"id": candidate["id"], "phase": "supervisor gone", "services": []}
+        reply.setdefault("pod", candidate["pod"])
+        reply.setdefault("name", candidate["name"])
+        reply["root"] = candidate["root"]
         reply.pop("ok", None)
         found.append(reply)
     if container_id and not found:
@@ -214,16 +257,25 @@ def status(config_path: str | None, as_json: bool, container_id: str | None) -> 
     if as_json:
         click.echo(json.dumps(found, indent=2))
         return
-    header = ("CONTAINER", "SERVICE", "STATE", "PID", "RESTARTS", "READY", "LAST EXIT")
+    # The pod's and container's names only when the CRI gave some: Docker and by-hand containers
+    # have none, and the id is all their users know.
+    named = any(c.get("pod") for c in found)
+    header: tuple[str, ...] = ("CONTAINER", "SERVICE", "STATE", "PID", "RESTARTS", "READY",
+                               "LAST EXIT")
+    if named:
+        header = ("CONTAINER", "POD/CONTAINER", *header[1:])
     rows = [header]
     for c in found:
+        first: tuple[str, ...] = (c["id"][:20],)
+        if named:
+            first += (_label({"pod": c.get("pod") or "", "name": c.get("name") or ""}) or "-",)
         if not c["services"]:
-            rows.append((c["id"][:20], "-", c["phase"], "-", "-", "-", "-"))
+            rows.append((*first, "-", c["phase"], "-", "-", "-", "-"))
         for s in c["services"]:
             state = s["state"] + ("" if s["required"] else " (optional)")
             rows.append(
                 (
-                    c["id"][:20],
+                    *first,
                     s["name"],
                     state,
                     str(s["pid"] or "-"),
@@ -240,14 +292,23 @@ def status(config_path: str | None, as_json: bool, container_id: str | None) -> 
 @main.command()
 @config_option
 @click.option("-f", "--follow", is_flag=True, help="Keep printing what the service writes.")
-@click.argument("container_id")
+@click.argument("container_id", metavar="CONTAINER")
 @click.argument("service")
 def logs(config_path: str | None, follow: bool, container_id: str, service: str) -> None:
-    """Print a service's log (kept on the host after the container is gone)."""
+    """Print a service's log (kept on the host after the container is gone).
+
+    CONTAINER is an id, a unique id prefix, or NAMESPACE/POD/CONTAINER for a container the CRI
+    created (its newest run: a restarted container is a new id).
+    """
     import time
 
     cfg = _load(config_path)
-    path = os.path.join(cfg.settings.log_dir, container_id, f"{service}.log")
+    try:
+        chosen = _log_container(cfg.settings.log_dir, cfg.settings.state_dir, container_id)
+    except RetinueError as e:
+        _fail(e)
+        raise
+    path = os.path.join(cfg.settings.log_dir, chosen, f"{service}.log")
     if not os.path.exists(path):
         click.echo(f"retinue: {path}: no such log", err=True)
         sys.exit(1)
@@ -264,3 +325,32 @@ def logs(config_path: str | None, follow: bool, container_id: str, service: str)
                 f.close()
                 f = open(path, "rb")  # noqa: SIM115 - rotated: follow the new file
             time.sleep(0.2)
+
+
+def _log_container(log_dir: str, state_dir: str, wanted: str) -> str:
+    """The id whose log directory `wanted` names; `wanted` itself when nothing matches (the
+    caller then says which log is missing)."""
+    from .supervisor import retention
+
+    if statedir.valid_id(wanted) and os.path.isdir(os.path.join(log_dir, wanted)):
+        return wanted
+    try:
+        ids = [n for n in os.listdir(log_dir) if statedir.valid_id(n)]
+    except OSError:
+        return wanted
+    found = []
+    for cid in ids:
+        record = retention.read_record(os.path.join(log_dir, cid))
+        created = record.get("created")
+        found.append({
+            "id": cid,
+            **_names(record),
+            "created": str(created if isinstance(created, int | float) else 0),
+            "alive": "1" if retention.alive(state_dir, cid) else "",
+        })
+    matched = select_containers(wanted, found)
+    if not matched:
+        return wanted
+    # A name matches every run of that container: the living one, else the newest.
+    matched.sort(key=lambda c: (c["alive"], float(c["created"])))
+    return matched[-1]["id"]

@@ -86,6 +86,11 @@ class Settings:
     # Each service's log rotates at this size, keeping this many older files (SERVICE.log.N).
     log_max_bytes: int = 8 << 20
     log_keep: int = 2
+    # Log directories of deleted containers (one per container id; a restarted Kubernetes
+    # container is a new id) are removed once older than this ("" for no age limit), and
+    # beyond this many, newest kept; never while the container lives.
+    log_retention: str = "7d"
+    log_keep_containers: int = 100
     # The hook program; empty means `retinue-hook` beside the running retinue-runtime.
     hook: str = ""
 
@@ -119,7 +124,32 @@ def check_settings(s: Settings, source: str) -> list[str]:
         errors.append(f"log_max_bytes: expected at least 1024, got {s.log_max_bytes}")
     if s.log_keep < 1:  # rotation renames the full file away: it needs somewhere to go
         errors.append(f"log_keep: expected 1 or more, got {s.log_keep}")
+    try:
+        parse_retention(s.log_retention)
+    except ValueError:
+        errors.append(
+            f"log_retention: expected a duration like 7d, 12h or 1w2d (or \"\" for no age "
+            f"limit), got {s.log_retention!r}"
+        )
+    if s.log_keep_containers < 0:
+        errors.append(f"log_keep_containers: expected 0 or more, got {s.log_keep_containers}")
     return [f"{source}: {e}" for e in errors]
+
+
+RETENTION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_retention(text: str) -> float:
+    """Seconds from "7d", "12h", "1w2d"; 0 for "" (no age limit); ValueError otherwise."""
+    text = text.strip()
+    if not text:
+        return 0.0
+    if not re.fullmatch(r"(?:\d+[smhdw])+", text):
+        raise ValueError(text)
+    seconds = sum(int(n) * RETENTION_UNITS[u] for n, u in re.findall(r"(\d+)([smhdw])", text))
+    if seconds <= 0:
+        raise ValueError(text)
+    return float(seconds)
 
 
 def check_policy(policy: Policy, source: str) -> list[str]:
@@ -252,6 +282,8 @@ def compile_config(cfg: Config, runtime: str, hook: str) -> dict[str, Any]:
         "log_dir": s.log_dir,
         "log_max_bytes": s.log_max_bytes,
         "log_keep": s.log_keep,
+        "log_retention": parse_retention(s.log_retention),
+        "log_keep_containers": s.log_keep_containers,
         "rules": [
             {
                 "name": r.name,

@@ -287,7 +287,8 @@ def plan_containerd(
                            f"add it by hand:\n{added}")
     what = "created with" if old is None else "added"
     changes = [f"{path}: {what} [{prefix}.{name}]: runtime_type = {_toml_string(RUNC_V2)}, "
-               f"pod_annotations = {_toml_list(POD_ANNOTATIONS)}, options.BinaryName = {_toml_string(runtime_path)}"
+               f"pod_annotations = {_toml_list(POD_ANNOTATIONS)}, "
+               f"options.BinaryName = {_toml_string(runtime_path)}"
                + (f", options.SystemdCgroup = {str(systemd).lower()} (as runc's)"
                   if isinstance(systemd, bool) else "")]
     return Plan(path, new_text.encode(), changes=changes, notes=notes)

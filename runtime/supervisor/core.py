@@ -368,6 +368,8 @@ class Supervisor:
     def status(self) -> dict[str, Any]:
         return {
             "id": self.id,
+            "pod": self.plan.get("pod", ""),
+            "name": self.plan.get("name", ""),
             "phase": self.phase,
             "init_pid": self.init_pid,
             "supervisor_pid": os.getpid(),
