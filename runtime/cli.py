@@ -56,6 +56,7 @@ def check(config_path: str | None) -> None:
     click.echo(f"policy:   {cfg.policy_path or '(none)'} ({len(cfg.policy.attach)} rules)")
     for rule in cfg.policy.attach:
         extra = f", services {', '.join(rule.services)}" if rule.services else ""
+        extra += ", pod sandboxes only" if rule.when.sandbox else ""
         click.echo(f"  {rule.name}: {len(rule.mounts)} mounts, {len(rule.env)} env{extra}")
     click.echo(f"services: {cfg.services_dir or '(none)'} ({len(cfg.services)} defined)")
     for name, svc in sorted(cfg.services.items()):

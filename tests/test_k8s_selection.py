@@ -242,3 +242,13 @@ def test_cri_names() -> None:
                                              "io.kubernetes.container.name": "c"}}) == {
         "pod": "a/b", "name": "c"}
     assert policy.cri_names({"process": {}}) == {}
+
+
+def test_check_says_which_rules_select_sandboxes(etc: Callable[[str], Path]) -> None:
+    cfg = etc('[[attach]]\nname = "pause-tools"\nwhen.sandbox = true\nservices = ["pause-agent"]\n'
+              '[[attach]]\nname = "all"\nwhen.always = true\n')
+    r = CliRunner().invoke(main, ["check", "--config", str(cfg)])
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert "  pause-tools: 0 mounts, 0 env, services pause-agent, pod sandboxes only" in lines
+    assert "  all: 0 mounts, 0 env" in lines
