@@ -109,9 +109,20 @@ def cri_names(spec: dict[str, Any]) -> dict[str, str]:
     name = container_name(spec)
     for ns_key, pod_key in POD_KEYS:
         namespace, pod = annotations.get(ns_key), annotations.get(pod_key)
-        if isinstance(namespace, str) and isinstance(pod, str) and namespace and pod:
+        if _k8s_name(namespace) and _k8s_name(pod) and (not name or _k8s_name(name)):
             return {"pod": f"{namespace}/{pod}", "name": name}
     return {}
+
+
+def _k8s_name(value: object) -> bool:
+    """A name as Kubernetes allows them (DNS subdomain characters): anyone with `ctr` can set
+    these annotations, and they end up in an administrator's terminal and in name lookups."""
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= 253
+        and value.isascii()
+        and all(c.isalnum() or c in "-._" for c in value)
+    )
 
 
 def requested_services(spec: dict[str, Any]) -> tuple[list[str], str]:

@@ -252,3 +252,12 @@ def test_check_says_which_rules_select_sandboxes(etc: Callable[[str], Path]) -> 
     lines = r.output.splitlines()
     assert "  pause-tools: 0 mounts, 0 env, services pause-agent, pod sandboxes only" in lines
     assert "  all: 0 mounts, 0 env" in lines
+
+
+@pytest.mark.parametrize("bad", ["a/b", "x\x1b[2J", "a b", "é", "n" * 254])
+def test_cri_names_that_kubernetes_would_refuse_are_not_shown(bad: str) -> None:
+    for key in ("io.kubernetes.cri.sandbox-name", "io.kubernetes.cri.sandbox-namespace",
+                "io.kubernetes.cri.container-name"):
+        spec = with_annotations(APP)
+        spec["annotations"][key] = bad
+        assert policy.cri_names(spec) == {}, key
