@@ -439,6 +439,9 @@ def _followup(engine: str, name: str) -> list[str]:
         f"Kubernetes pods select it with `runtimeClassName: {name}` and this RuntimeClass:",
         "",
         runtime_class(name).rstrip("\n"),
+        "",
+        "A pod chooses services with the annotation io.retinue.services (every app container) "
+        "or io.retinue.services.CONTAINER (one container by name).",
     ]
 
 

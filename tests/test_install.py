@@ -239,6 +239,7 @@ def test_containerd_appends_and_keeps_the_file_byte_for_byte(tmp_path: Path) -> 
     assert "containerd's default `runc` entry is written out too" in result.stdout
     assert "systemctl restart containerd" in result.stdout
     assert "kind: RuntimeClass\nmetadata:\n  name: retinue\nhandler: retinue" in result.stdout
+    assert "io.retinue.services.CONTAINER (one container by name)" in result.stdout
     assert os.listdir(tmp_path) == ["config.toml"]
 
 
