@@ -6,12 +6,20 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from conftest import FOREVER, Rig, main_args, wait_for
 
 # A server that takes a moment before it binds, as most do: meanwhile the neighbour's socket is
 # already there.
-WEB = ("sleep 0.5; exec httpd -f -p 8080\n",
-       '[ready]\ntcp = 8080\ntimeout = "5s"\ninterval = "20ms"\n[restart]\npolicy = "no"\n')
+WEB = "sleep 0.5; exec httpd -f -p 8080\n"
+READY = '[ready]\ntcp = 8080\ntimeout = "5s"\ninterval = "20ms"\n'
+RESTART = {
+    "no": ('[restart]\npolicy = "no"\n',
+           'retinue: service "web" exited with status 1 before it was ready; last output: '),
+    "on-failure": ('[restart]\ndelay = "100ms"\nburst = 3\n',
+                   'retinue: service "web" failed: exited with status 1; start limit hit: 3 '
+                   "starts within 30s; last output: "),
+}
 
 
 def join_network_of(pid: int) -> Any:
@@ -22,8 +30,10 @@ def join_network_of(pid: int) -> Any:
     return edit
 
 
-def test_a_neighbours_listener_does_not_make_a_service_ready(rig: Rig) -> None:
-    rig.service("web", *WEB)
+@pytest.mark.parametrize("restart", list(RESTART))
+def test_a_neighbours_listener_does_not_make_a_service_ready(rig: Rig, restart: str) -> None:
+    toml, expected = RESTART[restart]
+    rig.service("web", WEB, READY + toml)
     first, second = "pod-first", "pod-second"
     bundle = rig.bundle(main_args(f"ev first-main; {FOREVER}"), env=["RETINUE_SERVICES=web"])
     assert rig.create(first, bundle).returncode == 0
@@ -41,8 +51,7 @@ def test_a_neighbours_listener_does_not_make_a_service_ready(rig: Rig) -> None:
     r = rig.rt("start", second)
     assert r.returncode == 1, "the second web was declared ready off the first one's socket"
     (message,) = rig.errors()
-    assert message.startswith('retinue: service "web" exited with status 1 before it was ready; '
-                              "last output: "), message
+    assert message.startswith(expected), message
     assert "httpd: bind: Address already in use" in message, message
     assert all(w != "second-main" for _, w in rig.events())
     wait_for(lambda: rig.runc_status(second) == "stopped", 5)
