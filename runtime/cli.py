@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from . import attach, bundle, confcache, config, lower, statedir
+from . import attach, bundle, confcache, config, lower, policy, statedir
 from .errors import RetinueError
 
 
@@ -56,6 +56,7 @@ def check(config_path: str | None) -> None:
     click.echo(f"policy:   {cfg.policy_path or '(none)'} ({len(cfg.policy.attach)} rules)")
     for rule in cfg.policy.attach:
         extra = f", services {', '.join(rule.services)}" if rule.services else ""
+        extra += ", pod sandboxes only" if rule.when.sandbox else ""
         click.echo(f"  {rule.name}: {len(rule.mounts)} mounts, {len(rule.env)} env{extra}")
     click.echo(f"services: {cfg.services_dir or '(none)'} ({len(cfg.services)} defined)")
     for name, svc in sorted(cfg.services.items()):
@@ -87,15 +88,28 @@ def plan(config_path: str | None, container_id: str, root: str, bundle_dir: str)
     except RetinueError as e:
         _fail(e)
         raise
+    sandbox = policy.sandbox_mark(spec)
     if found is None:
+        if sandbox:
+            click.echo(
+                f"{path}: a pod's sandbox container ({sandbox}): passed through untouched; "
+                "only a rule with when.sandbox = true selects a sandbox (none here), and the "
+                "pod's io.retinue.services annotations are for its app containers"
+            )
+            return
         click.echo(f"{path}: no rule selects this container; it is passed through untouched")
         return
     edited = found.edited
     before = json.dumps(spec, indent=2, ensure_ascii=False).splitlines(keepends=True)
     after = json.dumps(edited, indent=2, ensure_ascii=False).splitlines(keepends=True)
     click.echo(f"# rules: {', '.join(r['name'] for r in found.rules) or '(none)'}")
+    if sandbox:
+        click.echo(f"# sandbox: {sandbox}, selected by when.sandbox = true; it asks for nothing")
     if found.services:
         click.echo(f"# services: {', '.join(s['name'] for s in found.services)}")
+    requested, source = policy.requested_services(spec)
+    if source:
+        click.echo(f"# asked for: {', '.join(requested) or '(none)'} ({source})")
     if found.seccomp:
         syscalls = sorted({name for r in found.seccomp for name in r["syscalls"]})
         click.echo(f"# seccomp: {', '.join(syscalls)} -> {found.listener}")
@@ -143,8 +157,8 @@ def demo(workdir: str) -> None:
     sys.exit(demo_module.run(workdir))
 
 
-def _containers(state_dir: str) -> list[tuple[str, str]]:
-    """(runc root, container dir) of every container that has a supervisor."""
+def _containers(state_dir: str) -> list[dict[str, str]]:
+    """{id, root, dir, pod, name} of every container that has a supervisor."""
     out = []
     try:
         roots = sorted(os.listdir(state_dir))
@@ -156,9 +170,46 @@ def _containers(state_dir: str) -> list[tuple[str, str]]:
             continue
         root = statedir.root_from_key(key)
         for cid in sorted(os.listdir(root_dir)):
-            if statedir.valid_id(cid):  # not a create's directory under construction
-                out.append((root, os.path.join(root_dir, cid)))
+            if not statedir.valid_id(cid):
+                continue  # not a create's directory under construction
+            directory = os.path.join(root_dir, cid)
+            plan: dict[str, object] = {}
+            try:
+                with open(os.path.join(directory, "plan.json")) as f:
+                    plan = json.load(f)
+            except (OSError, ValueError):
+                pass
+            out.append({"id": cid, "root": root, "dir": directory, **_names(plan)})
     return out
+
+
+def _names(found: object) -> dict[str, str]:
+    if not isinstance(found, dict):
+        return {"pod": "", "name": ""}
+    return {k: v if isinstance(v := found.get(k), str) else "" for k in ("pod", "name")}
+
+
+def _label(c: dict[str, str]) -> str:
+    """NAMESPACE/POD/CONTAINER for a container the CRI created, else ""."""
+    return f"{c['pod']}/{c['name']}" if c["pod"] and c["name"] else c["pod"]
+
+
+def select_containers(
+    wanted: str, found: list[dict[str, str]], what: str = "container"
+) -> list[dict[str, str]]:
+    """The containers `wanted` names: an id; NAMESPACE/POD/CONTAINER or NAMESPACE/POD (every
+    container of the pod); else a unique id prefix, as docker takes. Raises RetinueError when a
+    prefix is ambiguous."""
+    exact = [c for c in found if c["id"] == wanted]
+    if exact:
+        return exact
+    if "/" in wanted:
+        return [c for c in found if c["pod"] and wanted in (c["pod"], _label(c))]
+    ids = sorted({c["id"] for c in found if c["id"].startswith(wanted)})
+    if len(ids) > 1:
+        shown = ", ".join(i[:12] for i in ids[:5]) + (", ..." if len(ids) > 5 else "")
+        raise RetinueError(f"{what} id prefix {wanted!r} is ambiguous: {shown}")
+    return [c for c in found if c["id"] in ids]
 
 
 def _age(since: float | None) -> str:
@@ -177,25 +228,32 @@ def _age(since: float | None) -> str:
 @main.command()
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.argument("container_id", required=False)
+@click.argument("container_id", metavar="[CONTAINER]", required=False)
 def status(config_path: str | None, as_json: bool, container_id: str | None) -> None:
-    """Show the services of every container (or of CONTAINER_ID)."""
+    """Show the services of every container (or of CONTAINER: an id, a unique id prefix,
+    NAMESPACE/POD/CONTAINER or NAMESPACE/POD for a container the CRI created)."""
     from .supervisor import control
 
     cfg = _load(config_path)
+    candidates = _containers(cfg.settings.state_dir)
+    if container_id:
+        try:
+            candidates = select_containers(container_id, candidates)
+        except RetinueError as e:
+            _fail(e)
     found = []
-    for root, directory in _containers(cfg.settings.state_dir):
-        if container_id and os.path.basename(directory) != container_id:
-            continue
+    for candidate in candidates:
         try:
             reply = control.request(
-                os.path.join(directory, control.SOCKET_NAME), {"op": "status"}, 5
+                os.path.join(candidate["dir"], control.SOCKET_NAME), {"op": "status"}, 5
             )
         except (control.SupervisorGone, OSError, ValueError):
-            if not statedir.is_complete(directory):
+            if not statedir.is_complete(candidate["dir"]):
                 continue  # what a create that failed midway left: no container to show
-            reply = {"id": os.path.basename(directory), "phase": "supervisor gone", "services": []}
-        reply["root"] = root
+            reply = {"id": candidate["id"], "phase": "supervisor gone", "services": []}
+        reply.setdefault("pod", candidate["pod"])
+        reply.setdefault("name", candidate["name"])
+        reply["root"] = candidate["root"]
         reply.pop("ok", None)
         found.append(reply)
     if container_id and not found:
@@ -204,16 +262,25 @@ def status(config_path: str | None, as_json: bool, container_id: str | None) -> 
     if as_json:
         click.echo(json.dumps(found, indent=2))
         return
-    header = ("CONTAINER", "SERVICE", "STATE", "PID", "RESTARTS", "READY", "LAST EXIT")
+    # The pod's and container's names only when the CRI gave some: Docker and by-hand containers
+    # have none, and the id is all their users know.
+    named = any(c.get("pod") for c in found)
+    header: tuple[str, ...] = ("CONTAINER", "SERVICE", "STATE", "PID", "RESTARTS", "READY",
+                               "LAST EXIT")
+    if named:
+        header = ("CONTAINER", "POD/CONTAINER", *header[1:])
     rows = [header]
     for c in found:
+        first: tuple[str, ...] = (c["id"][:20],)
+        if named:
+            first += (_label({"pod": c.get("pod") or "", "name": c.get("name") or ""}) or "-",)
         if not c["services"]:
-            rows.append((c["id"][:20], "-", c["phase"], "-", "-", "-", "-"))
+            rows.append((*first, "-", c["phase"], "-", "-", "-", "-"))
         for s in c["services"]:
             state = s["state"] + ("" if s["required"] else " (optional)")
             rows.append(
                 (
-                    c["id"][:20],
+                    *first,
                     s["name"],
                     state,
                     str(s["pid"] or "-"),
@@ -230,14 +297,23 @@ def status(config_path: str | None, as_json: bool, container_id: str | None) -> 
 @main.command()
 @config_option
 @click.option("-f", "--follow", is_flag=True, help="Keep printing what the service writes.")
-@click.argument("container_id")
+@click.argument("container_id", metavar="CONTAINER")
 @click.argument("service")
 def logs(config_path: str | None, follow: bool, container_id: str, service: str) -> None:
-    """Print a service's log (kept on the host after the container is gone)."""
+    """Print a service's log (kept on the host after the container is gone).
+
+    CONTAINER is an id, a unique id prefix, or NAMESPACE/POD/CONTAINER for a container the CRI
+    created (its newest run: a restarted container is a new id).
+    """
     import time
 
     cfg = _load(config_path)
-    path = os.path.join(cfg.settings.log_dir, container_id, f"{service}.log")
+    try:
+        chosen = _log_container(cfg.settings.log_dir, cfg.settings.state_dir, container_id)
+    except RetinueError as e:
+        _fail(e)
+        raise
+    path = os.path.join(cfg.settings.log_dir, chosen, f"{service}.log")
     if not os.path.exists(path):
         click.echo(f"retinue: {path}: no such log", err=True)
         sys.exit(1)
@@ -254,3 +330,32 @@ def logs(config_path: str | None, follow: bool, container_id: str, service: str)
                 f.close()
                 f = open(path, "rb")  # noqa: SIM115 - rotated: follow the new file
             time.sleep(0.2)
+
+
+def _log_container(log_dir: str, state_dir: str, wanted: str) -> str:
+    """The id whose log directory `wanted` names; `wanted` itself when nothing matches (the
+    caller then says which log is missing)."""
+    from .supervisor import retention
+
+    if statedir.valid_id(wanted) and os.path.isdir(os.path.join(log_dir, wanted)):
+        return wanted
+    try:
+        ids = [n for n in os.listdir(log_dir) if statedir.valid_id(n)]
+    except OSError:
+        return wanted
+    found = []
+    for cid in ids:
+        record = retention.read_record(os.path.join(log_dir, cid))
+        created = record.get("created")
+        found.append({
+            "id": cid,
+            **_names(record),
+            "created": str(created if isinstance(created, int | float) else 0),
+            "alive": "1" if retention.alive(state_dir, cid) else "",
+        })
+    matched = select_containers(wanted, found)
+    if not matched:
+        return wanted
+    # A name matches every run of that container: the living one, else the newest.
+    matched.sort(key=lambda c: (c["alive"], float(c["created"])))
+    return matched[-1]["id"]

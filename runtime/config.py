@@ -44,6 +44,9 @@ class When:
     """Which containers a rule selects. Every condition given must hold (AND)."""
 
     always: bool = False
+    # Pod sandbox (pause) containers, as the CRI marks them: true selects only sandboxes, the
+    # default never selects one; `always = true` means every container of that kind.
+    sandbox: bool = False
     # Annotation name -> glob on its value.
     annotations: dict[str, str] = attrs.field(factory=_empty_dict)
     # Env variable name -> glob on its value.
@@ -84,6 +87,11 @@ class Settings:
     # Each service's log rotates at this size, keeping this many older files (SERVICE.log.N).
     log_max_bytes: int = 8 << 20
     log_keep: int = 2
+    # Log directories of deleted containers (one per container id; a restarted Kubernetes
+    # container is a new id) are removed once older than this ("" for no age limit), and
+    # beyond this many, newest kept; never while the container lives.
+    log_retention: str = "7d"
+    log_keep_containers: int = 100
     # The hook program; empty means `retinue-hook` beside the running retinue-runtime.
     hook: str = ""
 
@@ -119,7 +127,32 @@ def check_settings(s: Settings, source: str) -> list[str]:
         errors.append(f"log_keep: expected 1 or more, got {s.log_keep}")
     elif s.log_keep > MAX_LOG_KEEP:  # each rotation renames every kept file in turn
         errors.append(f"log_keep: expected at most {MAX_LOG_KEEP}, got {s.log_keep}")
+    try:
+        parse_retention(s.log_retention)
+    except ValueError:
+        errors.append(
+            f"log_retention: expected a duration like 7d, 12h or 1w2d (or \"\" for no age "
+            f"limit), got {s.log_retention!r}"
+        )
+    if s.log_keep_containers < 0:
+        errors.append(f"log_keep_containers: expected 0 or more, got {s.log_keep_containers}")
     return [f"{source}: {e}" for e in errors]
+
+
+RETENTION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_retention(text: str) -> float:
+    """Seconds from "7d", "12h", "1w2d"; 0 for "" (no age limit); ValueError otherwise."""
+    text = text.strip()
+    if not text:
+        return 0.0
+    if not re.fullmatch(r"(?:\d+[smhdw])+", text):
+        raise ValueError(text)
+    seconds = sum(int(n) * RETENTION_UNITS[u] for n, u in re.findall(r"(\d+)([smhdw])", text))
+    if seconds <= 0:
+        raise ValueError(text)
+    return float(seconds)
 
 
 def check_policy(policy: Policy, source: str) -> list[str]:
@@ -139,7 +172,7 @@ def check_policy(policy: Policy, source: str) -> list[str]:
         seen.setdefault(rule.name, i)
         errors += check_rules(rule.seccomp, at=f"{at}.seccomp")
         w = rule.when
-        if not (w.always or w.annotations or w.env or w.command):
+        if not (w.always or w.sandbox or w.annotations or w.env or w.command):
             errors.append(
                 f"{at}.when: selects nothing; give always = true or annotations, env or command"
             )
@@ -252,10 +285,13 @@ def compile_config(cfg: Config, runtime: str, hook: str) -> dict[str, Any]:
         "log_dir": s.log_dir,
         "log_max_bytes": s.log_max_bytes,
         "log_keep": s.log_keep,
+        "log_retention": parse_retention(s.log_retention),
+        "log_keep_containers": s.log_keep_containers,
         "rules": [
             {
                 "name": r.name,
                 "always": r.when.always,
+                "sandbox": r.when.sandbox,
                 "annotations": sorted(r.when.annotations.items()),
                 "env_match": sorted(r.when.env.items()),
                 "command": list(r.when.command),

@@ -8,7 +8,9 @@ RUNTIME_PATH, in /etc/containerd/config.toml. The entry is appended as text, so 
 file (comments, layout) stays byte for byte; tomllib reads the file to see what is there and
 checks the result. containerd replaces its built-in `runtimes` table with the file's, so a file
 that had none also gets the default `runc` entry written out, or every other pod would lose
-its runtime.
+its runtime. The entry lists `io.retinue.*` in `pod_annotations`: without it containerd's CRI
+drops a pod's `io.retinue.services` annotations and its containers silently run without their
+services. An entry registered before (without it) gets that one line inserted under its header.
 
 Both are idempotent: when the entry is already there, the file is not touched. Writes are atomic
 (temp file + rename, mode and owner kept). Errors name the file and the key.
@@ -42,6 +44,11 @@ CRI_PLUGIN = {
     3: "'io.containerd.cri.v1.runtime'",
 }
 CRI_PLUGIN_KEY = {1: "cri", 2: "io.containerd.grpc.v1.cri", 3: "io.containerd.cri.v1.runtime"}
+
+# The pod annotations containerd's CRI must pass through to this runtime (globs, as containerd
+# matches them): the pod's choice of services.
+POD_ANNOTATIONS = ["io.retinue.*"]
+PROBE_ANNOTATION = "io.retinue.services.app"
 
 # Kubernetes requires a RuntimeClass handler to be a DNS label.
 DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
@@ -229,7 +236,7 @@ def plan_containerd(
     runtimes = _table(path, doc, keys) or {}
     entry = runtimes.get(name)
     if entry is not None:
-        return _registered(path, prefix, name, entry, runtime_path)
+        return _registered(path, text, keys, prefix, name, entry, runtime_path)
     runc_options = _table(path, doc, [*keys, "runc", "options"]) or {}
 
     snippet = []
@@ -248,6 +255,8 @@ def plan_containerd(
         "# through retinue-runtime, which hands them to runc.",
         f"[{prefix}.{name}]",
         f"  runtime_type = {_toml_string(RUNC_V2)}",
+        "  # Pass the pod's choice of services (io.retinue.services, .CONTAINER) to the runtime.",
+        f"  pod_annotations = {_toml_list(POD_ANNOTATIONS)}",
         f"[{prefix}.{name}.options]",
         f"  BinaryName = {_toml_string(runtime_path)}",
     ]
@@ -269,33 +278,111 @@ def plan_containerd(
         ) from None
     got = _table(path, new_doc, [*keys, name]) or {}
     binary = (got.get("options") or {}).get("BinaryName")
-    if got.get("runtime_type") != RUNC_V2 or binary != runtime_path:
+    if (
+        got.get("runtime_type") != RUNC_V2
+        or binary != runtime_path
+        or got.get("pod_annotations") != POD_ANNOTATIONS
+    ):
         raise InstallError(f"{path}: the appended entry does not read back as written; "
                            f"add it by hand:\n{added}")
     what = "created with" if old is None else "added"
     changes = [f"{path}: {what} [{prefix}.{name}]: runtime_type = {_toml_string(RUNC_V2)}, "
+               f"pod_annotations = {_toml_list(POD_ANNOTATIONS)}, "
                f"options.BinaryName = {_toml_string(runtime_path)}"
                + (f", options.SystemdCgroup = {str(systemd).lower()} (as runc's)"
                   if isinstance(systemd, bool) else "")]
     return Plan(path, new_text.encode(), changes=changes, notes=notes)
 
 
-def _registered(path: str, prefix: str, name: str, entry: object, runtime_path: str) -> Plan:
+def _toml_list(values: list[str]) -> str:
+    return "[" + ", ".join(_toml_string(v) for v in values) + "]"
+
+
+def _passes_ours(globs: object) -> bool:
+    """Whether containerd, matching these pod_annotations globs, passes io.retinue.* through."""
+    from fnmatch import fnmatchcase
+
+    if not isinstance(globs, list):
+        return False
+    return any(isinstance(g, str) and fnmatchcase(PROBE_ANNOTATION, g) for g in globs)
+
+
+def _header_line(text: str, table: list[str]) -> int | None:
+    """The index of the line that opens table `table` (`[a.b.c]`, any quoting), or None."""
+    lines = text.splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if not stripped.startswith("[") or stripped.startswith("[["):
+            continue
+        try:
+            node: Any = tomllib.loads(stripped + "\n")
+        except tomllib.TOMLDecodeError:
+            continue
+        path = []
+        while isinstance(node, dict) and len(node) == 1:
+            key = next(iter(node))
+            path.append(key)
+            node = node[key]
+        if path == table and node == {}:
+            return i
+    return None
+
+
+def _registered(
+    path: str,
+    text: str,
+    keys: list[str],
+    prefix: str,
+    name: str,
+    entry: object,
+    runtime_path: str,
+) -> Plan:
     where = f"{path}: [{prefix}.{name}]"
     if not isinstance(entry, dict):
         raise InstallError(f"{where}: expected a table, got {describe_value(entry)}")
     runtime_type = entry.get("runtime_type")
     options = entry.get("options")
     binary = options.get("BinaryName") if isinstance(options, dict) else None
-    if runtime_type == RUNC_V2 and binary == runtime_path:
-        return Plan(path, None, notes=[f"{where} already registered: runtime_type = "
-                                       f"{_toml_string(RUNC_V2)}, options.BinaryName = "
-                                       f"{_toml_string(runtime_path)}"])
-    raise InstallError(
-        f"{where}: already registered with runtime_type = {_json(runtime_type)}, "
-        f"options.BinaryName = {_json(binary)}, not {_toml_string(RUNC_V2)} and "
-        f"{_toml_string(runtime_path)}; remove that entry or choose another --name"
-    )
+    if runtime_type != RUNC_V2 or binary != runtime_path:
+        raise InstallError(
+            f"{where}: already registered with runtime_type = {_json(runtime_type)}, "
+            f"options.BinaryName = {_json(binary)}, not {_toml_string(RUNC_V2)} and "
+            f"{_toml_string(runtime_path)}; remove that entry or choose another --name"
+        )
+    registered = (f"{where} already registered: runtime_type = {_toml_string(RUNC_V2)}, "
+                  f"options.BinaryName = {_toml_string(runtime_path)}")
+    globs = entry.get("pod_annotations")
+    if _passes_ours(globs):
+        return Plan(path, None, notes=[registered])
+    line = f"  pod_annotations = {_toml_list(POD_ANNOTATIONS)}\n"
+    if globs is not None:
+        raise InstallError(
+            f"{where}: pod_annotations = {_json(globs)} does not pass io.retinue.* through "
+            f"(pods could not choose their services); add {_toml_string(POD_ANNOTATIONS[0])} "
+            "to it by hand"
+        )
+    at = _header_line(text, [*keys, name])
+    if at is None:
+        raise InstallError(
+            f"{where}: registered without pod_annotations, in a form retinue does not edit "
+            f"(inline table?); add this line to the entry by hand:\n{line}"
+        )
+    lines = text.splitlines(keepends=True)
+    if not lines[at].endswith("\n"):
+        lines[at] += "\n"
+    lines.insert(at + 1, line)
+    new_text = "".join(lines)
+    try:
+        got = _table(path, tomllib.loads(new_text), [*keys, name]) or {}
+    except tomllib.TOMLDecodeError:
+        got = {}
+    if got.get("pod_annotations") != POD_ANNOTATIONS:
+        raise InstallError(f"{where}: adding pod_annotations would not read back as written; "
+                           f"add this line to the entry by hand:\n{line}")
+    return Plan(path, new_text.encode(), changes=[
+        f"{where}: added pod_annotations = {_toml_list(POD_ANNOTATIONS)} (pods choose their "
+        "services with io.retinue.services annotations)"
+    ])
 
 
 # --- the command ------------------------------------------------------------------------------
@@ -352,6 +439,9 @@ def _followup(engine: str, name: str) -> list[str]:
         f"Kubernetes pods select it with `runtimeClassName: {name}` and this RuntimeClass:",
         "",
         runtime_class(name).rstrip("\n"),
+        "",
+        "A pod chooses services with the annotation io.retinue.services (every app container) "
+        "or io.retinue.services.CONTAINER (one container by name).",
     ]
 
 

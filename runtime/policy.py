@@ -31,8 +31,33 @@ def spec_env(spec: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+# What the CRI marks a pod's sandbox (pause) container with: containerd, then CRI-O.
+SANDBOX_MARKS = (
+    ("io.kubernetes.cri.container-type", "sandbox"),
+    ("io.kubernetes.cri-o.ContainerType", "sandbox"),
+)
+# The CRI's name of an app container within its pod: containerd, then CRI-O.
+CONTAINER_NAME_KEYS = ("io.kubernetes.cri.container-name", "io.kubernetes.container.name")
+
+
+def sandbox_mark(spec: dict[str, Any]) -> str:
+    """`NAME=sandbox` when the spec is a pod's sandbox container, else ""."""
+    annotations = spec.get("annotations") or {}
+    for name, value in SANDBOX_MARKS:
+        if annotations.get(name) == value:
+            return f"{name}={value}"
+    return ""
+
+
 def matches(rule: dict[str, Any], spec: dict[str, Any]) -> bool:
-    """Every condition the rule gives must hold; `always` holds for every container."""
+    """Every condition the rule gives must hold; `always` holds for every container.
+
+    `sandbox` is a condition every rule has: a pod's sandbox only for a rule with
+    `when.sandbox = true`, and then only sandboxes (the pod annotations the CRI passes through
+    reach its sandbox too, and a pause container with services keeps the pod from starting).
+    """
+    if rule["sandbox"] != bool(sandbox_mark(spec)):
+        return False
     if rule["always"]:
         return True
     annotations = spec.get("annotations") or {}
@@ -60,13 +85,64 @@ SERVICES_ANNOTATION = "io.retinue.services"
 SERVICES_ENV = "RETINUE_SERVICES"
 
 
+def container_name(spec: dict[str, Any]) -> str:
+    """The container's name within its pod, when the CRI created it; else ""."""
+    annotations = spec.get("annotations") or {}
+    for key in CONTAINER_NAME_KEYS:
+        value = annotations.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return ""
+
+
+# The CRI's pod namespace and name: containerd, then CRI-O.
+POD_KEYS = (
+    ("io.kubernetes.cri.sandbox-namespace", "io.kubernetes.cri.sandbox-name"),
+    ("io.kubernetes.pod.namespace", "io.kubernetes.pod.name"),
+)
+
+
+def cri_names(spec: dict[str, Any]) -> dict[str, str]:
+    """{"pod": "NAMESPACE/NAME", "name": CONTAINER} for a container the CRI created, else {}.
+
+    For `retinue status` and `logs`: a Kubernetes user knows these, not the container's id.
+    """
+    annotations = spec.get("annotations") or {}
+    name = container_name(spec)
+    for ns_key, pod_key in POD_KEYS:
+        namespace, pod = annotations.get(ns_key), annotations.get(pod_key)
+        if _k8s_name(namespace) and _k8s_name(pod) and (not name or _k8s_name(name)):
+            return {"pod": f"{namespace}/{pod}", "name": name}
+    return {}
+
+
+def _k8s_name(value: object) -> bool:
+    """A name as Kubernetes allows them (DNS subdomain characters): anyone with `ctr` can set
+    these annotations, and they end up in an administrator's terminal and in name lookups."""
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= 253
+        and value.isascii()
+        and all(c.isalnum() or c in "-._" for c in value)
+    )
+
+
 def requested_services(spec: dict[str, Any]) -> tuple[list[str], str]:
     """The services the container asks for itself, and where it asked (for error messages).
 
-    The annotation wins over the env variable (dockerd 20.10 can only set env).
+    The first one present wins, whole: the annotation `io.retinue.services.NAME` for the CRI
+    container named NAME (an empty value opts it out of the pod-wide choice), then
+    `io.retinue.services` (on a pod, every app container), then env RETINUE_SERVICES (dockerd
+    20.10 can only set env). A pod's sandbox asks for nothing.
     """
     annotations = spec.get("annotations") or {}
-    if SERVICES_ANNOTATION in annotations:
+    if sandbox_mark(spec):
+        return [], ""
+    name = container_name(spec)
+    per_container = f"{SERVICES_ANNOTATION}.{name}" if name else ""
+    if per_container and per_container in annotations:
+        raw, source = annotations[per_container], f"annotation {per_container}"
+    elif SERVICES_ANNOTATION in annotations:
         raw, source = annotations[SERVICES_ANNOTATION], f"annotation {SERVICES_ANNOTATION}"
     else:
         env = spec_env(spec)

@@ -155,7 +155,7 @@ def create(args: runc_argv.RuncArgs, compiled: dict[str, Any]) -> str | None:
 def start_supervisor(
     args: runc_argv.RuncArgs, compiled: dict[str, Any], spec: dict[str, Any], found: Attachment
 ) -> None:
-    from . import execspec
+    from . import execspec, policy
     from .supervisor import spawn
 
     container_id, container_dir = args.container_id, found.container_dir
@@ -175,6 +175,10 @@ def start_supervisor(
         "log_dir": compiled["log_dir"],
         "log_max_bytes": compiled["log_max_bytes"],
         "log_keep": compiled["log_keep"],
+        "log_retention": compiled["log_retention"],
+        "log_keep_containers": compiled["log_keep_containers"],
+        # Pod and container names, when the CRI created it: `retinue status` and `logs` take them.
+        **policy.cri_names(spec),
         "services": found.services,
         "seccomp": found.seccomp,
         "seccomp_listener": found.listener,

@@ -232,12 +232,14 @@ def test_containerd_appends_and_keeps_the_file_byte_for_byte(tmp_path: Path) -> 
     doc = tomllib.loads(text)
     assert runtimes(doc, "io.containerd.grpc.v1.cri") == {
         "runc": {"runtime_type": "io.containerd.runc.v2"},
-        "retinue": {"runtime_type": "io.containerd.runc.v2", "options": {"BinaryName": SHIM}},
+        "retinue": {"runtime_type": "io.containerd.runc.v2", "options": {"BinaryName": SHIM},
+                    "pod_annotations": ["io.retinue.*"]},
     }
     assert doc["plugins"]["io.containerd.grpc.v1.cri"]["cni"]["bin_dir"] == "/usr/lib/cni"
     assert "containerd's default `runc` entry is written out too" in result.stdout
     assert "systemctl restart containerd" in result.stdout
     assert "kind: RuntimeClass\nmetadata:\n  name: retinue\nhandler: retinue" in result.stdout
+    assert "io.retinue.services.CONTAINER (one container by name)" in result.stdout
     assert os.listdir(tmp_path) == ["config.toml"]
 
 
@@ -258,11 +260,15 @@ def test_containerd_follows_runcs_cgroup_driver_and_keeps_other_runtimes(tmp_pat
     assert result.exit_code == 0, result.output
     text = path.read_text()
     assert text.startswith(original + "\n\n# Added by")
-    assert text.count("[") == original.count("[") + 2  # no second runc entry
+    def headers(t: str) -> int:
+        return sum(line.startswith("[") for line in t.splitlines())
+
+    assert headers(text) == headers(original) + 2  # no second runc entry
     doc = tomllib.loads(text)
     assert runtimes(doc, "io.containerd.grpc.v1.cri")["svc-1"] == {
         "runtime_type": "io.containerd.runc.v2",
         "options": {"BinaryName": SHIM, "SystemdCgroup": True},
+        "pod_annotations": ["io.retinue.*"],
     }
     assert "as runc's" in result.stdout
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
@@ -280,6 +286,7 @@ def test_containerd_version_3(tmp_path: Path) -> None:
     assert f"[{V3_PREFIX}.retinue]" in text
     assert runtimes(tomllib.loads(text), "io.containerd.cri.v1.runtime")["retinue"] == {
         "runtime_type": "io.containerd.runc.v2", "options": {"BinaryName": SHIM},
+        "pod_annotations": ["io.retinue.*"],
     }
 
 
@@ -395,3 +402,84 @@ def test_containerd_itself_reads_the_result(tmp_path: Path, original: str) -> No
     assert found["runc"]["runtime_type"] == "io.containerd.runc.v2"
     cri = doc["plugins"]["io.containerd.grpc.v1.cri"]
     assert cri["containerd"]["default_runtime_name"] == "runc"
+
+
+# --- pod annotations: the pod's choice of services must reach the runtime ---------------------
+
+OLD_ENTRY = {  # what `retinue install containerd` wrote before it passed pod annotations
+    2: (f'version = 2\n\n# ours, from last year\n[{V2_PREFIX}.retinue]   # retinue\n'
+        f'  runtime_type = "io.containerd.runc.v2"\n'
+        f'[{V2_PREFIX}.retinue.options]\n  BinaryName = "{SHIM}"\n'),
+    3: (f"version = 3\n[{V3_PREFIX}.retinue]\n  runtime_type = 'io.containerd.runc.v2'\n"
+        f"[{V3_PREFIX}.retinue.options]\n  BinaryName = '{SHIM}'\n"
+        f"[{V3_PREFIX}.runc]\n  runtime_type = 'io.containerd.runc.v2'\n"),
+}
+PLUGIN = {2: "io.containerd.grpc.v1.cri", 3: "io.containerd.cri.v1.runtime"}
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_containerd_entry_passes_retinue_pod_annotations(tmp_path: Path, version: int) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(f"version = {version}\n")
+    assert cli("containerd", "--file", str(path), "--runtime-path", SHIM).exit_code == 0
+    entry = runtimes(tomllib.loads(path.read_text()), PLUGIN[version])["retinue"]
+    assert entry["pod_annotations"] == ["io.retinue.*"]
+    assert "runc" in runtimes(tomllib.loads(path.read_text()), PLUGIN[version])
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_containerd_old_entry_gets_pod_annotations_once(tmp_path: Path, version: int) -> None:
+    """An entry registered without pod_annotations gets that one line; the rest stays as it was;
+    a second run changes nothing."""
+    path = tmp_path / "config.toml"
+    old = OLD_ENTRY[version]
+    path.write_text(old)
+    result = cli("containerd", "--file", str(path), "--runtime-path", SHIM)
+    assert result.exit_code == 0, result.output
+    assert "added pod_annotations" in result.stdout
+    text = path.read_text()
+    added = '  pod_annotations = ["io.retinue.*"]\n'
+    assert text.replace(added, "", 1) == old
+    header = old.splitlines()[3 if version == 2 else 1]
+    assert f"{header}\n{added}" in text
+    doc = tomllib.loads(text)
+    assert runtimes(doc, PLUGIN[version])["retinue"] == {
+        "runtime_type": "io.containerd.runc.v2", "options": {"BinaryName": SHIM},
+        "pod_annotations": ["io.retinue.*"],
+    }
+    before = snapshot(path)
+    again = cli("containerd", "--file", str(path), "--runtime-path", SHIM)
+    assert again.exit_code == 0, again.output
+    assert "already registered" in again.stdout and "Nothing to change." in again.stdout
+    assert snapshot(path) == before
+
+
+def test_containerd_entry_with_wider_globs_is_kept(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(OLD_ENTRY[2].replace('  runtime_type', '  pod_annotations = ["*"]\n'
+                                         '  runtime_type'))
+    before = snapshot(path)
+    result = cli("containerd", "--file", str(path), "--runtime-path", SHIM)
+    assert result.exit_code == 0, result.output
+    assert snapshot(path) == before
+
+
+def test_containerd_entry_with_other_globs_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(OLD_ENTRY[2].replace('  runtime_type', '  pod_annotations = ["io.x/*"]\n'
+                                         '  runtime_type'))
+    assert_refused(path, ["containerd", "--runtime-path", SHIM],
+                   f'[{V2_PREFIX}.retinue]: pod_annotations = ["io.x/*"] does not pass '
+                   "io.retinue.* through", '"io.retinue.*"', "by hand")
+
+
+@pytest.mark.skipif(CONTAINERD is None, reason="containerd not installed")
+def test_containerd_itself_reads_pod_annotations(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(OLD_ENTRY[2])
+    assert cli("containerd", "--file", str(path), "--runtime-path", SHIM).exit_code == 0
+    assert CONTAINERD is not None
+    dumped = subprocess.run([CONTAINERD, "--config", str(path), "config", "dump"],
+                            capture_output=True, text=True, check=True).stdout
+    found = runtimes(tomllib.loads(dumped), "io.containerd.grpc.v1.cri")
+    assert found["retinue"]["pod_annotations"] == ["io.retinue.*"]

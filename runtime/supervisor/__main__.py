@@ -7,6 +7,7 @@ import json
 import os
 import sys
 
+from . import retention
 from .core import Supervisor
 
 PLAN = "plan.json"
@@ -26,11 +27,23 @@ def main() -> None:
     )
     os.dup2(fd, 2)
     os.close(fd)
+    retention.record(log_dir, plan)
 
     async def run() -> None:
         await Supervisor(container_dir, plan).run(ready_fd)
 
     asyncio.run(run())
+    # Off the create and start paths: the container is gone, its engine is not waiting on us.
+    state_dir = os.path.dirname(os.path.dirname(container_dir))
+    try:
+        retention.prune(
+            plan["log_dir"],
+            state_dir,
+            plan.get("log_retention", 0),
+            plan.get("log_keep_containers", retention.DEFAULT_KEEP),
+        )
+    except OSError as e:
+        print(f"pruning old log directories in {plan['log_dir']}: {e}", file=sys.stderr)
 
 
 if __name__ == "__main__":

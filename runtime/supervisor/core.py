@@ -371,6 +371,8 @@ class Supervisor:
     def status(self) -> dict[str, Any]:
         return {
             "id": self.id,
+            "pod": self.plan.get("pod", ""),
+            "name": self.plan.get("name", ""),
             "phase": self.phase,
             "init_pid": self.init_pid,
             "supervisor_pid": os.getpid(),
@@ -656,7 +658,8 @@ class Supervisor:
         pid = svc.pid
         assert pid is not None
         if kind == "tcp":
-            while not readiness.tcp_listening(pid, target):
+            # Only the service's own listener: a pod's containers share one network namespace.
+            while not readiness.tcp_listening_owned(pid, target):
                 await asyncio.sleep(interval)
         elif kind == "file":
             while not readiness.file_made(pid, target, svc.file_before):

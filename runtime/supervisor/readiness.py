@@ -1,7 +1,10 @@
 """Readiness checks that look into the container from the host.
 
 A TCP port is checked in the container's own network namespace through the service process's
-/proc/PID/net/tcp{,6}; a file through /proc/PID/root, walked one component at a time without
+/proc/PID/net/tcp{,6}, and counts only when the listening socket is one of the service's own
+(an fd of the service's process or of a descendant): containers of one pod share a network
+namespace, and a neighbour's listener on the same port must not make this service ready while
+its own server failed to bind. A file through /proc/PID/root, walked one component at a time without
 following symlinks, so a path inside the container can never name a host file.
 """
 
@@ -15,7 +18,22 @@ TCP_LISTEN = "0A"
 
 def tcp_listening(pid: int, port: int) -> bool:
     """Whether something listens on `port` in the network namespace of `pid`."""
+    return bool(listening_inodes(pid, port))
+
+
+def tcp_listening_owned(pid: int, port: int) -> bool:
+    """Whether `pid` or one of its descendants holds a socket listening on `port` (in the
+    network namespace of `pid`)."""
+    inodes = listening_inodes(pid, port)
+    if not inodes:
+        return False  # the common case while the service starts: no walk of /proc
+    return not inodes.isdisjoint(socket_inodes(tree(pid)))
+
+
+def listening_inodes(pid: int, port: int) -> set[int]:
+    """The inodes of the sockets listening on `port` in the network namespace of `pid`."""
     want = f"{port:04X}"
+    found: set[int] = set()
     for name in ("tcp", "tcp6"):
         try:
             with open(f"/proc/{pid}/net/{name}") as f:
@@ -23,14 +41,54 @@ def tcp_listening(pid: int, port: int) -> bool:
                 for line in f:
                     fields = line.split()
                     if (
-                        len(fields) > 3
+                        len(fields) > 9
                         and fields[3] == TCP_LISTEN
                         and fields[1].endswith(":" + want)
+                        and fields[9].isdigit()
                     ):
-                        return True
+                        found.add(int(fields[9]))
         except OSError:
             continue
-    return False
+    return found
+
+
+def tree(pid: int) -> list[int]:
+    """`pid` and its descendants (host PID namespace), from one pass over /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        todo += children.get(current, [])
+    return out
+
+
+def socket_inodes(pids: list[int]) -> set[int]:
+    """The inodes of every socket an fd of `pids` refers to (`socket:[INODE]`)."""
+    found: set[int] = set()
+    for pid in pids:
+        directory = f"/proc/{pid}/fd"
+        try:
+            fds = os.listdir(directory)
+        except OSError:
+            continue  # exited meanwhile
+        for fd in fds:
+            try:
+                target = os.readlink(f"{directory}/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:[") and target.endswith("]"):
+                found.add(int(target[8:-1]))
+    return found
 
 
 def file_stat(pid: int, path: str) -> os.stat_result | None:

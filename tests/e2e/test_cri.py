@@ -5,8 +5,6 @@ One private containerd for the module, with the CRI plugin on, handlers `runc` a
 busybox sandbox image and a busybox app image. Our own CRI v1 client (tests/cri) creates pods
 on the node's network, containers in them, stops and removes them. The services are the e2e
 session's (support.SERVICES) plus `hweb`, an HTTP server on a free port of the node's network.
-
-Tests marked xfail(strict) need a fix from another branch; the lead flips them at merge time.
 """
 
 from __future__ import annotations
@@ -34,7 +32,6 @@ from support import BROKEN_ERROR, HELPERS, POLICY, first, main_command, read_eve
 pytestmark = [pytest.mark.cri, pytest.mark.usefixtures("no_leftovers")]
 
 Admin = Callable[..., CompletedProcess[str]]
-NEEDS_F_K8S = "needs f-k8s: "
 HWEB_PAGE = "hello from hweb\n"
 
 
@@ -204,7 +201,6 @@ def test_plain_pods_under_both_handlers(node: Node, e2e_dir: Path) -> None:
         assert not _supervised(e2e_dir, cid)
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_F_K8S + "a pod's sandbox is never selected")
 def test_sandbox_untouched_by_an_always_rule(
     node: Node, e2e_dir: Path, retinue_config: Path
 ) -> None:
@@ -259,7 +255,6 @@ def test_policy_rule_by_env(node: Node, e2e_dir: Path) -> None:
     _assert_sandbox_untouched(node, e2e_dir, pod[0])
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_F_K8S + "pod annotations must skip the sandbox")
 def test_pod_annotation_selects_for_every_app_container(
     node: Node, e2e_dir: Path, shared: Path
 ) -> None:
@@ -275,7 +270,6 @@ def test_pod_annotation_selects_for_every_app_container(
     _assert_sandbox_untouched(node, e2e_dir, pod[0])
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_F_K8S + "io.retinue.services.NAME per container")
 def test_pod_annotation_per_container(node: Node, e2e_dir: Path, shared: Path) -> None:
     """`io.retinue.services.NAME` chooses for the container named NAME only."""
     name = _pod_name()
@@ -364,8 +358,6 @@ def test_two_containers_one_pod_same_service(node: Node, e2e_dir: Path, shared: 
     assert words.count("late-ready") == 2 and words.count("main-start") == 2, words
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_F_K8S + "tcp readiness only on the service's own "
-                   "socket")
 def test_two_containers_same_tcp_service_second_fails(
     node: Node, shared: Path, hweb_port: int
 ) -> None:
