@@ -86,8 +86,24 @@ def remove(container_dir: str) -> None:
     import shutil
 
     _remove_stale_listener(os.path.join(container_dir, "plan.json"))
+    _remove_stale_cgroup(os.path.join(container_dir, "plan.json"))
     shutil.rmtree(container_dir, ignore_errors=True)
     remove_marker(container_dir)
+
+
+def _remove_stale_cgroup(plan_path: str) -> None:
+    """The cgroup of a supervisor that was killed (rmdir: only once nothing is left in it)."""
+    import json
+
+    from . import cgroups
+
+    try:
+        with open(plan_path) as f:
+            place = json.load(f).get("cgroup")
+        if place:
+            cgroups.remove(place, timeout=0.5)
+    except (OSError, ValueError, AttributeError, TypeError, KeyError):
+        pass
 
 
 def _remove_stale_listener(plan_path: str) -> None:

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 
+from .. import cgroups
 from .core import Supervisor
 
 PLAN = "plan.json"
@@ -26,11 +27,28 @@ def main() -> None:
     )
     os.dup2(fd, 2)
     os.close(fd)
+    place = plan.get("cgroup")
+    origin = cgroups.own()
+    if place:
+        try:
+            cgroups.enter(place)
+        except cgroups.CgroupError as e:
+            # The shim quotes this last line: the container is not created.
+            cgroups.leave(place, origin)
+            cgroups.remove(place, timeout=0)
+            print(f"cannot put the supervisor in its cgroup: {e}", file=sys.stderr, flush=True)
+            sys.exit(1)
 
     async def run() -> None:
         await Supervisor(container_dir, plan).run(ready_fd)
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    finally:
+        if place:
+            cgroups.leave(place, origin)
+            for d in cgroups.remove(place):
+                print(f"cgroup {d} is still busy; left in place", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":
