@@ -79,7 +79,7 @@ def cpu_seconds(directory: str) -> float:
 
 
 def supervisor_dirs(pid: int) -> list[str]:
-    v2, v1 = mounts()
+    _, v1 = mounts()
     if v1:
         return sorted({cgroup_dir(pid, c) for c in ("cpu", "cpuacct", "memory", "pids") if c in v1})
     return [cgroup_dir(pid, "")]
@@ -109,7 +109,7 @@ def test_the_supervisor_runs_beside_the_container_within_its_bounds(
     started(rig, container_id, rig.bundle(main_args(FOREVER), env=["RETINUE_SERVICES=svc"]))
     sup = the_supervisor(rig, container_id)
     init = rig.state(container_id)["pid"]  # type: ignore[index]
-    v2, v1 = mounts()
+    _, v1 = mounts()
     controllers = ["cpu", "memory"] if v1 else [""]
     for controller in controllers:
         container = proc_cgroup(init)[controller]
@@ -275,7 +275,7 @@ def test_a_seccomp_flood_is_bounded(rig: Rig, container_id: str, py_rootfs: Path
     assert "notifications/s; its syscalls waited" in log
 
 
-# -- a service's daemons ----------------------------------------------------------------------------
+# -- a service's daemons ------------------------------------------------------------------------
 
 # Two daemons that leave the service's process tree: one in its own session, one orphaned.
 DAEMONIZE = 'ev "run"; setsid sleep 987651 & sleep 987652 &\n'
