@@ -262,12 +262,22 @@ def leave(place: dict[str, Any], back_to: dict[str, str]) -> None:
                 continue
 
 
-def remove(place: dict[str, Any], timeout: float = 2.0) -> list[str]:
-    """rmdir the supervisor's cgroup(s); returns the ones that would not go (still busy)."""
+def remove(place: dict[str, Any], timeout: float = 2.0, if_empty: bool = False) -> list[str]:
+    """rmdir the supervisor's cgroup(s); returns the ones that would not go (still busy).
+    `if_empty`: leave alone at once a cgroup that lists a process (a live supervisor removes
+    its own when it exits)."""
     left = []
     for d in directories(place):
         if not d.startswith(ROOT + "/") or not d.endswith(SUFFIX) or "/../" in d:
             continue  # never anything but what placement() named
+        if if_empty:
+            try:
+                with open(f"{d}/cgroup.procs") as f:
+                    if f.read().strip():
+                        left.append(d)
+                        continue
+            except OSError:
+                continue  # gone already
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -357,11 +367,14 @@ def service_procs(dirs: dict[str, str], name: str) -> list[int]:
     return []
 
 
-def kill_all(dirs: dict[str, str], name: str, sig: int, timeout: float = 2.0) -> int:
-    """Signal every process of the service's sub-cgroup, forks included; returns how many.
+def kill_all(dirs: dict[str, str], name: str, sig: int) -> int:
+    """Signal every process of the service's sub-cgroup once, forks included; returns how many.
 
-    Each pid is signalled through a pidfd opened before checking that the pid still belongs to
-    this cgroup, so a pid recycled by another process in between is never signalled.
+    Never waits: the supervisor reaps its children on the same loop, and a killed child stays
+    listed as a zombie until then. Passes repeat while new pids appear (a process forking while
+    it was being signalled; once SIGKILL is pending, fork fails). Each pid is signalled through
+    a pidfd opened before checking that the pid still belongs to this cgroup, so a pid recycled
+    by another process in between is never signalled.
     """
     import signal as signal_mod
 
@@ -374,14 +387,13 @@ def kill_all(dirs: dict[str, str], name: str, sig: int, timeout: float = 2.0) ->
                     return len(service_procs(dirs, name))
                 except CgroupError:
                     break
-    signalled = 0
     seen: set[int] = set()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    for _ in range(100):
         pids = [p for p in service_procs(dirs, name) if p not in seen]
         if not pids:
             break
         for pid in pids:
+            seen.add(pid)
             try:
                 pidfd = os.pidfd_open(pid)
             except OSError:
@@ -389,17 +401,11 @@ def kill_all(dirs: dict[str, str], name: str, sig: int, timeout: float = 2.0) ->
             try:
                 if pid in service_procs(dirs, name):
                     signal_mod.pidfd_send_signal(pidfd, sig)
-                    signalled += 1
-                    if sig != signal_mod.SIGKILL:
-                        seen.add(pid)
             except OSError:
                 pass
             finally:
                 os.close(pidfd)
-        if sig != signal_mod.SIGKILL:
-            continue
-        time.sleep(0.01)
-    return signalled
+    return len(seen)
 
 
 def remove_service_cgroups(dirs: dict[str, str], names: list[str]) -> None:

@@ -101,7 +101,7 @@ def _remove_stale_cgroup(plan_path: str) -> None:
         with open(plan_path) as f:
             place = json.load(f).get("cgroup")
         if place:
-            cgroups.remove(place, timeout=0.5)
+            cgroups.remove(place, timeout=0.5, if_empty=True)
     except (OSError, ValueError, AttributeError, TypeError, KeyError):
         pass
 

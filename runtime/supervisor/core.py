@@ -183,8 +183,6 @@ class Supervisor:
             if self.init_pidfd is not None:
                 os.close(self.init_pidfd)
             self.reaper.close()
-            if self._service_cgroups:
-                cgroups.remove_service_cgroups(self._service_cgroups, list(self.services))
             for svc in self.services.values():
                 svc.log.close()
             if self.plan.get("seccomp_listener"):
@@ -193,6 +191,10 @@ class Supervisor:
                 except FileNotFoundError:
                     pass
             statedir.remove(self.dir)
+            # After the state directory: a v1 rmdir can take milliseconds each, and until the
+            # directory is gone a delete would take this supervisor for one that died.
+            if self._service_cgroups:
+                cgroups.remove_service_cgroups(self._service_cgroups, list(self.services))
 
     def seccomp_agent(self) -> Coroutine[Any, Any, None] | None:
         """Bind the seccomp listener now (runc connects to it during create) and return the
