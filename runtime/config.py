@@ -88,7 +88,7 @@ class Settings:
     hook: str = ""
     # Each container's supervisor (and its helpers) runs in a cgroup beside the container's,
     # bounded to this many CPUs (0: no bound) and this much memory ("0": no bound).
-    supervisor_cpu: float = 0.5
+    supervisor_cpu: float = 1.0
     supervisor_memory: str = "128M"
     # What a container can make its supervisor do, per second: notify datagrams per service
     # socket (the excess is dropped and counted), seccomp notifications per container (the
