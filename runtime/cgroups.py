@@ -236,8 +236,10 @@ def enter(place: dict[str, Any], pid: int = 0) -> None:
         _enable_v2_controllers(mount, inner)
         d = mount + inner
         quota = cfs_quota(cpu)
-        _write(f"{d}/cpu.max", f"{'max' if quota < 0 else quota} {CFS_PERIOD_US}")
-        _write(f"{d}/memory.max", str(memory) if memory else "max")
+        if cpu > 0 or os.path.exists(f"{d}/cpu.max"):
+            _write(f"{d}/cpu.max", f"{'max' if quota < 0 else quota} {CFS_PERIOD_US}")
+        if memory or os.path.exists(f"{d}/memory.max"):
+            _write(f"{d}/memory.max", str(memory) if memory else "max")
     else:
         for d in directories(place):
             if os.path.exists(f"{d}/cpu.cfs_quota_us"):

@@ -127,10 +127,15 @@ def test_the_supervisor_runs_beside_the_container_within_its_bounds(
     svc_pid = rig.service_status(container_id, "svc")["pid"]
     for controller in controllers:
         assert proc_cgroup(svc_pid)[controller] == proc_cgroup(init)[controller] + "/retinue-svc"
+    if v1:
+        used = int(Path(f"{cgroup_dir(sup, 'memory')}/memory.max_usage_in_bytes").read_text())
+        print(f"supervisor's cgroup peak memory: {used / (1 << 20):.1f} MiB")
     dirs = supervisor_dirs(sup)
+    # runc removes the container's cgroup with the services' sub-cgroups in it.
+    container_dirs = [cgroup_dir(init, c) for c in controllers]
     r = rig.rt("delete", "--force", container_id)
     assert r.returncode == 0, r.stderr
-    wait_for(lambda: not any(os.path.exists(d) for d in dirs), 10)
+    wait_for(lambda: not any(os.path.exists(d) for d in dirs + container_dirs), 10)
 
 
 @pytest.mark.parametrize("path", ["delete", "poststop", "killed"])
