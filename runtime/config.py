@@ -94,7 +94,7 @@ class Settings:
     # socket (the excess is dropped and counted), seccomp notifications per container (the
     # excess waits in the kernel, on the container's own time).
     notify_rate: float = 50.0
-    seccomp_rate: float = 2000.0
+    seccomp_rate: float = 500.0
 
 
 @attrs.frozen

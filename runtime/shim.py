@@ -128,7 +128,7 @@ def start_supervisor(
         "seccomp_listener": found.listener,
         "creator_pid": os.getpid(),
         "notify_rate": compiled.get("notify_rate", 50.0),
-        "seccomp_rate": compiled.get("seccomp_rate", 2000.0),
+        "seccomp_rate": compiled.get("seccomp_rate", 500.0),
     }
     try:
         # Where the supervisor's own cost is charged (beside the container's cgroup).
