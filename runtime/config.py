@@ -10,6 +10,7 @@ form (`compile_config`) from the cache in `confcache`.
 
 from __future__ import annotations
 
+import math
 import os
 import posixpath
 import re
@@ -94,6 +95,15 @@ class Settings:
     log_keep_containers: int = 100
     # The hook program; empty means `retinue-hook` beside the running retinue-runtime.
     hook: str = ""
+    # Each container's supervisor (and its helpers) runs in a cgroup beside the container's,
+    # bounded to this many CPUs (0: no bound) and this much memory ("0": no bound).
+    supervisor_cpu: float = 1.0
+    supervisor_memory: str = "128M"
+    # What a container can make its supervisor do, per second: notify datagrams per service
+    # socket (the excess is dropped and counted), seccomp notifications per container (the
+    # excess waits in the kernel, on the container's own time).
+    notify_rate: float = 50.0
+    seccomp_rate: float = 500.0
 
 
 @attrs.frozen
@@ -136,7 +146,37 @@ def check_settings(s: Settings, source: str) -> list[str]:
         )
     if s.log_keep_containers < 0:
         errors.append(f"log_keep_containers: expected 0 or more, got {s.log_keep_containers}")
+    errors += check_supervisor_bounds(s)
     return [f"{source}: {e}" for e in errors]
+
+
+MIN_SUPERVISOR_MEMORY = 32 << 20  # below this the supervisor's interpreter alone is killed
+
+
+def check_supervisor_bounds(s: Settings) -> list[str]:
+    from .cgroups import parse_size
+
+    errors = []
+    cpu = s.supervisor_cpu
+    if not math.isfinite(cpu) or cpu < 0 or (0 < cpu < 0.01) or cpu > 1024:
+        errors.append(
+            f"supervisor_cpu: expected a number of CPUs from 0.01 to 1024 (0: no bound), got {cpu}"
+        )
+    size = parse_size(s.supervisor_memory)
+    if size is None:
+        errors.append(
+            'supervisor_memory: expected a size like "128M" (bytes, or K, M or G; "0": no bound), '
+            f"got {s.supervisor_memory[:100]!r}"
+        )
+    elif 0 < size < MIN_SUPERVISOR_MEMORY:
+        errors.append(
+            f'supervisor_memory: expected "0" or at least 32M, got {s.supervisor_memory!r}'
+        )
+    for key in ("notify_rate", "seccomp_rate"):
+        rate = getattr(s, key)
+        if not math.isfinite(rate) or rate < 1 or rate > 1_000_000:
+            errors.append(f"{key}: expected a number per second from 1 to 1000000, got {rate}")
+    return errors
 
 
 RETENTION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -276,6 +316,7 @@ def _resolve_sources(policy: Policy, base: str) -> Policy:
 def compile_config(cfg: Config, runtime: str, hook: str) -> dict[str, Any]:
     """The plain-data form the hot path reads: only builtins, so `marshal` can store it."""
     from . import services as services_module
+    from .cgroups import parse_size
 
     s = cfg.settings
     return {
@@ -287,6 +328,10 @@ def compile_config(cfg: Config, runtime: str, hook: str) -> dict[str, Any]:
         "log_keep": s.log_keep,
         "log_retention": parse_retention(s.log_retention),
         "log_keep_containers": s.log_keep_containers,
+        "supervisor_cpu": s.supervisor_cpu,
+        "supervisor_memory": parse_size(s.supervisor_memory) or 0,
+        "notify_rate": s.notify_rate,
+        "seccomp_rate": s.seccomp_rate,
         "rules": [
             {
                 "name": r.name,

@@ -155,7 +155,7 @@ def create(args: runc_argv.RuncArgs, compiled: dict[str, Any]) -> str | None:
 def start_supervisor(
     args: runc_argv.RuncArgs, compiled: dict[str, Any], spec: dict[str, Any], found: Attachment
 ) -> None:
-    from . import execspec, policy
+    from . import cgroups, execspec, policy
     from .supervisor import spawn
 
     container_id, container_dir = args.container_id, found.container_dir
@@ -183,7 +183,14 @@ def start_supervisor(
         "seccomp": found.seccomp,
         "seccomp_listener": found.listener,
         "creator_pid": os.getpid(),
+        "notify_rate": compiled.get("notify_rate", 50.0),
+        "seccomp_rate": compiled.get("seccomp_rate", 500.0),
     }
+    try:
+        # Where the supervisor's own cost is charged (beside the container's cgroup).
+        plan["cgroup"] = cgroups.for_container(spec, container_id, plan["lower_globals"], compiled)
+    except cgroups.CgroupError as e:
+        raise RetinueError(str(e)) from None
     try:
         if spawn.prepare(container_dir, plan, processes):
             config, explicit = config_source()

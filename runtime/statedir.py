@@ -329,6 +329,7 @@ def remove(container_dir: str) -> None:
     listener path names the bundle, and another container may have been created from it).
     """
     _remove_stale_listener(os.path.join(container_dir, "plan.json"))
+    _remove_stale_cgroup(os.path.join(container_dir, "plan.json"))
     # Out of the way at once, then emptied: the supervisor, the hook and `delete` can all be
     # removing it at the same moment, and none may meet a half-removed directory.
     doomed = temp_dir(container_dir)
@@ -450,6 +451,21 @@ def _exists(fd: int, name: str) -> bool:
     except FileNotFoundError:
         return False
     return True
+
+
+def _remove_stale_cgroup(plan_path: str) -> None:
+    """The cgroup of a supervisor that was killed (rmdir: only once nothing is left in it)."""
+    import json
+
+    from . import cgroups
+
+    try:
+        with open(plan_path) as f:
+            place = json.load(f).get("cgroup")
+        if place:
+            cgroups.remove(place, timeout=0.5, if_empty=True)
+    except (OSError, ValueError, AttributeError, TypeError, KeyError):
+        pass
 
 
 def _remove_stale_listener(plan_path: str) -> None:

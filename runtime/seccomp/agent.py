@@ -46,6 +46,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..errors import ConfigError
+from ..ratelimit import DropLog, TokenBucket
 from . import notify
 from .api import ANSWERED, ContainerProcess, Handler, HandlerContext, Reply, Request
 from .notify import SyscallError, TargetGone
@@ -207,7 +208,9 @@ class Target:
 
 
 class Stats:
-    __slots__ = ("answered", "connections", "errors", "rejected", "targets", "vanished")
+    __slots__ = (
+        "answered", "connections", "errors", "rejected", "targets", "throttled", "vanished"
+    )
 
     def __init__(self) -> None:
         self.connections = 0  # runc connections accepted and understood
@@ -216,6 +219,7 @@ class Stats:
         self.answered = 0
         self.vanished = 0  # notifications whose target went away first
         self.errors = 0  # internal errors answered with the rule's errno
+        self.throttled = 0  # times the container went over its rate and its syscalls waited
 
     def as_dict(self) -> dict[str, int]:
         return {k: getattr(self, k) for k in self.__slots__}
@@ -224,8 +228,18 @@ class Stats:
 class Agent:
     """The notification thread, its workers, and the notify fds they serve."""
 
-    def __init__(self, routes: Routes, log: logging.Logger, workers: int = 4) -> None:
+    def __init__(
+        self, routes: Routes, log: logging.Logger, workers: int = 4, rate: float | None = None
+    ) -> None:
         self.routes = routes
+        # Over `rate` notifications a second, the excess waits: the agent stops reading until a
+        # token is due. A notified syscall already sleeps in the kernel until it is answered, so
+        # waiting costs the supervisor nothing and the flooding container only its own time; an
+        # errno instead would still cost a RECV and a SEND per call (a tight loop keeps that up)
+        # and would fail calls, such as sysinfo, that programs never expect to fail or retry.
+        now = time.monotonic()
+        self._bucket = TokenBucket(rate, max(rate, 50.0), now) if rate else None
+        self._throttle_log = DropLog(10, now)
         self.log = log
         self.stats = Stats()
         self._targets: dict[int, Target] = {}
@@ -282,27 +296,30 @@ class Agent:
     def _run(self) -> None:
         poller = select.poll()
         poller.register(self._wake_r, select.POLLIN)
+        wake_only = select.poll()
+        wake_only.register(self._wake_r, select.POLLIN)
         targets = self._targets
+        bucket = self._bucket
         try:
             while True:
+                if bucket is not None:
+                    delay = bucket.wait_time(time.monotonic())
+                    if delay > 0:
+                        self._throttled()
+                        if wake_only.poll(max(10, int(delay * 1000))) and not self._woken(poller):
+                            return
+                        continue
                 for fd, events in poller.poll():
                     if fd == self._wake_r:
-                        with contextlib.suppress(BlockingIOError):
-                            os.read(self._wake_r, 4096)
-                        with self._lock:
-                            if self._stopping:
-                                return
-                            incoming, self._incoming = self._incoming, []
-                            for target in incoming:
-                                targets[target.fd] = target
-                        for target in incoming:
-                            poller.register(target.fd, select.POLLIN)
-                        self.stats.targets = len(targets)
+                        if not self._woken(poller):
+                            return
                         continue
                     served = targets.get(fd)
                     if served is None:
                         continue
                     if events & select.POLLIN:
+                        if bucket is not None and not bucket.take(time.monotonic()):
+                            break  # over the rate: wait above, then poll again
                         if self._receive(served):
                             continue
                     elif not events & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
@@ -327,6 +344,35 @@ class Agent:
                 targets.clear()
             for target in dead:
                 target.hang_up()
+
+    def _woken(self, poller: select.poll) -> bool:
+        """Take in the fds added since; False when the agent is stopping."""
+        with contextlib.suppress(BlockingIOError):
+            os.read(self._wake_r, 4096)
+        with self._lock:
+            if self._stopping:
+                return False
+            incoming, self._incoming = self._incoming, []
+            for target in incoming:
+                self._targets[target.fd] = target
+        for target in incoming:
+            poller.register(target.fd, select.POLLIN)
+        self.stats.targets = len(self._targets)
+        return True
+
+    def _throttled(self) -> None:
+        self.stats.throttled += 1
+        said = self._throttle_log.drop(time.monotonic())
+        if said is not None:
+            ids = sorted({t.container.id for t in self._targets.values()})
+            self.log.warning(
+                "seccomp: %s: over %g notifications/s; its syscalls waited %d time(s) "
+                "(%d in all)",
+                ",".join(ids) or "?",
+                self._bucket.rate if self._bucket else 0,
+                said,
+                self._throttle_log.total,
+            )
 
     def _receive(self, target: Target) -> bool:
         """Serve one notification; False if the fd is unusable and must be dropped."""

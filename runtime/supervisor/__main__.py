@@ -7,6 +7,7 @@ import json
 import os
 import sys
 
+from .. import cgroups
 from . import retention
 from .core import Supervisor
 
@@ -27,12 +28,29 @@ def main() -> None:
     )
     os.dup2(fd, 2)
     os.close(fd)
+    place = plan.get("cgroup")
+    origin = cgroups.own()
+    if place:
+        try:
+            cgroups.enter(place)
+        except cgroups.CgroupError as e:
+            # The shim quotes this last line: the container is not created.
+            cgroups.leave(place, origin)
+            cgroups.remove(place, timeout=0)
+            print(f"cannot put the supervisor in its cgroup: {e}", file=sys.stderr, flush=True)
+            sys.exit(1)
     retention.record(log_dir, plan)
 
     async def run() -> None:
         await Supervisor(container_dir, plan).run(ready_fd)
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    finally:
+        if place:
+            cgroups.leave(place, origin)
+            for d in cgroups.remove(place):
+                print(f"cgroup {d} is still busy; left in place", file=sys.stderr, flush=True)
     # Off the create and start paths: the container is gone, its engine is not waiting on us.
     state_dir = os.path.dirname(os.path.dirname(container_dir))
     try:

@@ -18,13 +18,16 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from .. import graph, statedir
+from .. import cgroups, graph, ratelimit, statedir
 from . import control, execerror, procs, readiness
 from .logs import RotatingLog
 
 # Exits by these signals are a clean stop, not a failure (as systemd's on-failure has it).
 CLEAN_SIGNALS = frozenset({signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE})
 PF_EXITING = 0x4  # include/linux/sched.h
+NOTIFY_RATE = 50.0  # datagrams a second per service socket, when the plan does not say
+NOTIFY_BATCH = 64  # datagrams read per wake-up: a full queue never starves the loop
+NOTIFY_PAUSE = 0.1  # at least this long without reading a socket that went over its limit
 
 
 class Service:
@@ -36,6 +39,9 @@ class Service:
         self.log = log
         self.state = "waiting"
         self.pid: int | None = None
+        # The current run's pidfd: signals go through it, never through a pid the reaper may
+        # already have released (and the kernel handed to another process).
+        self.pidfd: int | None = None
         self.restarts = 0
         self.failures = 0
         self.ready_since: float | None = None
@@ -128,6 +134,9 @@ class Supervisor:
         self.tg: asyncio.TaskGroup
         self.reaper: procs.Reaper
         self._watched: list[int] = []
+        # The container's cgroup directories (hierarchy -> directory), read from init once.
+        self._service_cgroups: dict[str, str] | None = None
+        self._notify_limits: dict[str, tuple[ratelimit.TokenBucket, ratelimit.DropLog]] = {}
         # Connection handlers are the control server's tasks; kept so that the last replies
         # (delete, poststop) are written before the process exits.
         self._handlers: set[asyncio.Task[Any]] = set()
@@ -184,6 +193,10 @@ class Supervisor:
                 except FileNotFoundError:
                     pass
             statedir.remove(self.dir)
+            # After the state directory: a v1 rmdir can take milliseconds each, and until the
+            # directory is gone a delete would take this supervisor for one that died.
+            if self._service_cgroups:
+                cgroups.remove_service_cgroups(self._service_cgroups, list(self.services))
 
     def seccomp_agent(self) -> Coroutine[Any, Any, None] | None:
         """Bind the seccomp listener now (runc connects to it during create) and return the
@@ -203,7 +216,7 @@ class Supervisor:
         )
         sock = agent.bind(path)
         routes = agent.Routes.from_rules(rules, log)
-        self.seccomp = agent.Agent(routes, log)
+        self.seccomp = agent.Agent(routes, log, rate=self.plan.get("seccomp_rate"))
         return agent.serve(sock, routes, log, agent=self.seccomp)
 
     def finish(self, reason: str) -> None:
@@ -219,11 +232,12 @@ class Supervisor:
 
     # -- the container's processes ----------------------------------------------------------
 
-    def watch_pid(self, pid: int, on_exit: Any) -> None:
-        """Call on_exit() once `pid` has exited (pidfd: no polling, works for non-children)."""
+    def watch_pid(self, pid: int, on_exit: Any, pidfd: int | None = None) -> None:
+        """Call on_exit() once `pid` has exited (pidfd: no polling, works for non-children);
+        `pidfd`, when given, is one already known to be that process's (it is duplicated)."""
         loop = asyncio.get_running_loop()
         try:
-            fd = os.pidfd_open(pid)
+            fd = os.dup(pidfd) if pidfd is not None else os.pidfd_open(pid)
         except ProcessLookupError:
             loop.call_soon(on_exit)
             return
@@ -246,19 +260,47 @@ class Supervisor:
                 # The lower create failed: there is no container to serve.
                 self.finish("the lower create exited and the container does not exist")
                 return
-            self.container_created(state.get("pid"))
+            await self.init_from_state(state)
 
-    def container_created(self, pid: object) -> None:
-        """Take note of the container's init, given as runc reports it (a stopped container's
-        state says pid 0)."""
+    async def init_from_state(self, state: dict[str, Any]) -> None:
+        """Take note of init as `runc state` reported it. That pid may be stale by the time its
+        pidfd is open (the container ended and the number went to another process): open the
+        pidfd first, then ask again; runc checks the pid's start time, so the same answer means
+        the pidfd is init's."""
+        pid = state.get("pid")
         if self.init_pid is not None or not isinstance(pid, int) or pid <= 0:
             return
-        self.init_pid = pid
-        self.watch_pid(pid, self.main_exited)
         try:
-            self.init_pidfd = os.pidfd_open(pid)
+            pidfd = os.pidfd_open(pid)
         except ProcessLookupError:
-            self.init_pidfd = None
+            return
+        again = await self.lower_state()
+        if (
+            self.init_pid is not None  # a hook told us meanwhile
+            or again is None
+            or again.get("pid") != pid
+            or again.get("status") not in ("created", "running", "paused")
+        ):
+            os.close(pidfd)
+            return
+        self.container_created(pid, pidfd)
+
+    def container_created(self, pid: object, pidfd: int | None = None) -> None:
+        """Take note of the container's init, given as runc reports it (a stopped container's
+        state says pid 0). Without `pidfd`, the caller vouches that the pid cannot have been
+        reused (a hook: runc holds init unreaped while the hook runs)."""
+        if self.init_pid is not None or not isinstance(pid, int) or pid <= 0:
+            if pidfd is not None:
+                os.close(pidfd)
+            return
+        if pidfd is None:
+            try:
+                pidfd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                pidfd = None
+        self.init_pid = pid
+        self.init_pidfd = pidfd
+        self.watch_pid(pid, self.main_exited, pidfd)
 
     def init_exited(self) -> bool:
         if self.init_pid is None:
@@ -390,7 +432,7 @@ class Supervisor:
                 state = await self.lower_state()
                 if state is None:
                     return {"ok": False, "error": f"container {self.id} does not exist"}
-                self.container_created(state.get("pid"))
+                await self.init_from_state(state)
                 if self.init_pid is None:
                     status = state.get("status") or "without an init"
                     return {"ok": False, "error": f"container {self.id} is {status}"}
@@ -485,8 +527,7 @@ class Supervisor:
             f'service "{svc.name}" not ready after {_seconds(timeout)}: {why}; '
             f"last output: {svc.last_output()}"
         )
-        if svc.pid:
-            self.kill_tree(svc.pid, signal.SIGKILL)
+        self.kill_service(svc, signal.SIGKILL)
 
     async def supervise(self, svc: Service) -> None:
         spec = svc.spec
@@ -560,6 +601,7 @@ class Supervisor:
             pid_file,
             "--process",
             process_file,
+            *self.service_cgroup_args(svc),
             self.id,
         ]
         if svc.spec["ready"] == "file":
@@ -569,6 +611,9 @@ class Supervisor:
                 if self.init_pid
                 else None
             )
+        if argv[-2] == "--cgroup-failed":
+            svc.last_exit = f"could not be started ({argv[-1]})"
+            return 1 << 8
         wfd = self.service_output(svc)
         svc.launched.clear()
         try:
@@ -598,6 +643,7 @@ class Supervisor:
             except (OSError, ValueError):
                 svc.last_exit = "could not be started (no pid file)"
                 return 1 << 8
+            svc.pidfd = self.child_pidfd(svc.pid)
             svc.started_at = time.monotonic()
             svc.state = "running"
             svc.note(f"started, pid {svc.pid}")
@@ -610,6 +656,12 @@ class Supervisor:
         finally:
             check.cancel()
         svc.pid = None
+        if svc.pidfd is not None:
+            os.close(svc.pidfd)
+            svc.pidfd = None
+        # What the service left behind (a daemon it forked) ends with it, as with systemd's
+        # control-group kill mode: a restart starts from nothing, and a stop leaves nothing.
+        self.kill_service(svc, signal.SIGKILL)
         svc.drain_output()
         svc.last_exit = procs.describe_status(status)
         svc.note(svc.last_exit)
@@ -704,10 +756,43 @@ class Supervisor:
         return socks
 
     def notify_readable(self, sock: socket.socket, svc: Service) -> None:
-        try:
-            data, ancdata, _, _ = sock.recvmsg(4096, socket.CMSG_SPACE(12))
-        except BlockingIOError:
+        """Read what is queued, within the service's token bucket. Past it, datagrams are
+        dropped (counted, said in the service's log once per window) and the socket is not read
+        again until a token is due: the kernel's queue fills and the sender's sends fail or
+        block, on the container's time, not ours."""
+        limit = self._notify_limits.get(svc.name)
+        now = time.monotonic()
+        if limit is None:
+            rate = float(self.plan.get("notify_rate") or NOTIFY_RATE)
+            limit = (ratelimit.TokenBucket(rate, max(rate, 10.0), now), ratelimit.DropLog(10, now))
+            self._notify_limits[svc.name] = limit
+        bucket, drops = limit
+        for _ in range(NOTIFY_BATCH):
+            try:
+                data, ancdata, _, _ = sock.recvmsg(4096, socket.CMSG_SPACE(12))
+            except (BlockingIOError, InterruptedError):
+                return
+            if bucket.take(now):
+                self.notify_datagram(data, ancdata, svc)
+                continue
+            said = drops.drop(now)
+            if said is not None:
+                svc.note(
+                    f"notify socket: dropped {said} datagram(s) over the limit of "
+                    f"{bucket.rate:g}/s ({drops.total} in all)"
+                )
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(sock.fileno())
+            loop.call_later(
+                max(bucket.wait_time(now), NOTIFY_PAUSE), self.notify_resume, sock, svc
+            )
             return
+
+    def notify_resume(self, sock: socket.socket, svc: Service) -> None:
+        if sock.fileno() != -1 and not self.done.is_set():
+            asyncio.get_running_loop().add_reader(sock.fileno(), self.notify_readable, sock, svc)
+
+    def notify_datagram(self, data: bytes, ancdata: list[Any], svc: Service) -> None:
         sender = 0
         for level, kind, payload in ancdata:
             if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(payload) >= 4:
@@ -727,8 +812,7 @@ class Supervisor:
             self.stop_task = self.tg.create_task(self._stop_all(force))
         elif force:
             for svc in self.services.values():
-                if svc.pid:
-                    self.kill_tree(svc.pid, signal.SIGKILL)
+                self.kill_service(svc, signal.SIGKILL)
         await asyncio.shield(self.stop_task)
 
     async def _stop_all(self, force: bool) -> None:
@@ -745,19 +829,21 @@ class Supervisor:
             if svc.pid is not None and svc.exit_future is not None:
                 if svc.state != "failed":  # keep why a service that gave up failed
                     svc.state = "stopping"
-                pid, spec = svc.pid, svc.spec
+                spec = svc.spec
                 if force:
-                    self.kill_tree(pid, signal.SIGKILL)
+                    self.kill_service(svc, signal.SIGKILL)
                 else:
                     svc.note(f"stopping with {signal.Signals(spec['stop_signal']).name}")
-                    _kill(pid, spec["stop_signal"])
-                    _kill(pid, signal.SIGCONT)
+                    self.signal_main(svc, spec["stop_signal"])
+                    self.signal_main(svc, signal.SIGCONT)
                 try:
                     await asyncio.wait_for(asyncio.shield(svc.exit_future), spec["stop_timeout"])
                 except TimeoutError:
                     svc.note(f"still running after {_seconds(spec['stop_timeout'])}: SIGKILL")
-                    self.kill_tree(pid, signal.SIGKILL)
+                    self.kill_service(svc, signal.SIGKILL)
                     await asyncio.shield(svc.exit_future)
+                # Its forked daemons too (run_once does it as well, once it sees the exit).
+                self.kill_service(svc, signal.SIGKILL)
             if svc.runner is not None and not svc.runner.done():
                 svc.runner.cancel()
                 try:
@@ -770,9 +856,58 @@ class Supervisor:
         finally:
             svc.stopped.set()
 
+    def child_pidfd(self, pid: int) -> int | None:
+        """A pidfd of a child that the reaper has not released: opened before checking, so a
+        number already reaped (and maybe reused) is never taken for the child."""
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return None
+        if self.reaper.reaped(pid):
+            os.close(pidfd)
+            return None
+        return pidfd
+
+    def signal_main(self, svc: Service, sig: int) -> None:
+        if svc.pidfd is None:
+            return
+        try:
+            signal.pidfd_send_signal(svc.pidfd, sig)
+        except ProcessLookupError:
+            pass
+
+    def service_cgroup_args(self, svc: Service) -> list[str]:
+        """`--cgroup retinue-NAME`: the service runs in its own sub-cgroup of the container's,
+        so that whatever it forks (a daemon that left its process tree) is found at its stop.
+        Empty where the container's cgroups are unknown; ["--cgroup-failed", why] on error."""
+        if self._service_cgroups is None:
+            self._service_cgroups = {}
+            if self.init_pid is not None:
+                try:
+                    self._service_cgroups = cgroups.container_dirs(self.init_pid)
+                except OSError:
+                    pass
+        if not self._service_cgroups:
+            return []
+        try:
+            cgroups.make_service_cgroup(self._service_cgroups, svc.name)
+        except (cgroups.CgroupError, OSError) as e:
+            return ["--cgroup-failed", f"cannot create its cgroup: {e}"]
+        return ["--cgroup", cgroups.SUB_PREFIX + svc.name]
+
+    def kill_service(self, svc: Service, sig: int) -> None:
+        """Signal the service's main process and everything else it started: its sub-cgroup,
+        else (no cgroup) the main process's descendants."""
+        self.signal_main(svc, sig)
+        if self._service_cgroups:
+            cgroups.kill_all(self._service_cgroups, svc.name, sig)
+        elif svc.pid is not None and svc.pidfd is not None:
+            self.kill_tree(svc.pid, sig)
+
     def kill_tree(self, pid: int, sig: int) -> None:
-        """Signal `pid` and every process descended from it."""
-        victims = [pid]
+        """Signal every process descended from `pid` (while `pid` is alive, its descendants'
+        parent chains lead to it and to no recycled number)."""
+        victims = []
         for entry in os.listdir("/proc"):
             if entry.isdigit() and int(entry) != pid and readiness.is_descendant(int(entry), pid):
                 victims.append(int(entry))

@@ -68,6 +68,11 @@ class Reaper:
             self.reap()
         return future
 
+    def reaped(self, pid: int) -> bool:
+        """Whether `pid` exited and was reaped with nobody waiting yet: the number may already
+        belong to another process."""
+        return pid in self._early
+
     def close(self) -> None:
         self._loop.remove_signal_handler(signal.SIGCHLD)
 

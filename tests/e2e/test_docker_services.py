@@ -16,7 +16,7 @@ from subprocess import CompletedProcess
 
 import engines
 import pytest
-from conftest import service_status, wait_until_gone
+from conftest import service_status, services_footprint, wait_until_gone
 from support import (
     BROKEN_ERROR,
     LATE_SECONDS,
@@ -298,3 +298,40 @@ def test_a_broken_configuration_stops_nothing(
     result = docker.docker("run", "--rm", *RETINUE, docker.image, "true", check=False)
     assert result.returncode != 0
     assert f"retinue: {retinue_config}: invalid TOML" in result.stderr, result.stderr
+
+
+def test_the_supervisor_is_charged_beside_the_container(
+    docker: engines.Dockerd, docker_name: str, shared: Path, e2e_dir: Path
+) -> None:
+    """Issue 7.4: a `--cpus 0.2` container's supervisor ran in the shim's cgroup, charged to
+    nobody. It runs in the sibling `<container cgroup>.retinue`, bounded, gone with `rm -f`."""
+    cid = docker.docker(
+        "run", "-d", "--cpus", "0.2", "--name", docker_name, *_run_args(shared, "web"),
+        docker.image, *main_command("sleep 1000"),
+    ).stdout.strip()
+    init = int(docker.docker("inspect", "-f", "{{.State.Pid}}", cid).stdout)
+    supervisors = [
+        int(f.split()[1].rstrip(":")) for f in services_footprint(e2e_dir)
+        if f.startswith("supervisor ") and cid in f
+    ]
+    assert len(supervisors) == 1, supervisors
+
+    def cpu_cgroup(pid: int) -> str:
+        with open(f"/proc/{pid}/cgroup") as f:
+            for line in f:
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                if "cpu" in controllers.split(","):
+                    return path
+        raise AssertionError(f"no cpu cgroup for {pid}")
+
+    container = cpu_cgroup(init)
+    assert container.endswith(cid)
+    assert cpu_cgroup(supervisors[0]) == container + ".retinue"
+    mine = Path("/sys/fs/cgroup/cpu") / (container + ".retinue").lstrip("/")
+    assert mine.is_dir() and (mine / "cpu.cfs_quota_us").read_text().strip() != "-1"
+    docker.docker("rm", "-f", cid)
+    wait_until_gone(e2e_dir, cid)
+    deadline = time.monotonic() + 10
+    while mine.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not mine.exists()

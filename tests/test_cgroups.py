@@ -1,0 +1,112 @@
+"""The supervisor's cgroup, computed as runc resolves the container's (pure functions), and the
+token bucket that limits what a container can make its supervisor do."""
+
+from __future__ import annotations
+
+import pytest
+from retinue import cgroups
+from retinue.ratelimit import DropLog, TokenBucket
+
+HYBRID = """\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+"""
+UNIFIED = "31 23 0:28 / /sys/fs/cgroup rw,relatime - cgroup2 cgroup2 rw,nsdelegate\n"
+
+
+@pytest.mark.parametrize(
+    ("path", "systemd", "own", "expected"),
+    [
+        ("/docker/abc", False, "/", "/docker/abc"),
+        ("/kubepods/burstable/pod1/abc", False, "/", "/kubepods/burstable/pod1/abc"),
+        ("/a/../../b", False, "/", "/b"),  # '..' never climbs out of the hierarchy
+        ("rel/x", False, "/shim", "/shim/rel/x"),  # relative: to the caller's own cgroup
+        ("../../x", False, "/shim", "/shim/x"),
+        ("", False, "/shim", "/shim/ID"),  # no path: the id, relative
+        ("system.slice:docker:abc", True, "/", "/system.slice/docker-abc.scope"),
+        (
+            "kubepods-burstable-pod1.slice:cri-containerd:abc",
+            True,
+            "/",
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice/"
+            "cri-containerd-abc.scope",
+        ),
+        (":runc:abc", True, "/", "/system.slice/runc-abc.scope"),
+        ("", True, "/", "/system.slice/runc-ID.scope"),
+        ("machine.slice:x:my.slice", True, "/", "/machine.slice/my.slice"),
+    ],
+)
+def test_container_path_as_runc_resolves_it(
+    path: str, systemd: bool, own: str, expected: str
+) -> None:
+    assert cgroups.container_path(path, "ID", systemd, own) == expected
+
+
+@pytest.mark.parametrize("path", ["a:b", "bad--slice.slice:p:n", "x.slice:p:n/m"])
+def test_bad_systemd_paths_are_refused(path: str) -> None:
+    with pytest.raises(cgroups.CgroupError):
+        cgroups.container_path(path, "ID", True, "/")
+
+
+def test_the_sibling_is_beside_the_container_and_not_a_unit() -> None:
+    assert cgroups.sibling("/docker/abc") == "/docker/abc.retinue"
+    assert cgroups.sibling("/kubepods/pod1/abc") == "/kubepods/pod1/abc.retinue"
+    assert cgroups.sibling("/system.slice/docker-abc.scope") == "/system.slice/docker-abc.retinue"
+    assert cgroups.sibling("/abc") == "/abc.retinue"
+    with pytest.raises(cgroups.CgroupError):
+        cgroups.sibling("/")
+
+
+def test_hybrid_hosts_use_v1_with_comounted_controllers_once() -> None:
+    own = {"cpu": "/", "cpuacct": "/", "memory": "/sandbox", "pids": "/", "": "/"}
+    place = cgroups.placement("", "c1", False, HYBRID, own, 0.5, 64 << 20)
+    assert place == {
+        "v2": False,
+        "dirs": [
+            ["/sys/fs/cgroup/cpu,cpuacct", "/c1.retinue", "cpu"],
+            ["/sys/fs/cgroup/memory", "/sandbox/c1.retinue", "memory"],
+            ["/sys/fs/cgroup/pids", "/c1.retinue", "pids"],
+        ],
+        "cpu": 0.5,
+        "memory": 64 << 20,
+    }
+
+
+def test_unified_hosts_use_one_v2_directory() -> None:
+    place = cgroups.placement("/docker/c1", "c1", False, UNIFIED, {"": "/"}, 0.1, 0)
+    assert place["v2"] and place["dirs"] == [["/sys/fs/cgroup", "/docker/c1.retinue", ""]]
+    assert cgroups.directories(place) == ["/sys/fs/cgroup/docker/c1.retinue"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("64M", 64 << 20), ("1G", 1 << 30), ("512k", 512 << 10), ("100", 100), ("0", 0),
+     ("64MB", 64 << 20), ("lots", None), ("", None), ("-1M", None), ("1.5G", None)],
+)
+def test_sizes(text: str, expected: int | None) -> None:
+    assert cgroups.parse_size(text) == expected
+
+
+def test_cpu_quota() -> None:
+    assert cgroups.cfs_quota(0.1) == 10_000
+    assert cgroups.cfs_quota(2) == 200_000
+    assert cgroups.cfs_quota(0) == -1
+
+
+def test_token_bucket_allows_a_burst_then_the_rate() -> None:
+    bucket = TokenBucket(rate=10, burst=5, now=0.0)
+    assert [bucket.take(0.0) for _ in range(6)] == [True] * 5 + [False]
+    assert bucket.wait_time(0.0) == pytest.approx(0.1)
+    assert bucket.take(0.1) and not bucket.take(0.1)
+    assert sum(bucket.take(t / 100) for t in range(11, 111)) == pytest.approx(10, abs=1)
+
+
+def test_drops_are_said_once_per_window() -> None:
+    drops = DropLog(window=10, now=0.0)
+    said = [drops.drop(t / 10) for t in range(0, 250)]  # 25 s of drops, 10 a second
+    lines = [n for n in said if n is not None]
+    assert lines[0] == 1 and len(lines) == 3 and sum(lines) == drops.total - drops.dropped
