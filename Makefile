@@ -3,7 +3,7 @@
 PYTHON   ?= /usr/bin/python3.11
 VENV     ?= $(CURDIR)/.venv
 PREFIX   ?= /usr/local
-DEB_PKGS := runc crun busybox-static docker.io containerd python3-venv iproute2
+DEB_PKGS := runc crun busybox-static docker.io containerd python3-venv iproute2 gcc libc6-dev musl-tools
 export RETINUE_CONFIG ?= $(CURDIR)/configs/config.toml
 
 .PHONY: all deps venv demo test bench lint install clean

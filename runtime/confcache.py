@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 DEFAULT_CONFIG = "/etc/retinue/config.toml"
 CONFIG_ENV = "RETINUE_CONFIG"
 CACHE_DIR = "/run/retinue/cache"
-FORMAT = 7  # bump when compile_config's output changes shape
+FORMAT = 8  # bump when compile_config's output changes shape
 CLOCK_MARGIN_NS = 50_000_000
 
 

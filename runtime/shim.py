@@ -26,8 +26,9 @@ if TYPE_CHECKING:
     from .attach import Attachment
 
 PREFIX = "retinue: "
-# Signals that ask a container to stop: its services are stopped first, in reverse order, each
-# with its own stop signal and timeout; SIGKILL kills them at once.
+# Without retinue-init (a rule's `init = false`), signals that ask a container to stop: its
+# services are stopped first, in reverse order, each with its own stop signal and timeout;
+# SIGKILL kills them at once.
 GRACEFUL_SIGNALS = frozenset({2, 3, 15})  # SIGINT, SIGQUIT, SIGTERM
 SIGKILL = 9
 
@@ -81,6 +82,11 @@ def create(args: runc_argv.RuncArgs, compiled: dict[str, Any]) -> str | None:
     found = attach.plan(compiled, spec, args.root, container_id, args.bundle)
     if found is None:
         return None
+    if found.init is not None and not os.access(found.init["binary"], os.X_OK):
+        raise RetinueError(
+            f"{found.init['binary']}: retinue-init is missing or not executable; reinstall "
+            "retinue (its package build compiles it)"
+        )
     if found.supervised:
         if (
             args.command == "run"
@@ -127,6 +133,10 @@ def start_supervisor(
         "seccomp": found.seccomp,
         "seccomp_listener": found.listener,
         "creator_pid": os.getpid(),
+        # retinue-init is PID 1 and connects to the supervisor: the services stop after the main
+        # process, and kill goes straight to the lower runtime.
+        "init": bool(found.init and found.init["supervised"]),
+        "stop_budget": found.stop_budget,
     }
     try:
         if spawn.prepare(container_dir, plan, processes):
@@ -157,17 +167,16 @@ def _gone_message(container_id: str, log_dir: str) -> str:
     return f"the supervisor of container {container_id} is gone (killed or crashed; see {log})"
 
 
-def recorded_lower(container_dir: str, default: str) -> str:
-    """The lower runtime the container was created with: it keeps it until it is deleted, even
-    if the configuration names another one since."""
+def recorded_plan(container_dir: str) -> dict[str, Any]:
+    """What the container was created with (its plan.json); empty if it cannot be read."""
     import json
 
     try:
         with open(os.path.join(container_dir, "plan.json")) as f:
-            lower_runtime = json.load(f).get("lower")
-    except (OSError, ValueError, AttributeError):
-        return default
-    return lower_runtime if isinstance(lower_runtime, str) and lower_runtime else default
+            plan = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return plan if isinstance(plan, dict) else {}
 
 
 def supervised(args: runc_argv.RuncArgs, compiled: dict[str, Any], container_dir: str) -> str:
@@ -177,7 +186,13 @@ def supervised(args: runc_argv.RuncArgs, compiled: dict[str, Any], container_dir
     """
     from .supervisor.control import SupervisorGone
 
-    runtime = recorded_lower(container_dir, compiled["runtime"])
+    plan = recorded_plan(container_dir)
+    # The lower runtime the container was created with: it keeps it until it is deleted, even
+    # if the configuration names another one since.
+    lower_runtime = plan.get("lower")
+    runtime = lower_runtime if isinstance(lower_runtime, str) and lower_runtime else (
+        compiled["runtime"]
+    )
     command, container_id = args.command, args.container_id
     gone = _gone_message(container_id, compiled["log_dir"])
     if command == "start":
@@ -190,6 +205,11 @@ def supervised(args: runc_argv.RuncArgs, compiled: dict[str, Any], container_dir
             ) from None
         if not reply.get("ok"):
             raise RetinueError(str(reply.get("error")))
+    elif command == "kill" and plan.get("init") is True:
+        # retinue-init is PID 1: the signal goes straight to it and on to the main process, and
+        # the services stop after the main process has exited (init tells the supervisor). A
+        # kill that waited for the services would eat the engine's grace period.
+        pass
     elif command == "kill":
         sig = _signal_number(args.positionals[1] if len(args.positionals) > 1 else "SIGTERM")
         if sig in GRACEFUL_SIGNALS or sig == SIGKILL:

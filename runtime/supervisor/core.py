@@ -141,6 +141,12 @@ class Supervisor:
         control.via_fd(sock_path, listener.bind)
         os.chmod(sock_path, 0o600)
         server = await asyncio.start_unix_server(self.handle, sock=listener)
+        link = None
+        if self.plan.get("init"):
+            from .initlink import InitLink
+
+            link = InitLink(self)
+            await link.listen()
         notify_socks = self.open_notify_sockets()
         seccomp = self.seccomp_agent()
         try:
@@ -161,6 +167,8 @@ class Supervisor:
             pass
         finally:
             server.close()
+            if link is not None:
+                link.close()
             current = asyncio.current_task()
             handlers = [t for t in self._handlers if t is not current and not t.done()]
             if handlers:
@@ -276,7 +284,11 @@ class Supervisor:
         return bool(flags & PF_EXITING)
 
     def main_exited(self) -> None:
-        # The kernel kills every process of the container's PID namespace with its init; the
+        # With retinue-init, this is init's exit: it waited for the services to stop (see
+        # initlink), or the engine killed it. Either way the kernel kills every process of the
+        # container's PID namespace with its init; the services' exits follow through the
+        # reaper. The container has ended.
+        # Without it, the kernel kills every process of the container's PID namespace with its init; the
         # services' exits follow through the reaper. The container has ended.
         self.phase = "stopped"
         self.stopping = True
