@@ -156,10 +156,12 @@ def _signal_number(text: str) -> int:
     return int(getattr(_signal, name, 0))
 
 
-def _request(container_dir: str, message: dict[str, Any]) -> dict[str, Any]:
+def _request(
+    container_dir: str, message: dict[str, Any], timeout: float | None = None
+) -> dict[str, Any]:
     from .supervisor import control
 
-    return control.request(os.path.join(container_dir, control.SOCKET_NAME), message)
+    return control.request(os.path.join(container_dir, control.SOCKET_NAME), message, timeout)
 
 
 def _gone_message(container_id: str, log_dir: str) -> str:
@@ -208,8 +210,14 @@ def supervised(args: runc_argv.RuncArgs, compiled: dict[str, Any], container_dir
     elif command == "kill" and plan.get("init") is True:
         # retinue-init is PID 1: the signal goes straight to it and on to the main process, and
         # the services stop after the main process has exited (init tells the supervisor). A
-        # kill that waited for the services would eat the engine's grace period.
-        pass
+        # kill that waited for the services would eat the engine's grace period; only whether
+        # anyone will stop them is asked (answered at once, bounded anyway).
+        sig = _signal_number(args.positionals[1] if len(args.positionals) > 1 else "SIGTERM")
+        if sig in GRACEFUL_SIGNALS or sig == SIGKILL:
+            try:
+                _request(container_dir, {"op": "status"}, timeout=1.0)
+            except (SupervisorGone, OSError):
+                runclog.log(args, "warning", f"{PREFIX}{gone}; its services were not stopped")
     elif command == "kill":
         sig = _signal_number(args.positionals[1] if len(args.positionals) > 1 else "SIGTERM")
         if sig in GRACEFUL_SIGNALS or sig == SIGKILL:

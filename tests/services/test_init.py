@@ -1,0 +1,223 @@
+"""retinue-init as the container's PID 1, on real runc: the main process is its child, signals
+reach it, zombies are reaped, the exit status is the main's, and the services stop after the
+main process has exited, within the container's stop budget."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import FOREVER, Rig, main_args, wait_for
+
+# A log shipper: on SIGTERM it flushes (one line in its log, one event) and exits.
+SHIPPER = (
+    'trap \'ev flushed; echo flushed; exit 0\' TERM\n'
+    'ev "shipper start"\n'
+    "sleep 1000 & wait\n"
+)
+
+
+def run(rig: Rig, cid: str, bundle: Path, timeout: float = 60) -> tuple[int, str]:
+    """`retinue-runtime run`: the container's exit status and its stdout."""
+    out_path = rig.base / f"{cid}.run.out"
+    with open(out_path, "w") as out:
+        proc = subprocess.run(
+            rig.rt_argv("run", "--bundle", str(bundle), cid),
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, timeout=timeout,
+        )
+    return proc.returncode, out_path.read_text()
+
+
+def start(rig: Rig, cid: str, bundle: Path) -> None:
+    r = rig.create(cid, bundle)
+    assert r.returncode == 0, (r.stderr, rig.log_entries())
+    r = rig.rt("start", cid)
+    assert r.returncode == 0, (r.stderr, rig.log_entries())
+
+
+@pytest.mark.parametrize(
+    ("main", "code"),
+    [
+        ("exit 0", 0),
+        ("exit 7", 7),
+        ("kill -TERM $$", 143),
+        ("kill -KILL $$", 137),
+    ],
+)
+def test_a_job_ends_and_its_shipper_flushes_after_it(
+    rig: Rig, container_id: str, main: str, code: int
+) -> None:
+    rig.service("shipper", SHIPPER)
+    bundle = rig.bundle(main_args(f"sleep 0.2; ev main-exit; {main}"),
+                        env=["RETINUE_SERVICES=shipper"])
+    status, _ = run(rig, container_id, bundle)
+    assert status == code
+    words = [w for _, w in rig.events()]
+    assert words.index("main-exit") < words.index("flushed"), words
+    log = rig.service_log(container_id, "shipper")
+    assert "flushed" in log and "stopping with SIGTERM" in log
+    assert rig.errors() == [] and rig.warnings() == []
+
+
+def test_kill_term_returns_at_once_and_the_main_gets_it_first(
+    rig: Rig, container_id: str
+) -> None:
+    rig.service("shipper", SHIPPER)
+    start(rig, container_id, rig.bundle(main_args(f"ev main; {FOREVER}"),
+                                        env=["RETINUE_SERVICES=shipper"]))
+    wait_for(lambda: any(w == "main" for _, w in rig.events()))
+    t0 = time.monotonic()
+    r = rig.rt("kill", container_id, "TERM")
+    assert r.returncode == 0, r.stderr
+    assert time.monotonic() - t0 < 0.5
+    wait_for(lambda: rig.runc_status(container_id) == "stopped")
+    assert rig.event_time("main-term") <= rig.event_time("flushed")
+    assert rig.rt("delete", container_id).returncode == 0
+    wait_for(lambda: not rig.leftovers(container_id), 5)
+
+
+@pytest.mark.parametrize("sig", ["HUP", "USR1", "INT", "TERM"])
+def test_signals_are_forwarded_to_the_main_process(rig: Rig, container_id: str, sig: str) -> None:
+    rig.service("idle", "sleep 1000 & wait\n")
+    start(rig, container_id, rig.bundle(
+        main_args(f'trap "ev got-{sig}; exit 0" {sig}; ev main; sleep 1000 & wait'),
+        env=["RETINUE_SERVICES=idle"]))
+    wait_for(lambda: any(w == "main" for _, w in rig.events()))
+    assert rig.rt("kill", container_id, sig).returncode == 0
+    wait_for(lambda: any(w == f"got-{sig}" for _, w in rig.events()))
+    wait_for(lambda: rig.runc_status(container_id) == "stopped")
+
+
+def zombies_of(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if fields[0] == "Z" and int(fields[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
+def test_orphans_of_a_service_leave_no_zombies(rig: Rig, container_id: str) -> None:
+    # Each round leaves a grandchild that outlives its parent: re-parented to PID 1, it must be
+    # reaped by retinue-init once it exits.
+    rig.service("forker",
+                "for i in 1 2 3 4 5; do sh -c 'sleep 0.1 &'; done\n"
+                'ev "forked"\nsleep 1000 & wait\n')
+    start(rig, container_id, rig.bundle(main_args(f"ev main; {FOREVER}"),
+                                        env=["RETINUE_SERVICES=forker"]))
+    wait_for(lambda: any(w == "forked" for _, w in rig.events()))
+    state = rig.state(container_id)
+    assert state is not None
+    init_pid = state["pid"]
+    with open(f"/proc/{init_pid}/cmdline", "rb") as f:
+        assert f.read().split(b"\0")[0] == b"/.retinue/init"
+    time.sleep(0.5)  # every orphan has exited by now
+    assert zombies_of(init_pid) == []
+
+
+def static_binary(tmp: Path) -> Path:
+    """A static program that prints a line and exits 3, built here."""
+    cc = shutil.which("musl-gcc") or shutil.which("gcc")
+    assert cc, "no C compiler (make deps installs musl-tools and gcc)"
+    src = tmp / "app.c"
+    src.write_text(
+        '#include <unistd.h>\nint main(void){write(1,"hello from app\\n",15);return 3;}\n'
+    )
+    out = tmp / "app"
+    subprocess.run([cc, "-static", "-Os", "-o", str(out), str(src)], check=True)
+    return out
+
+
+def test_a_rootfs_with_one_static_binary(rig: Rig, container_id: str) -> None:
+    """Nothing in the image but the app: no shell, no libc. The service brings its own static
+    busybox in its files."""
+    rootfs = rig.base / "scratch"
+    rootfs.mkdir()
+    shutil.copy(static_binary(rig.base), rootfs / "app")
+    svc_files = rig.files / "idle"
+    svc_files.mkdir()
+    shutil.copy("/bin/busybox", svc_files / "busybox")
+    rig.service("idle", files=str(svc_files),
+                command='["/retinue/idle/busybox", "sleep", "1000"]')
+
+    def scratch(spec: dict[str, object]) -> None:
+        spec["root"] = {"path": str(rootfs), "readonly": True}
+        spec["mounts"] = [m for m in spec["mounts"]  # type: ignore[attr-defined]
+                          if m["destination"] in ("/proc", "/dev", "/shared")]
+
+    bundle = rig.bundle(["/app"], env=["RETINUE_SERVICES=idle"], edit=scratch)
+    status, out = run(rig, container_id, bundle)
+    assert status == 3, out
+    assert "hello from app" in out
+    assert "stopping with SIGTERM" in rig.service_log(container_id, "idle")
+
+
+def test_a_policy_rule_gives_init_without_services(rig: Rig, container_id: str) -> None:
+    rig.policy('[[attach]]\nname = "tini-like"\nwhen.always = true\ninit = true\n')
+    # PID 1 without a handler ignores TERM; as retinue-init's child, the default action applies.
+    bundle = rig.bundle(main_args("ev main; sleep 1000 & wait"))
+    spec = json.loads((bundle / "config.json").read_text())
+    start(rig, container_id, bundle)
+    edited = json.loads((bundle / "config.json").read_text())
+    assert edited["process"]["args"] == ["/.retinue/init", "--", *spec["process"]["args"]]
+    assert edited["annotations"]["io.retinue.init"] == "/.retinue/init --"
+    wait_for(lambda: any(w == "main" for _, w in rig.events()))
+    assert rig.rt("kill", container_id, "TERM").returncode == 0
+    wait_for(lambda: rig.runc_status(container_id) == "stopped")
+
+
+def test_init_false_keeps_the_entrypoint_as_pid_1(rig: Rig, container_id: str) -> None:
+    rig.policy('[[attach]]\nname = "systemd"\nwhen.always = true\ninit = false\n'
+               'services = ["idle"]\n')
+    rig.service("idle", "sleep 1000 & wait\n")
+    bundle = rig.bundle(main_args(f"ev main; {FOREVER}"))
+    start(rig, container_id, bundle)
+    state = rig.state(container_id)
+    assert state is not None
+    with open(f"/proc/{state['pid']}/cmdline", "rb") as f:
+        assert f.read().split(b"\0")[0] == b"sh"
+
+
+def test_the_main_process_sees_what_it_would_see_as_pid_1(rig: Rig, container_id: str) -> None:
+    """Same env, fds, cwd and ids with retinue-init as without it (plain runc)."""
+    rig.service("idle", "sleep 1000 & wait\n")
+    probe = main_args("ls /proc/self/fd > /shared/fds; env | sort > /shared/env; "
+                      "pwd > /shared/cwd; id > /shared/id")
+    files = ("fds", "env", "cwd", "id")
+    seen = {}
+    for cid, through_shim in ((container_id, True), (container_id + "-plain", False)):
+        bundle = rig.bundle(probe, env=["RETINUE_SERVICES=idle"])
+        if through_shim:
+            status, _ = run(rig, cid, bundle)
+        else:
+            status = rig.runc("run", "--bundle", str(bundle), cid).returncode
+        assert status == 0
+        seen[through_shim] = {f: (rig.shared / f).read_text() for f in files}
+    assert seen[True] == seen[False]
+
+
+def test_stop_budget_caps_a_service_that_ignores_sigterm(rig: Rig, container_id: str) -> None:
+    rig.write_config('stop_budget = "2s"\n')
+    rig.service("stubborn", 'trap \'ev "ignoring TERM"\' TERM\nev "stubborn start"\n'
+                "while :; do sleep 0.05; done\n", '[stop]\ntimeout = "10s"\n')
+    start(rig, container_id, rig.bundle(main_args(f"ev main; {FOREVER}"),
+                                        env=["RETINUE_SERVICES=stubborn"]))
+    wait_for(lambda: any(w == "stubborn start" for _, w in rig.events()))
+    t0 = time.monotonic()
+    assert rig.rt("kill", container_id, "TERM").returncode == 0
+    assert time.monotonic() - t0 < 0.5
+    wait_for(lambda: rig.runc_status(container_id) == "stopped", 5)
+    took = time.monotonic() - t0
+    assert 1.9 <= took < 3.0, took
+    assert "stop budget of 2s spent" in rig.service_log(container_id, "stubborn")
