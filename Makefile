@@ -39,6 +39,7 @@ bench: venv
 	$(VENV)/bin/python tests/bench/bench.py
 	$(VENV)/bin/python tests/bench/services_bench.py
 	$(VENV)/bin/python tests/bench/seccomp_bench.py
+	$(VENV)/bin/python tests/bench/init_bench.py
 
 # Put the launchers where engines expect them and register nothing: see `retinue install`.
 install: venv

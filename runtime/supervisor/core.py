@@ -284,12 +284,10 @@ class Supervisor:
         return bool(flags & PF_EXITING)
 
     def main_exited(self) -> None:
-        # With retinue-init, this is init's exit: it waited for the services to stop (see
-        # initlink), or the engine killed it. Either way the kernel kills every process of the
-        # container's PID namespace with its init; the services' exits follow through the
-        # reaper. The container has ended.
-        # Without it, the kernel kills every process of the container's PID namespace with its init; the
-        # services' exits follow through the reaper. The container has ended.
+        # The kernel kills every process of the container's PID namespace with its init; the
+        # services' exits follow through the reaper. The container has ended. With retinue-init
+        # as PID 1 this is init's exit, after the services were stopped (see initlink) unless
+        # the engine killed it.
         self.phase = "stopped"
         self.stopping = True
         self.finish("the container's main process exited")

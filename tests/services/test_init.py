@@ -221,3 +221,56 @@ def test_stop_budget_caps_a_service_that_ignores_sigterm(rig: Rig, container_id:
     took = time.monotonic() - t0
     assert 1.9 <= took < 3.0, took
     assert "stop budget of 2s spent" in rig.service_log(container_id, "stubborn")
+
+
+# -- configuration and the spec edit ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("config", "policy", "fragment"),
+    [
+        ('stop_budget = "soon"\n', "", "stop_budget: expected a duration like 5s or 500ms, got "
+         "a string: 'soon'"),
+        ("stop_budget = 7200\n", "", "stop_budget: expected between 0s and 1h, got an integer"),
+        ("", '[[attach]]\nname = "x"\nwhen.always = true\nstop_budget = "-1s"\n',
+         "attach[0].stop_budget: expected a duration"),
+        ("", '[[attach]]\nname = "x"\nwhen.always = true\ninit = "yes"\n', "attach[0].init"),
+    ],
+)
+def test_bad_init_settings_are_named(rig: Rig, config: str, policy: str, fragment: str) -> None:
+    rig.write_config(config)
+    rig.policy(policy)
+    r = rig.retinue("check")
+    assert r.returncode == 1
+    assert fragment in r.stdout + r.stderr, r.stdout + r.stderr
+
+
+def test_plan_shows_the_init_and_a_retried_create_wraps_once(rig: Rig) -> None:
+    from retinue import edits
+
+    rig.service("idle", "sleep 1000 & wait\n")
+    bundle = rig.bundle(["sh", "-c", "true"], env=["RETINUE_SERVICES=idle"])
+    r = rig.retinue("plan", "--id", "c1", "--root", str(rig.root), str(bundle))
+    assert r.returncode == 0, r.stderr
+    assert "# init: retinue-init is PID 1" in r.stdout
+    assert '+      "/.retinue/init",' in r.stdout
+
+    rules: list[dict[str, object]] = []
+    spec = json.loads((bundle / "config.json").read_text())
+    init = {"binary": "/x/retinue-init", "supervised": True, "wait_ms": 7000}
+    svc = {"name": "idle", "files": "/f", "ready": "started"}
+    once = edits.apply(spec, rules, "/h", "/s/c1", [svc], init)
+    assert once["process"]["args"] == [
+        "/.retinue/init", "-s", "/.retinue/init.sock", "-t", "7000", "--", "sh", "-c", "true"
+    ]
+    assert edits.apply(once, rules, "/h", "/s/c1", [svc], init) is once
+    # The same bundle, reused for another container: unwrapped, rewrapped, mounts not doubled.
+    other = edits.apply(once, rules, "/h", "/s/c2", [svc], init)
+    assert other["process"]["args"] == once["process"]["args"]
+    assert [m["destination"] for m in other["mounts"]].count("/.retinue/init.sock") == 1
+    sock_mount = next(m for m in other["mounts"] if m["destination"] == "/.retinue/init.sock")
+    assert sock_mount["source"] == "/s/c2/init.sock" and "ro" in sock_mount["options"]
+    # And for a container that gets no init: the container's own args again.
+    plain = edits.strip_previous(once)
+    assert plain["process"]["args"] == ["sh", "-c", "true"]
+    assert "io.retinue.init" not in plain["annotations"]
