@@ -168,7 +168,9 @@ def test_stop_and_rm_of_a_paused_container(
         assert time.monotonic() - started < 10, stop
         if stop[0] == "stop":
             state = _state(docker, docker_name)
-            assert (state["Running"], state["ExitCode"]) == (False, 137)
+            # `sleep` is retinue-init's child, not PID 1: SIGTERM's default action ends it
+            # once the container is thawed (143), unless Docker's SIGKILL came first (137).
+            assert (state["Running"], state["ExitCode"]) in ((False, 143), (False, 137))
             docker.docker("rm", docker_name)
 
 
