@@ -235,9 +235,23 @@ def supervised(args: runc_argv.RuncArgs, compiled: dict[str, Any], container_dir
             # delete --force then kills what is left.
             _request(container_dir, {"op": "delete", "force": False})
         except SupervisorGone:
-            runclog.log(args, "warning", f"{PREFIX}{gone}; removed its state {container_dir}")
-            statedir.remove(container_dir)
+            # With retinue-init the supervisor ends by itself right after the container stops,
+            # and engines delete at once: it may be removing its state this very moment.
+            if not _vanishes(container_dir):
+                runclog.log(args, "warning", f"{PREFIX}{gone}; removed its state {container_dir}")
+                statedir.remove(container_dir)
     return runtime
+
+
+def _vanishes(path: str, seconds: float = 1.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while os.path.isdir(path):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def _is_running(runtime: str, args: runc_argv.RuncArgs) -> bool:
