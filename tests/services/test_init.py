@@ -274,3 +274,39 @@ def test_plan_shows_the_init_and_a_retried_create_wraps_once(rig: Rig) -> None:
     plain = edits.strip_previous(once)
     assert plain["process"]["args"] == ["sh", "-c", "true"]
     assert "io.retinue.init" not in plain["annotations"]
+
+
+def test_the_main_process_keeps_the_terminal(rig: Rig, container_id: str) -> None:
+    """process.terminal: the main process has the container's pty as its controlling terminal
+    and is its foreground process group, so ^C on the terminal reaches it (not init)."""
+    import socket
+
+    rig.service("idle", "sleep 1000 & wait\n")
+
+    def with_tty(spec: dict[str, object]) -> None:
+        spec["process"]["terminal"] = True  # type: ignore[index]
+
+    body = ('set -- $(cat /proc/$$/stat); echo "$5 $7 $8" > /shared/tty; '
+            'trap "ev got-int; exit 0" INT; ev main; sleep 1000 & wait')
+    bundle = rig.bundle(main_args(body), env=["RETINUE_SERVICES=idle"], edit=with_tty)
+    path = str(rig.base / "console.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+    listener.settimeout(30)
+    r = subprocess.run(rig.rt_argv("create", "--bundle", str(bundle), "--console-socket", path,
+                                   container_id),
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, (r.stderr, rig.log_entries())
+    conn, _ = listener.accept()
+    _, fds, _, _ = socket.recv_fds(conn, 4096, 1)
+    conn.close()
+    listener.close()
+    with os.fdopen(fds[0], "r+b", buffering=0) as master:
+        assert rig.rt("start", container_id).returncode == 0
+        wait_for(lambda: any(w == "main" for _, w in rig.events()))
+        pgrp, tty_nr, tpgid = (int(x) for x in (rig.shared / "tty").read_text().split())
+        assert tty_nr != 0 and pgrp == tpgid
+        master.write(b"\x03")  # ^C: SIGINT to the terminal's foreground process group
+        wait_for(lambda: any(w == "got-int" for _, w in rig.events()))
+        wait_for(lambda: rig.runc_status(container_id) == "stopped")
