@@ -234,6 +234,7 @@ int main(int argc, char **argv)
 			usage();
 		}
 	}
+	/* No program after "--": nothing to be init for. */
 	if (i >= argc)
 		usage();
 
@@ -253,11 +254,13 @@ int main(int argc, char **argv)
 
 	/* Before the fork: once the program runs, any process of the container could race init to
 	 * the socket; before it, init is the only process there is. */
+	/* No -s: a container without services (a policy's init = true), init is only PID 1. */
 	if (socket_path)
 		sock = connect_supervisor(socket_path);
 
 	main_pid = fork();
 	if (main_pid < 0) {
+		/* Out of pids or memory at the container's very start: runc reports the exit. */
 		say("fork", errno);
 		return 1;
 	}
@@ -277,6 +280,8 @@ int main(int argc, char **argv)
 				;
 			break;
 		}
+		/* signalfd hands out whole records only; a short read cannot happen, and if it
+		 * ever did there would be no signal number to act on. */
 		if (got != sizeof si)
 			continue;
 		forward((int)si.ssi_signo, main_pid);
@@ -285,6 +290,7 @@ int main(int argc, char **argv)
 			break;
 	}
 
+	/* No channel (none asked for, or the supervisor was gone at start): nobody to wait for. */
 	if (sock >= 0)
 		hand_over(sock, sfd, main_status, wait_ms);
 	return status_code(main_status);
