@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FOREVER, Rig, main_args, wait_for
+from conftest import FOREVER, Rig, main_args, uptime, wait_for
 
 # A log shipper: on SIGTERM it flushes (one line in its log, one event) and exits.
 SHIPPER = (
@@ -310,3 +310,55 @@ def test_the_main_process_keeps_the_terminal(rig: Rig, container_id: str) -> Non
         master.write(b"\x03")  # ^C: SIGINT to the terminal's foreground process group
         wait_for(lambda: any(w == "got-int" for _, w in rig.events()))
         wait_for(lambda: rig.runc_status(container_id) == "stopped")
+
+
+def test_only_init_is_heard_on_its_socket(rig: Rig, container_id: str) -> None:
+    """Anyone else who reaches init.sock (here the host test process; inside the container the
+    same rule holds) and claims the main process exited is not listened to."""
+    import socket
+
+    rig.service("shipper", SHIPPER)
+    start(rig, container_id, rig.bundle(main_args(f"ev main; {FOREVER}"),
+                                        env=["RETINUE_SERVICES=shipper"]))
+    wait_for(lambda: rig.service_status(container_id, "shipper")["state"] == "ready")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(10)
+    sock.connect(str(rig.container_dir(container_id) / "init.sock"))
+    sock.sendall(b"exit 0\n")
+    try:
+        assert sock.recv(100) == b""  # closed without an answer
+    except ConnectionResetError:  # closed without reading what was sent: no answer either
+        pass
+    sock.close()
+    time.sleep(0.3)
+    assert rig.service_status(container_id, "shipper")["state"] == "ready"
+    assert "flushed" not in [w for _, w in rig.events()]
+
+
+def exiting(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            flags = int(f.read().rpartition(")")[2].split()[6])
+    except (OSError, ValueError, IndexError):
+        return True
+    return bool(flags & 0x4)  # PF_EXITING
+
+
+def test_without_its_supervisor_init_exits_at_once(rig: Rig, container_id: str) -> None:
+    rig.service("shipper", SHIPPER)
+    start(rig, container_id, rig.bundle(
+        main_args("ev main; while [ ! -e /shared/go ]; do sleep 0.05; done; ev main-exit; "
+                  "exit 5"),
+        env=["RETINUE_SERVICES=shipper"]))
+    wait_for(lambda: any(w == "main" for _, w in rig.events()))
+    state = rig.state(container_id)
+    assert state is not None
+    (pid,) = rig.supervisor_pids(container_id)
+    os.kill(pid, 9)
+    wait_for(lambda: not rig.supervisor_pids(container_id))
+    (rig.shared / "go").touch()
+    # When init begins to exit: the kernel then waits for the whole PID namespace to be reaped,
+    # and the services, orphaned by the killed supervisor, are the host's PID 1's to reap.
+    wait_for(lambda: exiting(state["pid"]), 10, 0.01)
+    exited = uptime()
+    assert exited - rig.event_time("main-exit") < 0.3
