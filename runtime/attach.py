@@ -17,11 +17,13 @@ class Attachment:
     __slots__ = (
         "container_dir",
         "edited",
+        "init",
         "listener",
         "notes",
         "rules",
         "seccomp",
         "services",
+        "stop_budget",
     )
 
     def __init__(self, **fields: Any) -> None:
@@ -35,6 +37,10 @@ class Attachment:
     container_dir: str
     edited: dict[str, Any]
     notes: list[str]
+    # retinue-init's settings when it becomes PID 1 ({"binary", "supervised", "wait_ms"}).
+    init: dict[str, Any] | None
+    # Seconds the services get in all to stop once the main process has exited.
+    stop_budget: float
 
     @property
     def supervised(self) -> bool:
@@ -59,7 +65,18 @@ def plan(
     editable.check(bundle_file.config_path(bundle), spec)
     container_dir = statedir.container_dir(compiled["state_dir"], root, container_id)
     services = [compiled["services"][n] for n in names]
-    edited = edits.apply(spec, rules, compiled["hook"], container_dir, services)
+    budgets = [r["stop_budget"] for r in rules if r["stop_budget"] is not None]
+    stop_budget = min(budgets) if budgets else compiled["stop_budget"]
+    init = None
+    if wants_init(rules, services):
+        init = {
+            "binary": compiled["init"],
+            "supervised": bool(services),
+            # init's own bound on the wait: the supervisor answers within the budget, and a
+            # supervisor that hangs must not keep the container's end waiting much longer.
+            "wait_ms": int(stop_budget * 1000) + INIT_MARGIN_MS,
+        }
+    edited = edits.apply(spec, rules, compiled["hook"], container_dir, services, init)
     # The policy's handlers, then those the attached services bring.
     seccomp = [r for rule in rules for r in rule["seccomp"]]
     seccomp += [r for svc in services for r in svc["seccomp"]]
@@ -78,4 +95,18 @@ def plan(
         container_dir=container_dir,
         edited=edited,
         notes=notes,
+        init=init,
+        stop_budget=stop_budget,
     )
+
+
+INIT_MARGIN_MS = 2000
+
+
+def wants_init(rules: list[dict[str, Any]], services: list[dict[str, Any]]) -> bool:
+    """A rule's `init = false` wins (an image whose entrypoint must be PID 1, like systemd);
+    then a rule's `init = true`; else a container gets an init exactly when it has services."""
+    asked = [r["init"] for r in rules if r["init"] is not None]
+    if False in asked:
+        return False
+    return bool(asked) or bool(services)

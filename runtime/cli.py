@@ -115,6 +115,11 @@ def plan(config_path: str | None, container_id: str, root: str, bundle_dir: str)
         click.echo(f"# seccomp: {', '.join(syscalls)} -> {found.listener}")
     for note in found.notes:
         click.echo(f"# seccomp: {note}")
+    if found.init:
+        click.echo(
+            f"# init: retinue-init is PID 1; services stop after the main process, "
+            f"within {found.stop_budget:g}s"
+        )
     before[-1] += "\n"
     after[-1] += "\n"
     shown = path.lstrip("/")

@@ -21,7 +21,7 @@ import attrs
 from .confcache import CONFIG_ENV, DEFAULT_CONFIG
 from .errors import ConfigError
 from .seccomp.config import SeccompRule, check_rules, compile_rules
-from .tomlmodel import check_abs, read_toml, structure
+from .tomlmodel import check_abs, describe_value, read_toml, structure
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 RULE_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}\Z")
@@ -68,6 +68,12 @@ class Rule:
     services: list[str] = attrs.field(factory=list)
     # Syscalls brokered by the container's supervisor through seccomp user notification.
     seccomp: list[SeccompRule] = attrs.field(factory=list)
+    # retinue-init as PID 1: true gives it to every selected container (as `docker run --init`);
+    # false keeps the image's entrypoint as PID 1 even with services (systemd images); unset,
+    # a container gets it exactly when it has services.
+    init: bool | None = None
+    # Caps the services' part of the container's stop (see Settings.stop_budget).
+    stop_budget: str | float | None = None
 
 
 @attrs.frozen
@@ -104,6 +110,10 @@ class Settings:
     # excess waits in the kernel, on the container's own time).
     notify_rate: float = 50.0
     seccomp_rate: float = 500.0
+    # Once a container's main process has exited, its services get at most this long in all to
+    # stop (each within its own stop timeout) before its init exits and the kernel ends them: it
+    # must fit the engine's grace period (Docker's and Kubernetes' default: 10s and 30s).
+    stop_budget: str | float = "5s"
 
 
 @attrs.frozen
@@ -133,6 +143,7 @@ def check_settings(s: Settings, source: str) -> list[str]:
         errors += check_abs("runtime", s.runtime, "path")
     if s.log_max_bytes < 1024:
         errors.append(f"log_max_bytes: expected at least 1024, got {s.log_max_bytes}")
+    errors += _check_budget("stop_budget", s.stop_budget)
     if s.log_keep < 1:  # rotation renames the full file away: it needs somewhere to go
         errors.append(f"log_keep: expected 1 or more, got {s.log_keep}")
     elif s.log_keep > MAX_LOG_KEEP:  # each rotation renames every kept file in turn
@@ -211,6 +222,8 @@ def check_policy(policy: Policy, source: str) -> list[str]:
             )
         seen.setdefault(rule.name, i)
         errors += check_rules(rule.seccomp, at=f"{at}.seccomp")
+        if rule.stop_budget is not None:
+            errors += _check_budget(f"{at}.stop_budget", rule.stop_budget)
         w = rule.when
         if not (w.always or w.sandbox or w.annotations or w.env or w.command):
             errors.append(
@@ -241,6 +254,18 @@ def check_policy(policy: Policy, source: str) -> list[str]:
                 errors.append(f"{at}.mounts[{j}].destination: {m.destination} is mounted twice")
             destinations.add(m.destination)
     return [f"{source}: {e}" for e in errors]
+
+
+def _check_budget(key: str, value: str | float) -> list[str]:
+    from .services import parse_duration
+
+    try:
+        seconds = parse_duration(value)
+    except ValueError:
+        return [f"{key}: expected a duration like 5s or 500ms, got {describe_value(value)}"]
+    if not 0 <= seconds <= 3600:
+        return [f"{key}: expected between 0s and 1h, got {describe_value(value)}"]
+    return []
 
 
 def _raise_if(errors: list[str]) -> None:
@@ -322,6 +347,9 @@ def compile_config(cfg: Config, runtime: str, hook: str) -> dict[str, Any]:
     return {
         "runtime": runtime,
         "hook": hook,
+        # Built by the package build beside this module; bind-mounted into containers.
+        "init": os.path.join(os.path.dirname(os.path.abspath(__file__)), "libexec", "retinue-init"),
+        "stop_budget": services_module.parse_duration(s.stop_budget),
         "state_dir": s.state_dir,
         "log_dir": s.log_dir,
         "log_max_bytes": s.log_max_bytes,
@@ -344,6 +372,12 @@ def compile_config(cfg: Config, runtime: str, hook: str) -> dict[str, Any]:
                 "env": list(r.env.items()),
                 "services": list(r.services),
                 "seccomp": compile_rules(r.seccomp),
+                "init": r.init,
+                "stop_budget": (
+                    None
+                    if r.stop_budget is None
+                    else services_module.parse_duration(r.stop_budget)
+                ),
             }
             for r in cfg.policy.attach
         ],

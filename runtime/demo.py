@@ -1,8 +1,9 @@
 """`retinue demo`: one busybox container through retinue-runtime, step by step.
 
 It shows what a new user needs to see: the edits `retinue plan` predicts, services starting in
-dependency order, the entrypoint held until they are ready, `retinue status`, and the services
-stopped in reverse order when the container goes away.
+dependency order, the entrypoint held until they are ready, `retinue status`, and the end: the
+main process exits first, then retinue-init (the container's PID 1) has the services stopped
+gracefully in reverse order, and only then does the container stop.
 """
 
 from __future__ import annotations
@@ -80,9 +81,9 @@ def run(workdir: str) -> int:
     time.sleep(1.5)
     _step("retinue status")
     subprocess.run([admin, "status", CONTAINER_ID])
-    while _status(root) == "running":
-        time.sleep(0.2)
-    _step(f"the main process exited; retinue-runtime delete {CONTAINER_ID}")
+    _step("the main process exits; its services stop after it, in reverse order")
+    _watch_the_end(root)
+    _step(f"retinue-runtime delete {CONTAINER_ID}")
     subprocess.run([*runtime, "delete", CONTAINER_ID])
     for service in ("web", "metrics"):
         _step(f"retinue logs {CONTAINER_ID} {service}   (kept after the container is gone)")
@@ -90,6 +91,44 @@ def run(workdir: str) -> int:
     _step("retinue status   (nothing left)")
     subprocess.run([admin, "status"])
     return 0
+
+
+def _watch_the_end(root: str) -> None:
+    """Print each service's state as it changes, from the main process's exit (the supervisor's
+    phase turns to `stopping` when init says so) to the container's stop."""
+    from . import config, statedir
+    from .supervisor import control
+
+    settings = config.load().settings
+    sock = os.path.join(
+        statedir.container_dir(settings.state_dir, root, CONTAINER_ID), control.SOCKET_NAME
+    )
+    seen: dict[str, str] = {}
+    since: float | None = None
+    while True:  # until the supervisor is gone: it goes with the container
+        try:
+            reply = control.request(sock, {"op": "status"}, 5)
+        except (control.SupervisorGone, OSError, ValueError):
+            break
+        if since is None and reply.get("phase") == "stopping":
+            since = time.monotonic()
+            click.echo("+0.00s  main process exited (retinue-init told the supervisor)")
+        # Ends before beginnings, when one poll sees both: one service stops after another.
+        services = sorted(reply.get("services") or [], key=lambda s: s["state"] == "stopping")
+        for svc in services:
+            if since is not None and seen.get(svc["name"]) != svc["state"]:
+                click.echo(f"+{time.monotonic() - since:.2f}s  {svc['name']}: {svc['state']}")
+            seen[svc["name"]] = svc["state"]
+        time.sleep(0.01)
+    if since is not None:
+        # The supervisor answers no more once the last service has stopped and init exits.
+        for name, state in seen.items():
+            if state == "stopping":
+                click.echo(f"+{time.monotonic() - since:.2f}s  {name}: stopped")
+    while _status(root) == "running":
+        time.sleep(0.01)
+    if since is not None:
+        click.echo(f"+{time.monotonic() - since:.2f}s  container stopped (retinue-init exited)")
 
 
 def _status(root: str) -> str:

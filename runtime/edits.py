@@ -18,6 +18,13 @@ if TYPE_CHECKING:
 ATTACHED_ANNOTATION = "io.retinue.attached"
 SERVICES_RECORD_ANNOTATION = "io.retinue.attached-services"
 MOUNTS_RECORD_ANNOTATION = "io.retinue.mounts"
+# The arguments put before the container's own, as one string; `retinue plan` shows it and a
+# later create of the same bundle takes them off again.
+INIT_RECORD_ANNOTATION = "io.retinue.init"
+# Outside /retinue, where services' files live: a service may be called "init".
+INIT_PATH = "/.retinue/init"
+INIT_SOCKET = "/.retinue/init.sock"
+INIT_SOCKET_NAME = "init.sock"
 SERVICE_PREFIX = "/retinue"
 NOTIFY_DIR = "/run/retinue"
 HOOK_STAGES = ("createRuntime", "poststart", "poststop")
@@ -136,14 +143,61 @@ def notify_socket(service: str) -> str:
     return f"{NOTIFY_DIR}/{service}.sock"
 
 
+def init_mounts(binary: str, container_dir: str | None) -> list[dict[str, Any]]:
+    """retinue-init, read-only, and the supervisor's socket for it when there is a supervisor.
+
+    The socket is mounted alone (not its directory): the container sees that one file and
+    nothing else of the state directory; the supervisor trusts only the peer that is init.
+    """
+    mounts = [bind_mount(binary, INIT_PATH)]
+    if container_dir is not None:
+        mounts.append(bind_mount(f"{container_dir}/{INIT_SOCKET_NAME}", INIT_SOCKET))
+    return mounts
+
+
+def init_prefix(supervised: bool, wait_ms: int) -> list[str]:
+    prefix = [INIT_PATH]
+    if supervised:
+        prefix += ["-s", INIT_SOCKET, "-t", str(wait_ms)]
+    return [*prefix, "--"]
+
+
+def wrap_init(spec: Spec, prefix: list[str]) -> Spec:
+    """process.args = init's arguments, `--`, the container's own; recorded in an annotation."""
+    process = spec.get("process") or {}
+    args = list(process.get("args") or [])
+    if not args:
+        raise SpecError("process.args: empty; there is no program for retinue-init to start")
+    spec = {**spec, "process": {**process, "args": [*prefix, *args]}}
+    return annotate(spec, {INIT_RECORD_ANNOTATION: " ".join(prefix)})
+
+
+def unwrap_init(spec: Spec) -> Spec:
+    """The container's own args again, when an earlier create wrapped them in retinue-init."""
+    annotations = spec.get("annotations") or {}
+    recorded = annotations.get(INIT_RECORD_ANNOTATION)
+    if recorded is None:
+        return spec
+    process = spec.get("process") or {}
+    args = list(process.get("args") or [])
+    prefix = recorded.split(" ")
+    kept = {k: v for k, v in annotations.items() if k != INIT_RECORD_ANNOTATION}
+    spec = {**spec, "annotations": kept}
+    # Only our exact prefix is taken off: a container's own args are never shortened.
+    if args[: len(prefix)] == prefix and prefix and prefix[0] == INIT_PATH:
+        spec = {**spec, "process": {**process, "args": args[len(prefix) :]}}
+    return spec
+
+
 def strip_previous(spec: Spec) -> Spec:
     """Remove the hooks and mounts an earlier create added for another container.
 
     By hand, one bundle often serves several containers in turn (`runc run a`, then `run b`);
     the edits made for `a` name a's state directory. Our hooks are recognised by their argv[0];
     our mounts by the destinations recorded in an annotation, and only with our exact options,
-    so a container's own mount is never taken away.
+    so a container's own mount is never taken away; our init by its recorded arguments.
     """
+    spec = unwrap_init(spec)
     recorded = (spec.get("annotations") or {}).get(MOUNTS_RECORD_ANNOTATION)
     mounts = spec.get("mounts") or []
     if recorded:
@@ -173,8 +227,12 @@ def apply(
     hook_path: str,
     container_dir: str,
     services: list[dict[str, Any]] | None = None,
+    init: dict[str, Any] | None = None,
 ) -> Spec:
-    """Every edit the selected rules and services call for, then the hooks and the record."""
+    """Every edit the selected rules and services call for, then the hooks and the record.
+
+    `init` ({"binary", "supervised", "wait_ms"}) makes retinue-init the container's PID 1.
+    """
     original = spec
     spec = strip_previous(spec)
     added: list[dict[str, Any]] = []
@@ -182,6 +240,9 @@ def apply(
         added += [bind_mount(src, dst) for src, dst in rule["mounts"]]
     if services:
         added += service_mounts(services, container_dir)
+    if init is not None:
+        added += init_mounts(init["binary"], container_dir if init["supervised"] else None)
+        spec = wrap_init(spec, init_prefix(init["supervised"], init["wait_ms"]))
     spec = add_mounts(spec, added)
     for rule in rules:
         spec = set_env(spec, rule["env"])

@@ -31,8 +31,9 @@ if TYPE_CHECKING:
     from .attach import Attachment
 
 PREFIX = "retinue: "
-# Signals that ask a container to stop: its services are stopped first, in reverse order, each
-# with its own stop signal and timeout; SIGKILL kills them at once.
+# Without retinue-init (a rule's `init = false`), signals that ask a container to stop: its
+# services are stopped first, in reverse order, each with its own stop signal and timeout;
+# SIGKILL kills them at once.
 GRACEFUL_SIGNALS = frozenset({2, 3, 15})  # SIGINT, SIGQUIT, SIGTERM
 SIGKILL = 9
 
@@ -142,6 +143,11 @@ def create(args: runc_argv.RuncArgs, compiled: dict[str, Any]) -> str | None:
     found = attach.plan(compiled, spec, args.root, container_id, args.bundle)
     if found is None:
         return None
+    if found.init is not None and not os.access(found.init["binary"], os.X_OK):
+        raise RetinueError(
+            f"{found.init['binary']}: retinue-init is missing or not executable; reinstall "
+            "retinue (its package build compiles it)"
+        )
     if found.supervised:
         start_supervisor(args, compiled, spec, found)
     if found.edited is not spec:
@@ -185,6 +191,10 @@ def start_supervisor(
         "creator_pid": os.getpid(),
         "notify_rate": compiled.get("notify_rate", 50.0),
         "seccomp_rate": compiled.get("seccomp_rate", 500.0),
+        # retinue-init is PID 1 and connects to the supervisor: the services stop after the main
+        # process, and kill goes straight to the lower runtime.
+        "init": bool(found.init and found.init["supervised"]),
+        "stop_budget": found.stop_budget,
     }
     try:
         # Where the supervisor's own cost is charged (beside the container's cgroup).
@@ -215,10 +225,12 @@ def _signal_number(text: str) -> int:
     return int(getattr(_signal, name, 0))
 
 
-def _request(container_dir: str, message: dict[str, Any]) -> dict[str, Any]:
+def _request(
+    container_dir: str, message: dict[str, Any], timeout: float | None = None
+) -> dict[str, Any]:
     from .supervisor import control
 
-    return control.request(os.path.join(container_dir, control.SOCKET_NAME), message)
+    return control.request(os.path.join(container_dir, control.SOCKET_NAME), message, timeout)
 
 
 def _gone_message(container_id: str, log_dir: str) -> str:
@@ -229,14 +241,20 @@ def _gone_message(container_id: str, log_dir: str) -> str:
 def recorded_lower(container_dir: str, default: str) -> str:
     """The lower runtime the container was created with: it keeps it until it is deleted, even
     if the configuration names another one since."""
+    lower_runtime = recorded_plan(container_dir).get("lower")
+    return lower_runtime if isinstance(lower_runtime, str) and lower_runtime else default
+
+
+def recorded_plan(container_dir: str) -> dict[str, Any]:
+    """What the container was created with (its plan.json); empty if it cannot be read."""
     import json
 
     try:
         with open(os.path.join(container_dir, "plan.json")) as f:
-            lower_runtime = json.load(f).get("lower")
-    except (OSError, ValueError, AttributeError):
-        return default
-    return lower_runtime if isinstance(lower_runtime, str) and lower_runtime else default
+            plan = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return plan if isinstance(plan, dict) else {}
 
 
 def supervised(args: runc_argv.RuncArgs, runtime: str, log_dir: str, container_dir: str) -> str:
@@ -247,6 +265,7 @@ def supervised(args: runc_argv.RuncArgs, runtime: str, log_dir: str, container_d
     """
     from .supervisor.control import SupervisorGone
 
+    plan = recorded_plan(container_dir)
     command, container_id = args.command, args.container_id
     gone = _gone_message(container_id, log_dir)
     if command == "start":
@@ -259,6 +278,17 @@ def supervised(args: runc_argv.RuncArgs, runtime: str, log_dir: str, container_d
             ) from None
         if not reply.get("ok"):
             raise RetinueError(str(reply.get("error")))
+    elif command == "kill" and plan.get("init") is True:
+        # retinue-init is PID 1: the signal goes straight to it and on to the main process, and
+        # the services stop after the main process has exited (init tells the supervisor). A
+        # kill that waited for the services would eat the engine's grace period; only whether
+        # anyone will stop them is asked (answered at once, bounded anyway).
+        sig = _signal_number(args.positionals[1] if len(args.positionals) > 1 else "SIGTERM")
+        if sig in GRACEFUL_SIGNALS or sig == SIGKILL:
+            try:
+                _request(container_dir, {"op": "status"}, timeout=1.0)
+            except (SupervisorGone, OSError):
+                runclog.log(args, "warning", f"{PREFIX}{gone}; its services were not stopped")
     elif command == "kill":
         sig = _signal_number(args.positionals[1] if len(args.positionals) > 1 else "SIGTERM")
         if sig in GRACEFUL_SIGNALS or sig == SIGKILL:
@@ -276,10 +306,26 @@ def supervised(args: runc_argv.RuncArgs, runtime: str, log_dir: str, container_d
             # delete --force then kills what is left.
             _request(container_dir, {"op": "delete", "force": False})
         except SupervisorGone:
-            if statedir.is_complete(container_dir):
-                runclog.log(args, "warning", f"{PREFIX}{gone}; removed its state {container_dir}")
-            statedir.remove(container_dir)
+            # With retinue-init the supervisor ends by itself right after the container stops,
+            # and engines delete at once: it may be removing its state this very moment.
+            if not _vanishes(container_dir):
+                if statedir.is_complete(container_dir):
+                    runclog.log(
+                        args, "warning", f"{PREFIX}{gone}; removed its state {container_dir}"
+                    )
+                statedir.remove(container_dir)
     return runtime
+
+
+def _vanishes(path: str, seconds: float = 1.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while os.path.isdir(path):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def _is_running(runtime: str, args: runc_argv.RuncArgs) -> bool:

@@ -61,3 +61,17 @@ def test_cri_bench_quick(tmp_path: Path) -> None:
     for table in data.values():
         assert set(table["series"]) == {"runc", "retinue"}
         assert all(series["n"] == 3 for series in table["series"].values())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the bench creates real containers: needs root")
+def test_init_bench_quick(tmp_path: Path) -> None:
+    report = tmp_path / "init.json"
+    p = subprocess.run(
+        [sys.executable, str(BENCH.parent / "init_bench.py"), "--rounds", "2", "--no-docker",
+         "--json", str(report)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+    data = json.loads(report.read_text())
+    assert {"init_added_ms", "host_init_added_ms", "stop_main_exit_to_last_service_ms",
+            "stop_last_service_to_container_gone_ms"} <= set(data)

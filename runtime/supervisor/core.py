@@ -152,6 +152,12 @@ class Supervisor:
         control.via_fd(sock_path, listener.bind)
         os.chmod(sock_path, 0o600)
         server = await asyncio.start_unix_server(self.handle, sock=listener)
+        link = None
+        if self.plan.get("init"):
+            from .initlink import InitLink
+
+            link = InitLink(self)
+            await link.listen()
         notify_socks = self.open_notify_sockets()
         seccomp = self.seccomp_agent()
         try:
@@ -172,6 +178,8 @@ class Supervisor:
             pass
         finally:
             server.close()
+            if link is not None:
+                link.close()
             current = asyncio.current_task()
             handlers = [t for t in self._handlers if t is not current and not t.done()]
             if handlers:
@@ -322,7 +330,9 @@ class Supervisor:
 
     def main_exited(self) -> None:
         # The kernel kills every process of the container's PID namespace with its init; the
-        # services' exits follow through the reaper. The container has ended.
+        # services' exits follow through the reaper. The container has ended. With retinue-init
+        # as PID 1 this is init's exit, after the services were stopped (see initlink) unless
+        # the engine killed it.
         self.phase = "stopped"
         self.stopping = True
         self.finish("the container's main process exited")

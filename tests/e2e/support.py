@@ -94,6 +94,12 @@ SERVICES: dict[str, tuple[str, str]] = {
         "trap 'ev late-term; kill $pid; ev late-exit; exit 0' TERM\n"
         f"ev late-start\nsleep {LATE_SECONDS:g}\nev late-ready\ntouch /tmp/late.ready\nwait\n",
     ),
+    # Ignores SIGTERM, with a long stop timeout: only the stop budget or the engine's SIGKILL
+    # ends it.
+    "deaf": (
+        '[stop]\ntimeout = "10s"\n',
+        "trap 'ev deaf-term' TERM\nev deaf-start\nwhile :; do sleep 0.1; done\n",
+    ),
     # Fails before it is ready.
     "broken": (
         '[ready]\nfile = "/tmp/broken.ready"\n[restart]\npolicy = "no"\n',
