@@ -113,6 +113,36 @@ def _sh_quote(value: str) -> str:
     return "'" + value.replace("'", "'\\''") + "'"
 
 
+def _which(name: str, path_env: str) -> str | None:
+    for d in path_env.split(":"):
+        candidate = os.path.join(d, name)
+        if d.startswith("/") and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def _create_passes(compiled: dict[str, Any], path_env: str) -> str:
+    """`create_passes CONFIG_JSON`: true only when nothing can attach to that spec (issue 12).
+
+    The launcher passes such a create or run to the lower runtime without starting Python. It
+    greps for the strings of which every selected spec has one (`policy.selection_strings`),
+    and for `\\u` and `\\/`, the only escapes that could hide one of them; any of them found,
+    or grep failing, means Python decides. Needles are annotation keys and env entries, which
+    runc and `attach.plan` both compare case-sensitively, so a plain grep is exact for them
+    (struct keys such as "Annotations", which runc also reads in other cases, are not needles).
+    """
+    from . import policy
+
+    needles = policy.selection_strings(compiled)
+    if needles == []:
+        return "create_passes() { :; }"
+    grep = _which("grep", path_env)
+    if needles is None or grep is None or not _SH_SAFE.issuperset(grep):
+        return "create_passes() { return 1; }"
+    patterns = " ".join(f"-e {_sh_quote(n)}" for n in ["\\u", "\\/", *needles])
+    return f'create_passes() {{ LC_ALL=C {grep} -F -q {patterns} -- "$1"; [ $? -eq 1 ]; }}'
+
+
 def sh_cache_file(config_path: str) -> str:
     return os.path.join(CACHE_DIR, os.path.abspath(config_path).replace("/", "%") + ".sh")
 
@@ -150,6 +180,7 @@ def write_sh(
         f"explicit={'1' if explicit else ''}\n"
         f"files='{' '.join(present)}'\n"
         f"absent='{' '.join(absent)}'\n"
+        f"{_create_passes(compiled, path_env)}\n"
     ).encode()
     try:
         with open(target, "rb") as f:
