@@ -126,10 +126,12 @@ def _create_passes(compiled: dict[str, Any], path_env: str) -> str:
 
     The launcher passes such a create or run to the lower runtime without starting Python. It
     greps for the strings of which every selected spec has one (`policy.selection_strings`),
-    and for `\\u` and `\\/`, the only escapes that could hide one of them; any of them found,
-    or grep failing, means Python decides. Needles are annotation keys and env entries, which
-    runc and `attach.plan` both compare case-sensitively, so a plain grep is exact for them
-    (struct keys such as "Annotations", which runc also reads in other cases, are not needles).
+    for `\\u` and `\\/`, the only escapes that could hide one of them, and for a NUL byte
+    (from a file: argv cannot hold one), which every UTF-16 or UTF-32 spec has and json.loads
+    reads too; any of them found, or grep failing, means Python decides. Needles are annotation
+    keys and env entries, which runc and `attach.plan` both compare case-sensitively, so a plain
+    grep is exact for them; struct keys such as "Annotations" (runc reads keys in any case) are
+    not needles, so however a reader finds those, a spec without a needle selects nothing.
     """
     from . import policy
 
@@ -137,10 +139,32 @@ def _create_passes(compiled: dict[str, Any], path_env: str) -> str:
     if needles == []:
         return "create_passes() { :; }"
     grep = _which("grep", path_env)
-    if needles is None or grep is None or not _SH_SAFE.issuperset(grep):
+    if needles is None or grep is None or not _SH_SAFE.issuperset(grep) or not _nul_pattern():
         return "create_passes() { return 1; }"
     patterns = " ".join(f"-e {_sh_quote(n)}" for n in ["\\u", "\\/", *needles])
-    return f'create_passes() {{ LC_ALL=C {grep} -F -q {patterns} -- "$1"; [ $? -eq 1 ]; }}'
+    return (
+        f"create_passes() {{ LC_ALL=C {grep} -a -F -q {patterns} -f {NUL_PATTERN} "
+        '-- "$1"; [ $? -eq 1 ]; }'
+    )
+
+
+NUL_PATTERN = os.path.join(CACHE_DIR, "nul.pattern")
+
+
+def _nul_pattern() -> bool:
+    """The grep pattern file that matches a NUL byte, there and right."""
+    try:
+        with open(NUL_PATTERN, "rb") as f:
+            if f.read() == b"\0\n":
+                return True
+    except OSError:
+        pass
+    _replace(NUL_PATTERN, b"\0\n")
+    try:
+        with open(NUL_PATTERN, "rb") as f:
+            return f.read() == b"\0\n"
+    except OSError:
+        return False
 
 
 def sh_cache_file(config_path: str) -> str:

@@ -20,10 +20,11 @@ import sysconfig
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
-from retinue import attach, confcache, config, launcher
-from retinue.errors import RetinueError
+from retinue import attach, bundle, confcache, config, launcher
+from retinue.errors import RetinueError, SpecError
 
 NO_PYTHON = 127
 ConfigFactory = Callable[..., Path]
@@ -119,6 +120,18 @@ def test_escaped_names_go_to_python(tmp_path: Path, make_config: ConfigFactory) 
     shim = _shim(tmp_path, make_config, BY_ENV)
     hidden = json.dumps(_with_env("MODE=debug")).replace("MODE", "M\\u004fDE")
     assert shim("create", "-b", str(_bundle(tmp_path / "b", hidden)), "x") == NO_PYTHON
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32-be"])
+def test_a_spec_in_utf16_or_32_goes_to_python(
+    tmp_path: Path, make_config: ConfigFactory, encoding: str
+) -> None:
+    """json.loads reads them (runc does not): only Python can tell what they select."""
+    shim = _shim(tmp_path, make_config, BY_ENV)
+    b = tmp_path / "b"
+    b.mkdir()
+    (b / "config.json").write_bytes(json.dumps(_with_env("MODE=debug")).encode(encoding))
+    assert shim("create", "-b", str(b), "x") == NO_PYTHON
 
 
 @pytest.mark.parametrize(
@@ -256,6 +269,23 @@ def _spec_text(rng: random.Random) -> str:
     return text
 
 
+def _as_runc_reads(spec: dict[str, Any]) -> dict[str, Any]:
+    """The fields selection reads, found as Go's encoding/json finds them: in any case."""
+
+    def field(obj: dict[str, Any], name: str) -> Any:
+        return next((v for k, v in obj.items() if k.lower() == name), None)
+
+    process = field(spec, "process") or {}
+    return {
+        "annotations": field(spec, "annotations") or {},
+        "process": {"env": field(process, "env") or [], "args": field(process, "args") or []},
+    }
+
+
+def _encode(rng: random.Random, text: str) -> bytes:
+    return text.encode(rng.choice(["utf-8"] * 8 + ["utf-8-sig", "utf-16", "utf-32-le"]))
+
+
 def _passes(function: str, files: list[Path]) -> list[bool]:
     """The cache's create_passes, run by dash on each file."""
     script = function + '\nfor f do if create_passes "$f"; then echo 1; else echo 0; fi; done\n'
@@ -284,16 +314,23 @@ def test_what_the_sh_passes_python_attaches_nothing_to(tmp_path: Path) -> None:
         function = confcache._create_passes(compiled, PATH)
         texts = [_spec_text(rng) for _ in range(12)]
         paths = []
-        for i, text in enumerate(texts):
-            (d / f"{i}.json").write_text(text)
+        raws = [_encode(rng, text) for text in texts]
+        for i, raw in enumerate(raws):
+            (d / f"{i}.json").write_bytes(raw)
             paths.append(d / f"{i}.json")
-        for text, passes in zip(texts, _passes(function, paths), strict=True):
+        for text, raw, passes in zip(texts, raws, _passes(function, paths), strict=True):
             if not compiled["rules"] and not compiled["services"]:
                 assert passes  # shim.create does not even read the spec
                 passed += 1
                 continue
             try:
-                found = attach.plan(compiled, json.loads(text), "/run/runc", "x", str(d))
+                spec = bundle.parse("config.json", raw)  # as the shim reads it
+            except SpecError:
+                # Python refuses what runc may accept ("Process": runc reads keys in any
+                # case): the sh lets runc judge it, so nothing may attach to runc's reading.
+                spec = _as_runc_reads(json.loads(raw))
+            try:
+                found = attach.plan(compiled, spec, "/run/runc", "x", str(d))
             except RetinueError as e:
                 assert not passes, f"passed a spec Python refuses ({e}):\n{function}\n{text}"
                 continue
