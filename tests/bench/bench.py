@@ -183,8 +183,8 @@ class Bench:
         return f"{prefix}-{os.getpid()}-{self._ids}"
 
     def cleanup(self) -> None:
-        for cfg in (self.config_rule, self.config_empty):
-            for cached in confcache.cache_files(cfg):
+        for cfg in (self.config_rule, self.config_empty, str(self.work / "etc-svc/config.toml")):
+            for cached in [*confcache.cache_files(cfg), confcache.sh_cache_file(cfg)]:
                 with contextlib.suppress(OSError):
                     os.unlink(cached)
         for root in self.roots:
