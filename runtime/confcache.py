@@ -116,6 +116,60 @@ def _sh_quote(value: str) -> str:
     return "'" + value.replace("'", "'\\''") + "'"
 
 
+def _which(name: str, path_env: str) -> str | None:
+    for d in path_env.split(":"):
+        candidate = os.path.join(d, name)
+        if d.startswith("/") and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def _create_passes(compiled: dict[str, Any], path_env: str) -> str:
+    """`create_passes CONFIG_JSON`: true only when nothing can attach to that spec (issue 12).
+
+    The launcher passes such a create or run to the lower runtime without starting Python. It
+    greps for the strings of which every selected spec has one (`policy.selection_strings`),
+    for `\\u` and `\\/`, the only escapes that could hide one of them, and for a NUL byte
+    (from a file: argv cannot hold one), which every UTF-16 or UTF-32 spec has and json.loads
+    reads too; any of them found, or grep failing, means Python decides. Needles are annotation
+    keys and env entries, which runc and `attach.plan` both compare case-sensitively, so a plain
+    grep is exact for them; struct keys such as "Annotations" (runc reads keys in any case) are
+    not needles, so however a reader finds those, a spec without a needle selects nothing.
+    """
+    from . import policy
+
+    needles = policy.selection_strings(compiled)
+    if needles == []:
+        return "create_passes() { :; }"
+    grep = _which("grep", path_env)
+    if needles is None or grep is None or not _SH_SAFE.issuperset(grep) or not _nul_pattern():
+        return "create_passes() { return 1; }"
+    patterns = " ".join(f"-e {_sh_quote(n)}" for n in ["\\u", "\\/", *needles])
+    return (
+        f"create_passes() {{ LC_ALL=C {grep} -a -F -q {patterns} -f {NUL_PATTERN} "
+        '-- "$1"; [ $? -eq 1 ]; }'
+    )
+
+
+NUL_PATTERN = os.path.join(CACHE_DIR, "nul.pattern")
+
+
+def _nul_pattern() -> bool:
+    """The grep pattern file that matches a NUL byte, there and right."""
+    try:
+        with open(NUL_PATTERN, "rb") as f:
+            if f.read() == b"\0\n":
+                return True
+    except OSError:
+        pass
+    _replace(NUL_PATTERN, b"\0\n")
+    try:
+        with open(NUL_PATTERN, "rb") as f:
+            return f.read() == b"\0\n"
+    except OSError:
+        return False
+
+
 def sh_cache_file(config_path: str) -> str:
     return os.path.join(CACHE_DIR, os.path.abspath(config_path).replace("/", "%") + ".sh")
 
@@ -153,6 +207,7 @@ def write_sh(
         f"explicit={'1' if explicit else ''}\n"
         f"files='{' '.join(present)}'\n"
         f"absent='{' '.join(absent)}'\n"
+        f"{_create_passes(compiled, path_env)}\n"
     ).encode()
     try:
         with open(target, "rb") as f:

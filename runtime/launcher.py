@@ -55,6 +55,48 @@ def _value_flags() -> str:
     )
 
 
+# create/run (issue 12): most containers get nothing, and Python costs ~14 ms before it reads a
+# byte. The cache's `create_passes` settles the spec from its text (confcache._create_passes);
+# finding the bundle follows argv.parse: every create flag that takes a value, in any flag form,
+# anywhere after the subcommand. Anything unusual (two bundle flags, an empty one, a missing
+# value, a config.json that is a symlink or not there) goes to Python, which reports or decides.
+_CREATE_BLOCK = """\
+case $cmd in
+create|run)
+	bundle= seen= value= phase=global
+	for a do
+		if [ -n "$value" ]; then
+			[ "$value" = bundle ] && bundle=$a
+			value=; continue
+		fi
+		case $phase/$a in
+		*/--) [ $phase = global ] || break ;;
+		global/--root|global/-root|global/--log|global/-log) value=skip ;;
+		global/--log-format|global/-log-format|global/--criu|global/-criu) value=skip ;;
+		global/--rootless|global/-rootless) value=skip ;;
+		global/-?*) ;;
+		global/*) phase=sub ;;
+		sub/--bundle=*|sub/-bundle=*|sub/--b=*|sub/-b=*)
+			seen=$seen. bundle=${a#*=} ;;
+		sub/--bundle|sub/-bundle|sub/--b|sub/-b) seen=$seen. value=bundle ;;
+		sub/--console-socket|sub/-console-socket|sub/--pid-file|sub/-pid-file) value=skip ;;
+		sub/--preserve-fds|sub/-preserve-fds|sub/--pidfd-socket|sub/-pidfd-socket) value=skip ;;
+		esac
+	done
+	[ -z "$value" ] || slow "$@"
+	case $seen in
+	'') bundle=. ;;
+	.) [ -n "$bundle" ] || slow "$@" ;;
+	*) slow "$@" ;;
+	esac
+	[ -f "$bundle/config.json" ] && ! [ -L "$bundle/config.json" ] || slow "$@"
+	create_passes "$bundle/config.json" && exec "$lower" "$@"
+	slow "$@"
+	;;
+esac
+"""
+
+
 def render_runtime(python: str, site_packages: str, self_path: str) -> str:
     slow = _python(python, site_packages, self_path, "from retinue.shim import main; main()")
     return f"""#!/bin/sh
@@ -88,7 +130,6 @@ for a do
 		esac
 	fi
 done
-case $cmd in create|run) slow "$@" ;; esac
 # A container with a supervisor is in the registry whatever the configuration: Python finds
 # what it was created with.
 case $id in ''|.|..|*/*) ;; *) [ -e {statedir.REGISTRY}/"$id" ] && slow "$@" ;; esac
@@ -112,7 +153,7 @@ done
 for f in $absent; do
 	[ -e "$f" ] && slow "$@"
 done
-exec "$lower" "$@"
+{_CREATE_BLOCK}exec "$lower" "$@"
 """
 
 

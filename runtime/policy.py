@@ -179,3 +179,36 @@ def attached_services(
     chosen = graph.closure(g, [*mandatory, *requested])
     layers = graph.start_layers(g, chosen)
     return [name for layer in layers for name in layer]
+
+
+# What a needle may contain so that, in a config.json without `\u` and `\/` escapes, a key or
+# env entry that has it also has it byte for byte: JSON must escape `"`, `\` and control
+# characters, and may escape any other character only as `\uXXXX` (or `/` as `\/`).
+_NEEDLE_CHARS = frozenset(map(chr, range(0x20, 0x7F))) - {'"', "\\"}
+
+
+def selection_strings(compiled: dict[str, Any]) -> list[str] | None:
+    """Strings at least one of which occurs in the text of every spec something attaches to.
+
+    The sh launcher passes a create through without Python when none occurs in config.json
+    (`[]`: nothing can attach at all). None when no such list exists: a rule that can select a
+    container by its command alone, or any container.
+
+    A rule selects only containers that have each of its annotations and env names, so any one
+    of those is a witness; the services a container asks for itself need the selection
+    annotation (or a longer one it prefixes) or env name.
+    """
+    rules, services = compiled["rules"], compiled["services"]
+    if not rules and not services:
+        return []  # attach.plan is never reached (shim.create)
+    out = [SERVICES_ANNOTATION, SERVICES_ENV]
+    for rule in rules:
+        if rule["always"]:
+            return None
+        witnesses = [name for name, _ in rule["annotations"]] + [n for n, _ in rule["env_match"]]
+        if not witnesses:
+            return None
+        out.append(witnesses[0])
+    if not all(s and _NEEDLE_CHARS.issuperset(s) for s in out):
+        return None
+    return list(dict.fromkeys(out))

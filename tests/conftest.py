@@ -128,6 +128,6 @@ def make_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Con
 
     yield make
     for cfg in made:
-        for cached in confcache.cache_files(str(cfg)):
+        for cached in [*confcache.cache_files(str(cfg)), confcache.sh_cache_file(str(cfg))]:
             with contextlib.suppress(OSError):
                 os.unlink(cached)

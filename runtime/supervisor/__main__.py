@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
-import os
 import sys
 
-from .. import cgroups
-from . import retention
-from .core import Supervisor
+# asyncio imports ssl (and with it libssl and libcrypto) for TLS transports, which a supervisor
+# never opens: 1.2 MB of private memory in every supervisor, and ~5 ms of its start (issue 12).
+# Blocked only while asyncio loads: a seccomp handler may still import ssl itself.
+_SSL_BLOCKED = "ssl" not in sys.modules
+if _SSL_BLOCKED:
+    sys.modules["ssl"] = None  # type: ignore[assignment]  # import ssl -> ImportError
+
+import asyncio  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+
+from .. import cgroups  # noqa: E402
+from . import retention  # noqa: E402
+from .core import Supervisor  # noqa: E402
+
+if _SSL_BLOCKED:
+    del sys.modules["ssl"]
 
 PLAN = "plan.json"
 

@@ -226,3 +226,34 @@ def interleave(
             except CommandFailed as e:
                 table.failed(name, e)
     return table
+
+
+def smaps_rollup(pid: int) -> dict[str, int]:
+    """/proc/PID/smaps_rollup in kB: Rss, Pss, and Uss (Private_Clean + Private_Dirty), the
+    memory that goes away with the process; RSS also counts pages shared with every other
+    Python process."""
+    out: dict[str, int] = {}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            fields = rest.split()
+            if len(fields) == 2 and fields[1] == "kB":
+                out[key] = int(fields[0])
+    out["Uss"] = out.get("Private_Clean", 0) + out.get("Private_Dirty", 0)
+    return out
+
+
+def pids_with_arg(arg: str) -> list[int]:
+    """Processes one of whose argv words is exactly `arg`."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                words = f.read().split(b"\0")
+        except OSError:
+            continue
+        if arg.encode() in words:
+            found.append(int(name))
+    return found
