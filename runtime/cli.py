@@ -61,6 +61,15 @@ def check(config_path: str | None) -> None:
     click.echo(f"services: {cfg.services_dir or '(none)'} ({len(cfg.services)} defined)")
     for name, svc in sorted(cfg.services.items()):
         kind = "required" if svc.required else "optional"
+        if svc.type == "oneshot":
+            kind += ", oneshot"
+        if svc.on_failure != "ignore":
+            kind += f", on failure {svc.on_failure}"
+        if svc.health is not None:
+            probe = next(k for k in ("exec", "tcp", "http") if getattr(svc.health, k) is not None)
+            kind += f", health {probe}"
+        if svc.stop.exec:
+            kind += ", drain"
         deps = [
             f"{k} {', '.join(getattr(svc, k))}"
             for k in ("requires", "wants", "after")

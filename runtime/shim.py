@@ -172,6 +172,15 @@ def start_supervisor(
             processes[f"{svc['name']}.probe"] = execspec.process(
                 svc, spec, container_id, args=svc["ready_target"]
             )
+        # Run inside the container like the probe above, as the service's user.
+        if svc.get("health") == "exec":
+            processes[f"{svc['name']}.health"] = execspec.process(
+                svc, spec, container_id, args=svc["health_target"]
+            )
+        if svc.get("stop_exec"):
+            processes[f"{svc['name']}.drain"] = execspec.process(
+                svc, spec, container_id, args=svc["stop_exec"]
+            )
     plan = {
         "id": container_id,
         "root": args.root,
