@@ -39,6 +39,8 @@ Op = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 class Supervisor:
+    """One container's services from its create to its end (see the module's docstring)."""
+
     def __init__(self, container_dir: str, plan: Plan) -> None:
         self.dir = container_dir
         self.plan = plan
