@@ -83,7 +83,7 @@ def run(workdir: str) -> int:
     time.sleep(1)
     _step("retinue status   (setup: done, a one-shot; web: ready and healthy)")
     subprocess.run([admin, "status", CONTAINER_ID])
-    _step(f"retinue restart {CONTAINER_ID} web   (its drain hook runs first; the app keeps running)")
+    _step(f"retinue restart {CONTAINER_ID} web   (its drain hook first; the app keeps running)")
     subprocess.run([admin, "restart", CONTAINER_ID, "web"])
     _step("the main process exits; its services stop after it, in reverse order")
     _watch_the_end(root)

@@ -162,6 +162,7 @@ async def exec_inside(
     deadline = loop.time() + timeout
     pid: int | None = None
     pidfd: int | None = None
+    runc_exited = False
     try:
         try:
             async with asyncio.timeout_at(deadline):
@@ -171,50 +172,61 @@ async def exec_inside(
             _kill(runc, signal.SIGKILL)
             await reaper.wait(runc)
             status = -1
-        if status != 0:
-            pid = _read_pid(pid_file)
-            if pid is None:
-                why = "timed out" if status == -1 else procs.describe_status(status)
-                return None, f"could not be started (exec {why})"
-        pid = pid or _read_pid(pid_file)
-        if pid is None:
-            return None, "could not be started (no pid file)"
+        runc_exited = True
+        pid = started = _read_pid(pid_file)
+        if started is None:
+            why = "timed out" if status == -1 else procs.describe_status(status)
+            return None, f"could not be started (exec {why})"
         try:
-            pidfd = os.pidfd_open(pid)
+            pidfd = os.pidfd_open(started)
         except ProcessLookupError:
             pidfd = None
-        if reaper.reaped(pid) and pidfd is not None:
+        if reaper.reaped(started) and pidfd is not None:
             os.close(pidfd)  # the number may already be someone else's
             pidfd = None
-        exited = reaper.wait(pid)
+        exited = reaper.wait(started)
         try:
             async with asyncio.timeout_at(deadline):
-                return await asyncio.shield(exited), ""
+                result = await asyncio.shield(exited)
+            pid = None  # reaped: nothing to end
+            return result, ""
         except TimeoutError:
-            if pidfd is not None:
-                # Its descendants first, while their parent chains still lead to it.
-                for victim in _descendants(pid):
-                    _kill(victim, signal.SIGKILL)
-                try:
-                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            _end(started, pidfd)
             await exited
+            pid = None
             return None, f"still running after {_seconds(timeout)}: killed"
     finally:
+        # Cancelled (the service's run ended, the supervisor stops): nothing may outlive it.
+        if not runc_exited:
+            _kill(runc, signal.SIGKILL)
+        elif pid is not None:
+            _end(pid, pidfd)
         if pidfd is not None:
             os.close(pidfd)
         # What is left in the pipe (a grandchild that kept it open is not waited for).
         while True:
             try:
                 data = os.read(r, 65536)
-            except (BlockingIOError, OSError):
+            except OSError:
                 break
             if not data:
                 break
             output(data)
         loop.remove_reader(r)
         os.close(r)
+
+
+def _end(pid: int, pidfd: int | None) -> None:
+    """SIGKILL a probe's process and its descendants (through its pidfd: never a reused pid)."""
+    if pidfd is None:
+        return
+    # Its descendants first, while their parent chains still lead to it.
+    for victim in _descendants(pid):
+        _kill(victim, signal.SIGKILL)
+    try:
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def _why(e: OSError) -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from pathlib import Path
 
 from conftest import FOREVER, PRELUDE, Rig, main_args, processes_mentioning, wait_for
 
@@ -45,7 +44,7 @@ def state(rig: Rig, cid: str, name: str) -> str:
     return str(rig.service_status(cid, name)["state"])
 
 
-# -- one-shot tasks -----------------------------------------------------------------------------
+# -- one-shot tasks -------------------------------------------------------------------------------
 
 
 def test_a_oneshot_finishes_before_its_dependents_and_the_entrypoint(
@@ -126,7 +125,7 @@ def test_success_exit_is_not_restarted_on_failure(rig: Rig, container_id: str) -
     assert words(rig).count("svc-start") == 1
 
 
-# -- readiness over HTTP ----------------------------------------------------------------------------
+# -- readiness over HTTP --------------------------------------------------------------------------
 
 
 HTTPD = "mkdir -p /tmp/www && echo ok > /tmp/www/index.html && exec httpd -f -p {port} -h {root}\n"
@@ -149,7 +148,7 @@ def test_http_readiness_needs_a_2xx(rig: Rig, container_id: str) -> None:
     assert 'service "web" not ready after 1s' in r.stderr, r.stderr
 
 
-# -- health -------------------------------------------------------------------------------------------
+# -- health ---------------------------------------------------------------------------------------
 
 
 def test_http_health_failing_restarts_the_service(rig: Rig, container_id: str) -> None:
@@ -201,7 +200,7 @@ def test_a_probe_that_hangs_is_killed_and_never_piles_up(rig: Rig, container_id:
     assert "still running after 300ms: killed" in log, log
 
 
-# -- drain before stop -----------------------------------------------------------------------------
+# -- drain before stop ----------------------------------------------------------------------------
 
 
 TRAPS_TERM = "trap 'ev svc-term; exit 0' TERM; ev svc-start; sleep 1000 & wait\n"
@@ -242,7 +241,7 @@ def test_a_drain_that_hangs_is_cut_at_the_stop_timeout(rig: Rig, container_id: s
     assert "drain" in rig.service_log(container_id, "svc")
 
 
-# -- manual control and fate sharing ----------------------------------------------------------------
+# -- manual control and fate sharing --------------------------------------------------------------
 
 
 FATAL = ("ev svc-start; while [ ! -e /shared/die ]; do sleep 0.05; done; "
@@ -325,7 +324,3 @@ def test_a_restart_while_the_service_is_starting(rig: Rig, container_id: str) ->
     assert r.stdout.strip().endswith("slow: ready"), r.stdout
     assert words(rig).count("slow-start") == 2
     assert rig.service_status(container_id, "slow")["restarts"] >= 1
-
-
-def _unused(path: Path) -> None:  # keeps the import of Path used in type positions only
-    del path
