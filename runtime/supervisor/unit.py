@@ -423,9 +423,8 @@ class Unit:
         interval, timeout = spec["health_interval"], spec["health_timeout"]
         threshold = spec["health_failures"]
         failed = 0
-        self.health = "healthy"
         while True:
-            await asyncio.sleep(interval)
+            # The first probe right away: "healthy" is never said before a probe said so.
             ok, said = await self.health_probe(run, timeout)
             self.probe_result = said
             if ok:
@@ -433,12 +432,14 @@ class Unit:
                     self.note(f"health check passed again ({said})")
                 failed = 0
                 self.health = "healthy"
+                await asyncio.sleep(interval)
                 continue
             failed += 1
             self.health = f"unhealthy {failed}/{threshold}"
             self.note(f"health check failed ({failed}/{threshold}): {said}")
             if failed >= threshold:
                 break
+            await asyncio.sleep(interval)
         self.note(f"health check failed {failed} times in a row ({said}): restarting")
         self.unhealthy_stop = True
         await self.terminate()
