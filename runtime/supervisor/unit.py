@@ -117,6 +117,7 @@ class Unit:
         self.stopped_by: str | None = None
         # Serializes manual stop/start/restart requests.
         self.control = asyncio.Lock()
+        self.terminating: asyncio.Task[None] | None = None
 
     # -- what it says -------------------------------------------------------------------------
 
@@ -505,6 +506,13 @@ class Unit:
             self.stopped.set()
 
     async def terminate(self) -> None:
+        """Stop the current run gracefully, once however many ask at the same time (the
+        container's stop, a manual stop, a failed health check); see _terminate."""
+        if self.terminating is None or self.terminating.done():
+            self.terminating = self.ctx.tg.create_task(self._terminate())
+        await asyncio.shield(self.terminating)
+
+    async def _terminate(self) -> None:
         """Stop the current run gracefully: the drain command, then the stop signal (and
         SIGCONT), SIGKILL of what is left once the stop timeout is spent. The drain and the wait
         share the timeout; a drain that outlives it is killed, and the signal still gets
