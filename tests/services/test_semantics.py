@@ -155,7 +155,7 @@ def test_http_health_failing_restarts_the_service(rig: Rig, container_id: str) -
     os.chmod(www, 0o777)
     rig.service("web", "ev web-start; exec httpd -f -p 8080 -h /shared/www\n",
                 '[ready]\nhttp = "http://127.0.0.1:8080/healthz"\n'
-                '[health]\nhttp = "http://127.0.0.1:8080/healthz"\ninterval = "200ms"\n'
+                '[health]\nhttp = "http://127.0.0.1:8080/healthz"\ninterval = "600ms"\n'
                 'timeout = "1s"\nfailures = 2\n[restart]\ndelay = "100ms"\n')
     started(rig, container_id, "web")
     web = wait_for(lambda: (s := rig.service_status(container_id, "web"))["health"] == "healthy"
@@ -164,7 +164,7 @@ def test_http_health_failing_restarts_the_service(rig: Rig, container_id: str) -
     assert "healthy" in rig.retinue("status", container_id).stdout
     (www / "healthz").unlink()
     unhealthy = wait_for(lambda: (s := rig.service_status(container_id, "web"))["health"]
-                         .startswith("unhealthy") and s, 5, 0.02)
+                         == "unhealthy 1/2" and s, 5, 0.02)
     assert unhealthy["probe"] == "HTTP 404", unhealthy
     wait_for(lambda: words(rig).count("web-start") == 2, 5)
     (www / "healthz").write_text("ok\n")
@@ -172,6 +172,7 @@ def test_http_health_failing_restarts_the_service(rig: Rig, container_id: str) -
                    and s["state"] == "ready" and s, 5)
     assert web["restarts"] == 1
     log = rig.service_log(container_id, "web")
+    assert "health check failed (1/2): HTTP 404" in log, log
     assert "health check failed 2 times in a row (HTTP 404): restarting" in log, log
     assert rig.runc_status(container_id) == "running"
 
