@@ -401,7 +401,7 @@ class Unit:
         elif kind == "http":
             address, port, path = target
             while True:
-                ns = self.runner.netns(self.run_)
+                ns = self.runner.netns(self.current)
                 if ns is not None and (
                     await probes.http_get(ns, address, port, path, max(interval, 1.0))
                 )[0]:
