@@ -208,10 +208,12 @@ class Unit:
         self.drain_output()
         self.gave_up = True
         self.state = "failed"
-        self.reason = f"not ready after {seconds(timeout)}"
+        # A one-shot that is still running has not hung "before ready": it did not finish.
+        what = "not done" if self.spec.get("type") == "oneshot" else "not ready"
+        self.reason = f"{what} after {seconds(timeout)}"
         self.note(f"{self.reason}: {why}")
         self.settle(
-            f'service "{self.name}" not ready after {seconds(timeout)}: {why}; '
+            f'service "{self.name}" {self.reason}: {why}; '
             f"last output: {self.last_output()}"
         )
         self.kill()

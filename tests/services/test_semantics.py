@@ -84,7 +84,7 @@ def test_a_oneshot_that_never_exits_fails_start_and_is_killed(
     r = create_and_start(rig, container_id, "hang")
     assert r.returncode != 0
     assert time.monotonic() - began < 10
-    assert 'service "hang" not ready after 1s' in r.stderr, r.stderr
+    assert 'service "hang" not done after 1s: still running' in r.stderr, r.stderr
     assert "hang: waiting for ever" in r.stderr
     wait_for(lambda: not processes_mentioning("sleep 1001"), 5)
 
