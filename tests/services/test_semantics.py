@@ -322,3 +322,26 @@ def test_a_restart_while_the_service_is_starting(rig: Rig, container_id: str) ->
     assert r.stdout.strip().endswith("slow: ready"), r.stdout
     assert words(rig).count("slow-start") == 2
     assert rig.service_status(container_id, "slow")["restarts"] >= 1
+
+
+def test_control_before_the_container_started_is_refused(rig: Rig, container_id: str) -> None:
+    """While `start` waits for a required service, a restart of it is refused with the reason
+    (the gate owns the start); `start` itself is not disturbed."""
+    rig.service("slow", "ev slow-start; sleep 1; exec sleep 1000\n",
+                '[ready]\nfile = "/shared/never"\ntimeout = "20s"\n')
+    bundle = rig.bundle(main_args(f"ev main; {FOREVER}"), env=["RETINUE_SERVICES=slow"])
+    assert rig.create(container_id, bundle).returncode == 0
+    starting = subprocess.Popen(rig.rt_argv("start", container_id), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: "slow-start" in words(rig))
+        r = rig.retinue("restart", container_id, "slow")
+        assert r.returncode == 1
+        assert f"container {container_id} has not started (phase: starting)" in r.stderr, r.stderr
+        (rig.shared / "never").touch()
+        assert starting.wait(20) == 0, starting.communicate()
+    finally:
+        if starting.poll() is None:
+            starting.kill()
+        starting.communicate()
+    assert words(rig).count("slow-start") == 1
