@@ -130,11 +130,14 @@ HTTPD = "mkdir -p /tmp/www && echo ok > /tmp/www/index.html && exec httpd -f -p 
 
 def test_http_readiness(rig: Rig, container_id: str) -> None:
     rig.service("web", 'sleep 0.5; ev web-listens; ' + HTTPD.format(port=8080, root="/tmp/www"),
-                '[ready]\nhttp = "http://127.0.0.1:8080/"\ninterval = "50ms"\n')
+                '[ready]\nhttp = "http://127.0.0.1:8080/"\ninterval = "50ms"\n'
+                '[health]\ntcp = 8080\ninterval = "1m"\n')
     started(rig, container_id, "web")
     seen = words(rig)
     assert "web-listens" in seen
-    assert state(rig, container_id, "web") == "ready"
+    web = wait_for(lambda: (s := rig.service_status(container_id, "web"))["health"] and s)
+    assert web["state"] == "ready" and web["health"] == "healthy", web
+    assert web["probe"] == "connected to 127.0.0.1:8080", web
 
 
 def test_http_readiness_needs_a_2xx(rig: Rig, container_id: str) -> None:
