@@ -273,9 +273,9 @@ def test_stop_container_ends_the_main_process_with_a_distinct_code(
     assert "main-term" in seen, seen  # the main process got SIGTERM through init
     log = rig.service_log(container_id, "svc")
     assert "failed for good" in log and "stopping the container" in log, log
-    supervisor_log = (rig.log_dir / container_id / "supervisor.log")
-    if supervisor_log.exists():
-        assert "on_failure = \"stop-container\"" in supervisor_log.read_text()
+    supervisor_log = (rig.log_dir / container_id / "supervisor.log").read_text()
+    assert ('service "svc" failed for good (exited with status 1) and has on_failure = '
+            '"stop-container": stopping the container') in supervisor_log, supervisor_log
 
 
 def test_manual_stop_is_not_a_failure_and_start_brings_it_back(
