@@ -128,6 +128,13 @@ SERVICES: dict[str, tuple[str, str]] = {
         "ev fatal-start\nwhile [ ! -e /shared/die ]; do sleep 0.05; done\n"
         'echo "fatal: lost the upstream"\nexit 1\n',
     ),
+    # Drained before its SIGTERM ([stop] exec runs `run.sh drain` inside the container).
+    "drainer": (
+        '[stop]\nexec = ["run.sh", "drain"]\ntimeout = "5s"\n',
+        'if [ "$1" = drain ]; then ev drain-start; sleep 0.2; ev drain-done; exit 0; fi\n'
+        "sleep 1000 & pid=$!\n"
+        "trap 'ev drainer-term; kill $pid; exit 0' TERM\nev drainer-start\nwait\n",
+    ),
     # Never ready: misses its start timeout.
     "stuck": (
         '[ready]\ntcp = 9999\ntimeout = "1s"\n',
