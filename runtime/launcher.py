@@ -97,6 +97,38 @@ esac
 """
 
 
+# A supervised container's calls that need no supervisor (engines call `state` often) go to
+# the lower runtime it was created with, read from statedir.RECORDS with the `read` builtin:
+# the root key is made as statedir.root_key makes it, for the roots that need no normalizing
+# (one --root, absolute, no `%`, `//`, `.` or `..` component). start, kill and delete (the
+# supervisor goes first), help, and anything unsure go to Python, which reads the entry.
+_REGISTERED = f"""\
+registered() {{
+	case $cmd in state|exec|ps|events|pause|resume|update) ;; *) slow "$@" ;; esac
+	for a do
+		case $a in -h|--h|-help|--help|-h=*|--h=*|-help=*|--help=*) slow "$@" ;; esac
+	done
+	case $roots in '') root=/run/runc ;; .) ;; *) slow "$@" ;; esac
+	case $root in /*) ;; *) slow "$@" ;; esac
+	case $root in *%*|*//*|*/./*|*/../*|*/.|*/..) slow "$@" ;; esac
+	rest=${{root#/}}; rest=${{rest%/}} key=
+	while :; do
+		case $rest in
+		'') key=${{key:-%2F}}; break ;;
+		*/*) key=$key${{rest%%/*}}%2F; rest=${{rest#*/}} ;;
+		*) key=$key$rest; break ;;
+		esac
+	done
+	record={statedir.RECORDS}/$key%$id
+	[ -f {statedir.REGISTRY}/"$id/$key" ] && [ -f "$record" ] && [ -O "$record" ] || slow "$@"
+	IFS= read -r lower <"$record" || slow "$@"
+	case $lower in /*) ;; *) slow "$@" ;; esac
+	[ -f "$lower" ] && [ -x "$lower" ] || slow "$@"
+	exec "$lower" "$@"
+}}
+"""
+
+
 def render_runtime(python: str, site_packages: str, self_path: str) -> str:
     slow = _python(python, site_packages, self_path, "from retinue.shim import main; main()")
     return f"""#!/bin/sh
@@ -106,12 +138,17 @@ def render_runtime(python: str, site_packages: str, self_path: str) -> str:
 slow() {{
 	{slow}
 }}
-cmd= id= skip=
+{_REGISTERED}cmd= id= skip= root= roots=
 for a do
-	if [ -n "$skip" ]; then skip=; continue; fi
+	if [ -n "$skip" ]; then
+		[ $skip = root ] && root=$a
+		skip=; continue
+	fi
 	if [ -z "$cmd" ]; then
 		case $a in
-		--root|-root|--log|-log|--log-format|-log-format) skip=1 ;;
+		--root|-root) skip=root roots=$roots. ;;
+		--root=*|-root=*) root=${{a#*=}} roots=$roots. ;;
+		--log|-log|--log-format|-log-format) skip=1 ;;
 		--criu|-criu|--rootless|-rootless) skip=1 ;;
 		-*) ;;
 		*) cmd=$a ;;
@@ -130,9 +167,9 @@ for a do
 		esac
 	fi
 done
-# A container with a supervisor is in the registry whatever the configuration: Python finds
-# what it was created with.
-case $id in ''|.|..|*/*) ;; *) [ -e {statedir.REGISTRY}/"$id" ] && slow "$@" ;; esac
+# A container with a supervisor is in the registry whatever the configuration, and keeps the
+# lower runtime it was created with.
+case $id in ''|.|..|*/*) ;; *) [ -e {statedir.REGISTRY}/"$id" ] && registered "$@" ;; esac
 config=${{RETINUE_CONFIG:-{confcache.DEFAULT_CONFIG}}}
 case $config in /*) ;; *) slow "$@" ;; esac
 key= rest=$config
