@@ -202,10 +202,14 @@ def render_hook(python: str, site_packages: str, self_path: str) -> str:
     return f"""#!/bin/sh
 # retinue-hook, written by retinue.launcher. Without a supervisor (no state directory) there is
 # nothing to tell: answer at once instead of starting Python. runc writes the OCI state to our
-# stdin; read it all so that runc never meets a closed pipe.
+# stdin; read it all so that runc never meets a closed pipe (with the `read` builtin: exec cat
+# costs more than the few hundred bytes it reads).
 if [ $# -eq 2 ] && [ ! -e "$2" ]; then
 	case $1 in
-	createRuntime|poststart|poststop) exec cat >/dev/null ;;
+	createRuntime|poststart|poststop)
+		while read -r _; do :; done
+		exit 0
+		;;
 	esac
 fi
 {run}

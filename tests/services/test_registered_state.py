@@ -23,6 +23,8 @@ def test_state_ps_exec_pause_resume_skip_python(
     bundle = rig.bundle(main_args(FOREVER), env=["RETINUE_SERVICES=web"])
     r = rig.create(container_id, bundle)
     assert r.returncode == 0, r.stderr
+    hooks = json.loads((bundle / "config.json").read_text())["hooks"]
+    assert sorted(hooks) == ["createRuntime", "poststop"]  # no poststart: see edits.ADDED_STAGES
     record = statedir.record_path(statedir.root_key(str(rig.root)), container_id)
     entry = statedir.lookup(str(rig.root), container_id)
     assert entry is not None
@@ -40,6 +42,7 @@ def test_state_ps_exec_pause_resume_skip_python(
     assert json.loads(call("state", container_id).stdout)["status"] == "created"
     assert rig.rt("start", container_id).returncode == 0
     assert json.loads(call("state", container_id).stdout)["status"] == "running"
+    assert rig.status(container_id)["phase"] == "running"
     for sub in ("pause", "resume"):
         r = call(sub, container_id)
         assert r.returncode == 0, (sub, r.stderr)
