@@ -242,6 +242,17 @@ def write(bin_dir: str, python: str, site_packages: str) -> list[str]:
     return written
 
 
+def warm_supervisor(python: str, site_packages: str) -> None:
+    """Import what a supervisor imports, with its flags, so that the optimized .pyc files it
+    needs exist (as root, where they are written) before the first create waits for one."""
+    import subprocess
+
+    from .supervisor import spawn
+
+    code = spawn.supervisor_code(site_packages).replace("; main()", "")
+    subprocess.run([python, *spawn.PYTHON_FLAGS, "-c", code], check=False, timeout=120)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--bin-dir", required=True)
@@ -249,6 +260,7 @@ def main() -> None:
     python = os.path.join(sys.prefix, "bin", "python3")
     for path in write(ns.bin_dir, python, sysconfig.get_paths()["purelib"]):
         print(path)
+    warm_supervisor(python, sysconfig.get_paths()["purelib"])
 
 
 if __name__ == "__main__":

@@ -76,3 +76,11 @@ def test_null_or_absent_hooks_are_filled_in_place() -> None:
         assert sorted(edited["hooks"]) == ["createRuntime", "poststop"], variant
         order = list(spec)
         assert list(edited)[: len(order)] == order, variant
+
+
+def test_only_retinue_s_own_code_runs_without_docstrings_and_asserts() -> None:
+    from retinue.supervisor import spawn
+
+    assert "-OO" in spawn.python_flags({"services": [SVC], "seccomp": []})
+    # A seccomp handler may be anyone's plugin, which may rely on either.
+    assert "-OO" not in spawn.python_flags({"services": [], "seccomp": [{"handler": "x"}]})

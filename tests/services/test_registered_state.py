@@ -43,6 +43,9 @@ def test_state_ps_exec_pause_resume_skip_python(
     assert rig.rt("start", container_id).returncode == 0
     assert json.loads(call("state", container_id).stdout)["status"] == "running"
     assert rig.status(container_id)["phase"] == "running"
+    # Services only, no seccomp handler: the supervisor runs without docstrings (spawn.py).
+    (pid,) = rig.supervisor_pids(container_id)
+    assert b"-OO" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     for sub in ("pause", "resume"):
         r = call(sub, container_id)
         assert r.returncode == 0, (sub, r.stderr)
