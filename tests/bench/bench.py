@@ -9,8 +9,9 @@ Sections (all by default; about 2 minutes on a 2-vCPU VM, --quick about 20 s):
                whose rule does not select them, retinue-runtime with an empty policy.
   create       `create` of a Docker-sized config.json (Docker's default seccomp profile): runc,
                retinue with an empty policy, with no rule selecting it, and editing it (mount +
-               env + hooks); runc creating the spec retinue wrote, with and without its hooks,
-               so that the shim's own cost, the hooks' and the mount's show separately.
+               env: no supervisor, so no hooks); runc creating the spec retinue wrote, with and
+               without hooks, so that the shim's own cost, the hooks' and the mount's show
+               separately.
   docker       `docker run --rm --network none IMAGE true` through a private dockerd
                (tests/engines.py), with runtime runc, retinue (nothing attached) and the wrapper.
   profile      where one cold shim call spends its time: interpreter, imports, our code.
@@ -87,7 +88,7 @@ C_EMPTY = "retinue, empty policy"
 C_NOMATCH = "retinue, no rule selects it"
 C_RUNC_EDITED = "runc, pre-edited spec"
 C_RUNC_NOHOOKS = "runc, pre-edited spec, no hooks"
-C_EDITS = "retinue, edits (mount+env+hooks)"
+C_EDITS = "retinue, edits (mount+env)"
 C_SH = "sh wrapper"
 C_PY_FLOOR = "python -IS exec runc, pre-edited spec"
 
@@ -426,8 +427,8 @@ def bench_create(b: Bench) -> Table:
     mounts = table.delta(C_RUNC_NOHOOKS)
     table.notes.append(
         f"edits, wall: shim {shim_own:+.2f} ms (vs runc on the pre-edited spec) + hooks "
-        f"{hooks:+.2f} ms (runc 1.1 runs retinue-hook twice in create: createRuntime and "
-        f"poststart) + mount and env {mounts:+.2f} ms"
+        f"{hooks:+.2f} ms (none here: only a supervised container gets retinue-hook, at "
+        f"createRuntime and poststop) + mount and env {mounts:+.2f} ms"
     )
     table.notes.append(
         f"edits, floor: python -IS exec runc adds {table.delta(C_PY_FLOOR, C_RUNC_EDITED):+.2f} "
