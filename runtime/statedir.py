@@ -62,10 +62,12 @@ _ENTRY_VERSION = "1"
 # for the sh launcher: `state`, `exec`, `ps`... of a supervised container need no supervisor,
 # and engines call `state` often; the launcher reads this with the `read` builtin instead of
 # starting Python to read the entry. No root key contains `%` but in its escapes and no valid id
-# contains `%`, so the name is unambiguous. Root-only like the registry, written atomically,
-# removed before the entry; the launcher also checks the entry itself and that the path is an
-# absolute executable file, and goes to Python when anything is missing.
-RECORDS = "/run/retinue/lower"
+# contains `%`, so the name is unambiguous; nor is `%lower` an id, so the records' directory
+# sits inside the registry, out of the default state directory's root keys. Root-only like the
+# registry, written atomically, removed before the entry; the launcher also checks the entry
+# itself and that the path is an absolute executable file, and goes to Python when anything is
+# missing.
+RECORDS = REGISTRY + "/%lower"
 
 
 def record_path(root_key_: str, container_id: str) -> str:

@@ -182,3 +182,10 @@ def test_no_record_for_a_path_sh_cannot_read_back(setup: Setup, lower: str) -> N
 def test_an_unregistered_container_is_unchanged(setup: Setup) -> None:
     assert setup.call("state", setup.id) == "configured-runc"
     assert setup.call("kill", setup.id, "TERM") == "configured-runc"
+
+
+def test_the_records_directory_is_no_container(setup: Setup) -> None:
+    """It sits in the registry under a name no valid id has: Python decides such a call."""
+    setup.register("/run/runc")
+    assert os.path.basename(statedir.RECORDS) == "%lower"
+    assert setup.call("state", "%lower") == NO_PYTHON
