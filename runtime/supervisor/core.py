@@ -552,7 +552,7 @@ class Supervisor:
             await self.kill_waiting_init()
             return {"ok": False, "error": error}
         if self.phase != "running":
-            self.phase = "running" if self.poststart_seen else "starting-main"
+            self.phase = "running"  # the shim runs the lower start now; poststart is not hooked
         return {"ok": True}
 
     async def kill_waiting_init(self) -> None:
