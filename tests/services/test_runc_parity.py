@@ -153,8 +153,11 @@ def test_run_execve_error(rig: Rig, container_id: str, what: str) -> None:
         args = ["/shared/run.sh"]
     r = run(rig, container_id, rig.bundle(args, env=SERVICES))
     assert r.returncode != 0, r.stdout
-    name = args[0]
-    assert f"{name}: no such file or directory" in r.stdout, (r.stdout, rig.log_entries())
+    # runc says "exec NAME: no such file or directory"; retinue-init (PID 1 with services)
+    # execs the process after start and says so itself, on one line, exiting 127 as a shell.
+    lines = r.stdout.splitlines()
+    assert len(lines) == 1, r.stdout
+    assert f"exec {args[0]}: no such file or directory" in lines[0].lower(), r.stdout
     gone(rig, container_id)
 
 
@@ -275,8 +278,9 @@ def test_tty_stdin_not_a_tty(rig: Rig, container_id: str) -> None:
 # Appends "STAGE <state JSON on stdin>" to hooks.log next to itself: on the host it lives in
 # the rig's shared directory, in the container at /shared (the same directory).
 HOOK = '#!/bin/sh\nstate=$(cat)\necho "$1 $state" >> "${0%/*}/hooks.log"\n'
-HOST_STAGES = ("prestart", "createRuntime", "poststart", "poststop")
-CONTAINER_STAGES = ("createContainer", "startContainer")
+# runc 1.1.5 runs createContainer hooks in the container's mount namespace before pivot_root:
+# their path is resolved as on the host. Only startContainer's is the container's path.
+HOST_STAGES = ("prestart", "createRuntime", "createContainer", "poststart", "poststop")
 ORDER = ("prestart", "createRuntime", "createContainer", "startContainer", "poststart",
          "poststop")
 
@@ -310,23 +314,34 @@ def _hook_log(rig: Rig) -> list[tuple[str, dict[str, Any]]]:
 def test_own_hooks_run_in_order_with_their_state(rig: Rig, container_id: str) -> None:
     """hooks.bats (all cases: the owner's hooks run) and the runtime-spec's order: every hook
     the bundle's owner gives runs once, in the spec's order, with the container's state on
-    stdin, alongside retinue's own createRuntime and poststop hooks (the service is ready
-    before main runs, the supervisor is gone afterwards)."""
+    stdin, as plain runc runs them (the same statuses per stage), alongside retinue's own
+    createRuntime and poststop hooks (the service is ready before main runs, the supervisor is
+    gone afterwards)."""
     with_svc(rig)
     bundle = svc_bundle(rig, "ev main; exit 0", edit=_own_hooks(rig))
+    # The same bundle under plain runc first: what runc itself hands each stage.
+    plain = rig.runc("run", "--bundle", str(bundle), container_id + "-plain")
+    assert plain.returncode == 0, plain.stderr
+    wait_for(lambda: len(_hook_log(rig)) == len(ORDER), 10)
+    runc_status = {stage: state["status"] for stage, state in _hook_log(rig)}
+    (rig.shared / "hooks.log").unlink()
+    (rig.shared / "events").write_text("")
+
     r = run(rig, container_id, bundle)
     assert r.returncode == 0, (r.stdout, rig.log_entries())
     wait_for(lambda: len(_hook_log(rig)) == len(ORDER), 10)
     log = _hook_log(rig)
-    assert tuple(stage for stage, _ in log) == ORDER, log
+    stages = [stage for stage, _ in log]
+    # runc runs poststart (in `start`) and startContainer (in the container's init, once start
+    # opens the exec fifo) at the same time: the spec orders both after createContainer only.
+    assert stages[:3] == list(ORDER[:3]) and stages[5] == "poststop", stages
+    assert sorted(stages[3:5]) == ["poststart", "startContainer"], stages
     for stage, state in log:
         assert state["id"] == container_id, (stage, state)
         assert state["bundle"] == str(bundle), (stage, state)
         assert state["ociVersion"], (stage, state)
-    status = {stage: state["status"] for stage, state in log}
-    assert status["createRuntime"] == "creating" and status["poststart"] == "running"
-    assert status["poststop"] == "stopped", status
-    # The hooks ran where the spec says: host hooks with a host pid, the container's in it.
+    assert {stage: state["status"] for stage, state in log} == runc_status
+    assert runc_status["createRuntime"] == "creating" and runc_status["poststop"] == "stopped"
     assert all(state.get("pid") for stage, state in log if stage != "poststop"), log
     words = [w for _, w in rig.events()]
     assert words.index("svc ready") < words.index("main")
@@ -346,8 +361,8 @@ def test_a_failing_own_hook_fails_create(rig: Rig, container_id: str, stage: str
     r = rig.create(container_id, rig.bundle(["sleep", "1000"], env=SERVICES, edit=edit))
     assert r.returncode != 0
     text = r.stderr + "\n".join(rig.errors())
-    assert "hook #1" in text, (text, rig.log_entries())
-    assert stage in text, (text, rig.log_entries())
+    # runc 1.1.5 says "error running hook #1"; later runc adds the stage's name.
+    assert "error running hook #1" in text, (text, rig.log_entries())
     rig.rt("delete", "--force", container_id)
     gone(rig, container_id)
 
@@ -368,7 +383,7 @@ def test_a_failing_own_hook_fails_run(rig: Rig, container_id: str, stage: str) -
     if stage != "poststart":
         assert "Hello World" not in r.stdout, r.stdout
     text = r.stdout + "\n".join(rig.errors())
-    assert "hook #1" in text and stage in text, (text, rig.log_entries())
+    assert "error running hook #1" in text, (text, rig.log_entries())
     gone(rig, container_id)
 
 
