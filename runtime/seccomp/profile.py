@@ -115,10 +115,18 @@ def merge(
     syscalls = seccomp.get("syscalls") or []
     if not isinstance(syscalls, list) or not all(isinstance(e, dict) for e in syscalls):
         raise SpecError("linux.seccomp.syscalls: expected a list of objects")
-    if current and current != listener_path and any(e.get("action") == NOTIFY for e in syscalls):
+    notifies = any(e.get("action") == NOTIFY for e in syscalls)
+    if current and current != listener_path and notifies:
         raise SpecError(
             f"linux.seccomp.listenerPath: the container's profile already sends notifications "
             f"to {current!r}; retinue cannot add its own"
+        )
+    # runc refuses this profile; taking it as ours would send the container's own NOTIFY
+    # syscalls to retinue's agent, which has no handler for them.
+    if not current and notifies:
+        raise SpecError(
+            "linux.seccomp.listenerPath: the container's profile uses SCMP_ACT_NOTIFY but "
+            "names no listener (runc refuses it); retinue cannot add its own"
         )
     if seccomp.get("defaultAction") == NOTIFY:
         raise SpecError("linux.seccomp.defaultAction: SCMP_ACT_NOTIFY is refused by runc")

@@ -194,6 +194,19 @@ def test_someone_elses_listener_is_an_error() -> None:
         profile.merge(seccomp, [rule(["mount"])], LISTENER)
 
 
+def test_notify_without_a_listener_is_an_error() -> None:
+    # runc refuses it; merged, the container's own NOTIFY calls would reach retinue's agent.
+    for listener in ("", None):
+        seccomp = {
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_NOTIFY"}],
+        }
+        if listener is not None:
+            seccomp["listenerPath"] = listener
+        with pytest.raises(SpecError, match=r"linux\.seccomp\.listenerPath: .*SCMP_ACT_NOTIFY"):
+            profile.merge(seccomp, [rule(["mount"])], LISTENER)
+
+
 def test_two_conditional_rules_on_an_allowed_syscall_are_an_error() -> None:
     with pytest.raises(SpecError, match=r"more than one rule with argument conditions"):
         profile.merge(

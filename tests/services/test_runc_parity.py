@@ -583,3 +583,42 @@ def test_listener_path_without_notify_is_ignored(rig: Rig, container_id: str) ->
     assert r.returncode == 0, (r.stdout, rig.log_entries())
     assert any(w == "main" for _, w in rig.events())
     gone(rig, container_id)
+
+
+def _notify_without_listener(spec: dict[str, Any]) -> None:
+    spec["linux"]["seccomp"] = {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "listenerPath": "",
+        "architectures": ["SCMP_ARCH_X86", "SCMP_ARCH_X32", "SCMP_ARCH_X86_64"],
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_NOTIFY"}],
+    }
+
+
+def test_notify_without_listener_fails_with_a_service(rig: Rig, container_id: str) -> None:
+    """seccomp-notify.bats "runc run [seccomp] (SCMP_ACT_NOTIFY empty listener path and notify
+    act)", with a service attached: run fails before the process runs."""
+    with_svc(rig)
+    r = run(rig, container_id, svc_bundle(rig, "ev main", edit=_notify_without_listener))
+    assert r.returncode != 0, r.stdout
+    assert all(w != "main" for _, w in rig.events())
+    gone(rig, container_id)
+
+
+def test_notify_without_listener_is_refused_with_retinue_handlers(
+    rig: Rig, container_id: str
+) -> None:
+    """seccomp-notify.bats "runc run [seccomp] (SCMP_ACT_NOTIFY empty listener path and notify
+    act)", with retinue's own handlers too: runc refuses such a profile, so retinue must not
+    take it as its own (its listenerPath would send the container's NOTIFY syscalls to an
+    agent with no handler for them): create fails naming the field, nothing is left behind."""
+    with_svc(rig)
+    rig.policy(SYSINFO_POLICY)
+    bundle = rig.bundle(main_args("ev main"), env=[*SERVICES, "SI=1"],
+                        edit=_notify_without_listener)
+    r = rig.create(container_id, bundle)
+    assert r.returncode != 0, r.stderr
+    errors = rig.errors()
+    assert any("linux.seccomp.listenerPath" in e and "SCMP_ACT_NOTIFY" in e
+               for e in errors), (errors, r.stderr)
+    assert rig.runc_status(container_id) is None
+    gone(rig, container_id)
