@@ -429,8 +429,9 @@ class OwnAgent:
     """The container's own seccomp agent (the owner's, not retinue's): takes the notify fd
     from runc by SCM_RIGHTS and answers every notification with ENOMEDIUM."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, answer: bool = True) -> None:
         self.path = path
+        self.answer = answer
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.bind(str(path))
         self.sock.listen(1)
@@ -454,8 +455,10 @@ class OwnAgent:
             self.state = json.loads(data)
         for fd in fds[1:]:
             os.close(fd)
-        if fds:
+        if fds and self.answer:
             self._answer(fds[0])
+        elif fds:
+            os.close(fds[0])  # the agent is gone: waiting calls fail with ENOSYS
 
     def _answer(self, fd: int) -> None:
         poller = select.poll()
@@ -485,29 +488,33 @@ class OwnAgent:
         self.thread.join(5)
 
 
-def _own_listener(agent_path: Path) -> Edit:
+def _own_listener(agent_path: Path, names: tuple[str, ...] = ("mkdir", "mkdirat"),
+                  no_new_privileges: bool = False) -> Edit:
     def edit(spec: dict[str, Any]) -> None:
+        spec["process"]["noNewPrivileges"] = no_new_privileges
         spec["linux"]["seccomp"] = {
             "defaultAction": "SCMP_ACT_ALLOW",
             "listenerPath": str(agent_path),
             "listenerMetadata": "owner's",
             "architectures": ["SCMP_ARCH_X86", "SCMP_ARCH_X32", "SCMP_ARCH_X86_64"],
-            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_NOTIFY"}],
+            "syscalls": [{"names": list(names), "action": "SCMP_ACT_NOTIFY"}],
         }
 
     return edit
 
 
-def test_own_seccomp_agent_with_a_service(rig: Rig, container_id: str) -> None:
+@pytest.mark.parametrize("nnp", [False, True])
+def test_own_seccomp_agent_with_a_service(rig: Rig, container_id: str, nnp: bool) -> None:
     """seccomp-notify.bats "runc run [seccomp] (SCMP_ACT_NOTIFY error chmod)" and "(...
-    noNewPrivileges false)": the container brings its own listenerPath and agent; with a
-    service attached (and no seccomp handler in retinue's policy) the container's profile is
-    left as it is: its agent gets the fd and the state, and its answer is what the process
-    sees."""
+    noNewPrivileges false)" / "(... noNewPrivileges true)": the container brings its own
+    listenerPath and agent; with a service attached (and no seccomp handler in retinue's
+    policy) the container's profile is left as it is: its agent gets the fd and the state, and
+    its answer is what the process sees."""
     with_svc(rig)
     agent = OwnAgent(rig.base / "agent.sock")
     try:
-        bundle = svc_bundle(rig, "ev main; mkdir /tmp/foo", edit=_own_listener(agent.path))
+        edit = _own_listener(agent.path, no_new_privileges=nnp)
+        bundle = svc_bundle(rig, "ev main; mkdir /tmp/foo", edit=edit)
         r = run(rig, container_id, bundle)
         assert r.returncode != 0, r.stdout
         assert "No medium found" in r.stdout, (r.stdout, rig.log_entries())
@@ -621,4 +628,120 @@ def test_notify_without_listener_is_refused_with_retinue_handlers(
     assert any("linux.seccomp.listenerPath" in e and "SCMP_ACT_NOTIFY" in e
                for e in errors), (errors, r.stderr)
     assert rig.runc_status(container_id) is None
+    gone(rig, container_id)
+
+
+def test_own_seccomp_agent_gone(rig: Rig, container_id: str) -> None:
+    """seccomp-notify.bats "runc run [seccomp] (SCMP_ACT_NOTIFY kill seccompagent)": once the
+    container's own agent is gone, its notified syscalls fail with ENOSYS instead of hanging,
+    with a service attached as without."""
+    with_svc(rig)
+    agent = OwnAgent(rig.base / "agent.sock", answer=False)
+    try:
+        bundle = svc_bundle(rig, "ev main; mkdir /tmp/foo", edit=_own_listener(agent.path))
+        r = run(rig, container_id, bundle)
+        assert r.returncode != 0, r.stdout
+        assert "Function not implemented" in r.stdout, (r.stdout, rig.log_entries())
+        assert agent.state is not None
+    finally:
+        agent.close()
+    gone(rig, container_id)
+
+
+def test_notify_on_write_is_refused(rig: Rig, container_id: str) -> None:
+    """seccomp-notify.bats "runc run [seccomp] (SCMP_ACT_NOTIFY write)": runc's own error
+    reaches the caller, with a service attached."""
+    with_svc(rig)
+    agent = OwnAgent(rig.base / "agent.sock")
+    try:
+        bundle = svc_bundle(rig, "ev main", edit=_own_listener(agent.path, names=("write",)))
+        r = run(rig, container_id, bundle)
+        assert r.returncode != 0, r.stdout
+        text = r.stdout + "\n".join(rig.errors())
+        assert "SCMP_ACT_NOTIFY cannot be used for the write syscall" in text, text
+    finally:
+        agent.close()
+    gone(rig, container_id)
+
+
+def test_start_container_hook_gets_no_extra_fd(rig: Rig, container_id: str) -> None:
+    """seccomp-notify.bats "runc run [seccomp] (SCMP_ACT_NOTIFY startContainer hook)": with the
+    container's own agent, its startContainer hook has the same open files under retinue (with
+    a service) as under plain runc: no seccomp fd, nothing of retinue's."""
+    with_svc(rig)
+    counts = rig.shared / "fds"
+
+    def edit(spec: dict[str, Any]) -> None:
+        _own_listener(rig.base / "agent.sock")(spec)
+        spec["hooks"] = {"startContainer": [{"path": "/bin/sh", "args": [
+            "sh", "-c", "ls /proc/self/fd/ | wc -l >> /shared/fds"]}]}
+
+    bundle = rig.bundle(["/bin/true"], env=SERVICES, edit=edit)
+    for name in ("plain", "retinue"):
+        agent = OwnAgent(rig.base / "agent.sock")
+        try:
+            if name == "plain":
+                r = rig.runc("run", "--bundle", str(bundle), container_id + "-plain")
+                assert r.returncode == 0, r.stderr
+            else:
+                r = run(rig, container_id, bundle)
+                assert r.returncode == 0, (r.stdout, rig.log_entries())
+        finally:
+            agent.close()
+            (rig.base / "agent.sock").unlink()
+    plain, ours = counts.read_text().split()
+    assert ours == plain, (plain, ours)
+    gone(rig, container_id)
+
+
+@pytest.mark.parametrize("uid", [0, 2000])
+def test_run_default_home(rig: Rig, container_id: str, uid: int) -> None:
+    """run.bats "runc run check default home": HOME is what plain runc gives the process (from
+    the image's passwd, or its default), with retinue-init in between."""
+    with_svc(rig)
+
+    def edit(spec: dict[str, Any]) -> None:
+        spec["process"]["user"] = {"uid": uid, "gid": uid}
+        spec["process"]["env"] = [e for e in spec["process"]["env"]
+                                  if not e.startswith("HOME=")]
+
+    bundle = rig.bundle(["sh", "-c", 'echo "home=$HOME"'], env=SERVICES, edit=edit)
+    plain = rig.runc("run", "--bundle", str(bundle), container_id + "-plain")
+    assert plain.returncode == 0, plain.stderr
+    r = run(rig, container_id, bundle)
+    assert r.returncode == 0, (r.stdout, rig.log_entries())
+    assert r.stdout.strip() == plain.stdout.strip() and "home=/" in r.stdout, (r.stdout, plain)
+    gone(rig, container_id)
+
+
+@pytest.mark.parametrize("ids", [(0, 0), (1000, 100)])
+def test_tty_owner(rig: Rig, container_id: str, ids: tuple[int, int]) -> None:
+    """tty.bats "runc run [tty owner]" and "runc run [tty owner] ({u,g}id != 0)": the
+    process's terminal belongs to its uid, with the tty group of the /dev/pts mount."""
+    with_svc(rig)
+    uid, gid = ids
+
+    def edit(spec: dict[str, Any]) -> None:
+        _terminal(spec)
+        spec["process"]["user"] = {"uid": uid, "gid": gid}
+
+    bundle = rig.bundle(["sh", "-c", 'echo "owner=$(stat -c %u:%g $(tty))"'], env=SERVICES,
+                        edit=edit)
+    spec = json.loads((bundle / "config.json").read_text())
+    pts = next(m for m in spec["mounts"] if m["destination"] == "/dev/pts")
+    tty_gid = next(o.split("=")[1] for o in pts.get("options", []) if o.startswith("gid="))
+    master, slave = os.openpty()
+
+    def controlling_tty() -> None:
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    proc = subprocess.Popen(rig.rt_argv("run", "--bundle", str(bundle), container_id),
+                            stdin=slave, stdout=slave, stderr=slave, preexec_fn=controlling_tty)
+    seen = bytearray()
+    try:
+        _read_until(master, f"owner={uid}:{tty_gid}\r\n".encode(), seen)
+        assert proc.wait(30) == 0, bytes(seen)
+    finally:
+        _finish(proc, master, slave)
     gone(rig, container_id)
