@@ -429,30 +429,42 @@ class OwnAgent:
     """The container's own seccomp agent (the owner's, not retinue's): takes the notify fd
     from runc by SCM_RIGHTS and answers every notification with ENOMEDIUM."""
 
-    def __init__(self, path: Path, answer: bool = True) -> None:
+    def __init__(self, path: Path, answer: bool = True, let_through: bool = False) -> None:
         self.path = path
         self.answer = answer
+        # SECCOMP_USER_NOTIF_FLAG_CONTINUE: the syscall runs as if never notified.
+        self.let_through = let_through
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.bind(str(path))
         self.sock.listen(1)
         self.sock.settimeout(60)
-        self.state: dict[str, Any] | None = None
+        self.state: dict[str, Any] | None = None  # the first process's (the container's init)
+        self.states: list[dict[str, Any]] = []
         self.answered = 0
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
     def _serve(self) -> None:
-        try:
-            conn, _ = self.sock.accept()
-        except OSError:
-            return
+        # One connection per process runc starts with the filter: the container's init, and
+        # every `runc exec` (retinue's services enter that way) brings its own notify fd.
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._take, args=(conn,), daemon=True).start()
+
+    def _take(self, conn: socket.socket) -> None:
         fds = array.array("i")
         with conn:
             data, anc, _, _ = conn.recvmsg(65536, socket.CMSG_SPACE(4 * 4))
             for level, kind, payload in anc:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                     fds.frombytes(payload[: len(payload) - len(payload) % 4])
-            self.state = json.loads(data)
+            state = json.loads(data)
+        self.states.append(state)
+        if self.state is None:
+            self.state = state
         for fd in fds[1:]:
             os.close(fd)
         if fds and self.answer:
@@ -474,7 +486,10 @@ class OwnAgent:
                 except OSError:
                     continue  # the caller went away before we read it
                 (notif_id,) = struct.unpack_from("Q", buf)
-                resp = bytearray(struct.pack("QqiI", notif_id, 0, -errno.ENOMEDIUM, 0))
+                if self.let_through:
+                    resp = bytearray(struct.pack("QqiI", notif_id, 0, 0, 1))
+                else:
+                    resp = bytearray(struct.pack("QqiI", notif_id, 0, -errno.ENOMEDIUM, 0))
                 try:
                     fcntl.ioctl(fd, NOTIF_SEND, resp)
                     self.answered += 1
@@ -484,6 +499,11 @@ class OwnAgent:
             os.close(fd)
 
     def close(self) -> None:
+        # shutdown wakes the accept() blocked in the serving thread; close alone does not.
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.sock.close()
         self.thread.join(5)
 
@@ -628,6 +648,28 @@ def test_notify_without_listener_is_refused_with_retinue_handlers(
     assert any("linux.seccomp.listenerPath" in e and "SCMP_ACT_NOTIFY" in e
                for e in errors), (errors, r.stderr)
     assert rig.runc_status(container_id) is None
+    gone(rig, container_id)
+
+
+@pytest.mark.parametrize("nnp", [False, True])
+def test_own_agent_on_important_syscalls(rig: Rig, container_id: str, nnp: bool) -> None:
+    """seccomp-notify.bats "runc run [seccomp] (SCMP_ACT_NOTIFY important syscalls
+    noNewPrivileges false)" / "(... true)": the container's own agent is notified of execve,
+    open, read, close, fcntl (which runc, retinue-init and the services' exec also make) and
+    lets them through: the container runs and exits 0 with its service attached."""
+    with_svc(rig)
+    agent = OwnAgent(rig.base / "agent.sock", let_through=True)
+    names = ("execve", "openat", "open", "read", "close", "fcntl")
+    try:
+        edit = _own_listener(agent.path, names=names, no_new_privileges=nnp)
+        r = run(rig, container_id, svc_bundle(rig, "ev main", edit=edit))
+        assert r.returncode == 0, (r.stdout, rig.log_entries())
+        assert agent.answered > 0
+        assert any(w == "main" for _, w in rig.events())
+        # The service entered by `runc exec`: its process brought the agent a fd of its own.
+        assert len(agent.states) >= 2, agent.states
+    finally:
+        agent.close()
     gone(rig, container_id)
 
 
