@@ -91,6 +91,10 @@ CAPABILITIES = frozenset(
     ]
 )
 RESTART_POLICIES = ("no", "on-failure", "always")
+PLACEMENTS = ("exec", "container")
+CONFINEMENTS = ("app", "none")
+# Below this, runc 1.1 cannot even start the sibling's init in its cgroup.
+MIN_MEMORY = 4 << 20
 # A readiness check polls this often at most: 0 would spin the supervisor.
 MIN_READY_INTERVAL = 0.001
 
@@ -124,9 +128,19 @@ class Stop:
 
 
 @attrs.frozen
+class Resources:
+    """Limits of the service's own cgroup (placement = "container"); 0 or "" means none."""
+
+    memory: str = ""
+    cpu: float = 0.0
+    pids: int = 0
+
+
+@attrs.frozen
 class Service:
-    files: str
-    command: list[str]
+    # With placement = "exec" (the default): a host directory and a command inside it.
+    files: str = ""
+    command: list[str] = attrs.field(factory=list)
     description: str = ""
     user: str | int = "0:0"
     capabilities: list[str] = attrs.field(factory=list)
@@ -142,6 +156,14 @@ class Service:
     stop: Stop = attrs.field(factory=Stop)
     # Seccomp handlers every container with this service gets (a broker the service relies on).
     seccomp: list[SeccompRule] = attrs.field(factory=list)
+    # "exec": run inside the app container; "container": a sibling container from `image`.
+    placement: str = "exec"
+    image: str = ""
+    # Paths of the app container a sibling sees read-only at the same place.
+    share: list[str] = attrs.field(factory=list)
+    # "app": a sibling gets the app's seccomp, AppArmor and SELinux confinement; "none": not.
+    confinement: str = "app"
+    resources: Resources = attrs.field(factory=Resources)
 
 
 # A year: longer is a typo, and the supervisor's timers, sleeps and `runc` calls take it as is.
@@ -225,33 +247,45 @@ def check_service(name: str, svc: Service, source: str, files_base: str) -> list
 
     if not SERVICE_NAME.match(name):
         err("(file name)", f"service names are lowercase letters, digits, '_' or '-', got {name!r}")
-    files = svc.files if os.path.isabs(svc.files) else os.path.join(files_base, svc.files)
-    if not svc.files or ".." in svc.files.split("/"):
-        err("files", f"expected a host directory without '..', got {svc.files!r}")
-    elif not os.path.isdir(files):
-        err("files", f"{files}: no such directory")
-    if not svc.command:
-        err("command", "expected a non-empty list of strings, got an empty list")
-    elif any("\0" in arg for arg in svc.command):
-        i = next(i for i, arg in enumerate(svc.command) if "\0" in arg)
-        err(f"command[{i}]", f"contains a NUL byte, got {svc.command[i]!r}")
+    if svc.placement not in PLACEMENTS:
+        err("placement", f"expected one of {', '.join(PLACEMENTS)}, got {svc.placement!r}")
+    elif svc.placement == "container":
+        errors += [f"{source}: {e}" for e in check_container(svc)]
     else:
-        first = svc.command[0]
-        if first.startswith("/") and not _inside_files(name, first):
-            err(
-                "command[0]",
-                f"must be one of the service's own files (relative to `files`, or under "
-                f"{mount_point(name)}/), got {first!r}",
-            )
-        elif not first or ".." in first.split("/"):
-            err("command[0]", f"must be a path inside the service's files, got {first!r}")
-        elif os.path.isdir(files):
-            rel = first[len(mount_point(name)) + 1 :] if first.startswith("/") else first
-            host = os.path.join(files, rel)
-            if not os.path.isfile(host):
-                err("command[0]", f"{first!r}: no such file in {files}")
-            elif not os.access(host, os.X_OK):
-                err("command[0]", f"{first!r}: {host} is not executable")
+        for key in ("image", "share"):
+            if getattr(svc, key):
+                err(key, f'only with placement = "container", got {getattr(svc, key)!r}')
+        if svc.resources != Resources():
+            err("resources", 'limits are applied with placement = "container" only (for now)')
+        files = svc.files if os.path.isabs(svc.files) else os.path.join(files_base, svc.files)
+        if not svc.files:
+            err("files", 'missing (required with placement = "exec": a host directory)')
+        elif ".." in svc.files.split("/"):
+            err("files", f"expected a host directory without '..', got {svc.files!r}")
+        elif not os.path.isdir(files):
+            err("files", f"{files}: no such directory")
+        if not svc.command:
+            err("command", "expected a non-empty list of strings, got an empty list")
+        elif any("\0" in arg for arg in svc.command):
+            i = next(i for i, arg in enumerate(svc.command) if "\0" in arg)
+            err(f"command[{i}]", f"contains a NUL byte, got {svc.command[i]!r}")
+        else:
+            first = svc.command[0]
+            if first.startswith("/") and not _inside_files(name, first):
+                err(
+                    "command[0]",
+                    f"must be one of the service's own files (relative to `files`, or under "
+                    f"{mount_point(name)}/), got {first!r}",
+                )
+            elif not first or ".." in first.split("/"):
+                err("command[0]", f"must be a path inside the service's files, got {first!r}")
+            elif os.path.isdir(files):
+                rel = first[len(mount_point(name)) + 1 :] if first.startswith("/") else first
+                host = os.path.join(files, rel)
+                if not os.path.isfile(host):
+                    err("command[0]", f"{first!r}: no such file in {files}")
+                elif not os.access(host, os.X_OK):
+                    err("command[0]", f"{first!r}: {host} is not executable")
     try:
         parse_user(svc.user)
     except ValueError:
@@ -290,7 +324,11 @@ def check_service(name: str, svc: Service, source: str, files_base: str) -> list
         elif any("\0" in arg for arg in ready.exec):
             i = next(i for i, arg in enumerate(ready.exec) if "\0" in arg)
             err(f"ready.exec[{i}]", f"contains a NUL byte, got {ready.exec[i]!r}")
-        elif ready.exec[0].startswith("/") and not _inside_files(name, ready.exec[0]):
+        elif (
+            svc.placement == "exec"
+            and ready.exec[0].startswith("/")
+            and not _inside_files(name, ready.exec[0])
+        ):
             err("ready.exec[0]", f"must be one of the service's own files, got {ready.exec[0]!r}")
     durations: list[tuple[str, str | float]] = [
         ("ready.timeout", ready.timeout),
@@ -331,6 +369,57 @@ def check_service(name: str, svc: Service, source: str, files_base: str) -> list
     elif signal_number(svc.stop.signal) is None:
         err("stop.signal", f"expected a signal name like SIGTERM, got {svc.stop.signal!r}")
     errors += [f"{source}: {e}" for e in check_rules(svc.seccomp, at="seccomp")]
+    return errors
+
+
+def check_container(svc: Service) -> list[str]:
+    """Checks of the keys of a sibling-placed service; the image's presence is the CLI's."""
+    from .cgroups import parse_size
+    from .images import check_reference
+
+    errors: list[str] = []
+    if svc.files:
+        errors.append(
+            f'files: not used with placement = "container" (the image is the service\'s files), '
+            f"got {svc.files!r}"
+        )
+    if not svc.image:
+        errors.append('image: required with placement = "container"')
+    elif (problem := check_reference(svc.image)) is not None:
+        errors.append(f"image: {problem}")
+    for i, arg in enumerate(svc.command):
+        if "\0" in arg:
+            errors.append(f"command[{i}]: contains a NUL byte, got {arg!r}")
+    if svc.ready.file is not None or svc.ready.notify:
+        kind = "file" if svc.ready.file is not None else "notify"
+        errors.append(
+            f'ready.{kind}: not available with placement = "container" (use tcp or exec)'
+        )
+    for i, path in enumerate(svc.share):
+        found = check_abs(f"share[{i}]", path, "path")
+        if not found and path == "/":
+            found = [f"share[{i}]: sharing the app's whole root is not allowed, got '/'"]
+        if not found and path in svc.share[:i]:
+            found = [f"share[{i}]: {path} is listed twice"]
+        errors += found
+    if svc.confinement not in CONFINEMENTS:
+        errors.append(
+            f"confinement: expected one of {', '.join(CONFINEMENTS)}, got {svc.confinement!r}"
+        )
+    res = svc.resources
+    if res.memory:
+        size = parse_size(res.memory)
+        if size is None or size < MIN_MEMORY:
+            errors.append(
+                f"resources.memory: expected a size like 64M or 1G, at least 4M, "
+                f"got {res.memory!r}"
+            )
+    if not 0 <= res.cpu <= 1024:
+        errors.append(f"resources.cpu: expected a number of CPUs (0: no limit), got {res.cpu}")
+    if not 0 <= res.pids < (1 << 31):
+        errors.append(
+            f"resources.pids: expected a number of processes (0: no limit), got {res.pids}"
+        )
     return errors
 
 
@@ -388,6 +477,16 @@ def load_dir(directory: str, files_base: str | None = None) -> tuple[dict[str, S
     return services, files
 
 
+def compile_resources(res: Resources) -> dict[str, Any]:
+    from .cgroups import parse_size
+
+    return {
+        "memory": (parse_size(res.memory) or 0) if res.memory else 0,
+        "cpu": float(res.cpu),
+        "pids": res.pids,
+    }
+
+
 def compile_service(name: str, svc: Service, files_base: str) -> dict[str, Any]:
     """Plain data for the hot path and the supervisor (marshal-able)."""
     uid, gid = parse_user(svc.user)
@@ -403,11 +502,25 @@ def compile_service(name: str, svc: Service, files_base: str) -> dict[str, Any]:
         kind, target = "notify", None
     else:
         kind, target = "started", None
-    files = svc.files if os.path.isabs(svc.files) else os.path.join(files_base, svc.files)
+    sidecar = svc.placement == "container"
+    if sidecar:
+        files, command = "", list(svc.command)
+        if kind == "exec":
+            target = list(ready.exec or [])
+    else:
+        files = os.path.normpath(
+            svc.files if os.path.isabs(svc.files) else os.path.join(files_base, svc.files)
+        )
+        command = container_command(name, svc.command)
     return {
         "name": name,
-        "files": os.path.normpath(files),
-        "command": container_command(name, svc.command),
+        "placement": svc.placement,
+        "image": svc.image,
+        "share": list(svc.share),
+        "confinement": svc.confinement,
+        "resources": compile_resources(svc.resources),
+        "files": files,
+        "command": command,
         "uid": uid,
         "gid": gid,
         "capabilities": list(svc.capabilities),
