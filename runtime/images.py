@@ -145,7 +145,9 @@ def import_image(store: str, name: str, source: str) -> dict[str, Any]:
             for point in MOUNT_POINTS:
                 target = os.path.join(rootfs, point)
                 if not os.path.lexists(target):
-                    os.mkdir(target, 0o755)
+                    os.mkdir(target)
+                    # runc gives a tmpfs the mode of the directory it covers.
+                    os.chmod(target, 0o1777 if point == "tmp" else 0o755)
             _write_json(os.path.join(staged, "image.json"), {"digest": digest, "config": config})
             os.makedirs(os.path.dirname(final), mode=0o755, exist_ok=True)
             try:

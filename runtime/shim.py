@@ -195,6 +195,9 @@ def start_supervisor(
         # process, and kill goes straight to the lower runtime.
         "init": bool(found.init and found.init["supervised"]),
         "stop_budget": found.stop_budget,
+        # Sidecar-placed services: their images, and the runtime root of their containers.
+        "image_dir": compiled.get("image_dir", "/var/lib/retinue/images"),
+        "sidecar_root": os.path.join(compiled["state_dir"], "sidecars"),
     }
     try:
         # Where the supervisor's own cost is charged (beside the container's cgroup).
