@@ -12,6 +12,8 @@ TYPE_CHECKING = False  # typing costs ~10 ms on the create path; mypy reads this
 if TYPE_CHECKING:
     from typing import Any
 
+    from .compiled import Compiled, CompiledRule, CompiledSeccompRule, CompiledService
+
 
 class Attachment:
     __slots__ = (
@@ -30,9 +32,9 @@ class Attachment:
         for name in self.__slots__:
             setattr(self, name, fields[name])
 
-    rules: list[dict[str, Any]]
-    services: list[dict[str, Any]]
-    seccomp: list[dict[str, Any]]
+    rules: list[CompiledRule]
+    services: list[CompiledService]
+    seccomp: list[CompiledSeccompRule]
     listener: str
     container_dir: str
     edited: dict[str, Any]
@@ -49,7 +51,7 @@ class Attachment:
 
 
 def plan(
-    compiled: dict[str, Any], spec: dict[str, Any], root: str, container_id: str, bundle: str
+    compiled: Compiled, spec: dict[str, Any], root: str, container_id: str, bundle: str
 ) -> Attachment | None:
     """None when nothing applies: the container passes through untouched."""
     rules = policy.select(compiled["rules"], spec)
@@ -103,7 +105,7 @@ def plan(
 INIT_MARGIN_MS = 2000
 
 
-def wants_init(rules: list[dict[str, Any]], services: list[dict[str, Any]]) -> bool:
+def wants_init(rules: list[CompiledRule], services: list[CompiledService]) -> bool:
     """A rule's `init = false` wins (an image whose entrypoint must be PID 1, like systemd);
     then a rule's `init = true`; else a container gets an init exactly when it has services."""
     asked = [r["init"] for r in rules if r["init"] is not None]

@@ -15,7 +15,10 @@ from __future__ import annotations
 import os
 import posixpath
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .compiled import Compiled
 
 ROOT = "/sys/fs/cgroup"
 SUFFIX = ".retinue"
@@ -420,7 +423,7 @@ def remove_service_cgroups(dirs: dict[str, str], names: list[str]) -> None:
 
 
 def for_container(
-    spec: dict[str, Any], container_id: str, lower_globals: list[str], compiled: dict[str, Any]
+    spec: dict[str, Any], container_id: str, lower_globals: list[str], compiled: Compiled
 ) -> dict[str, Any] | None:
     """The supervisor's placement for a container being created by this process; None where
     the lower runtime manages no cgroups either (rootless)."""

@@ -140,7 +140,7 @@ def plan(config_path: str | None, container_id: str, root: str, bundle_dir: str)
     sys.stdout.writelines(difflib.unified_diff(before, after, f"a/{shown}", f"b/{shown}"))
     for svc in found.services:
         if svc.get("placement") == "container":
-            _plan_sibling(cfg, edited, svc, container_id, found.container_dir)
+            _plan_sibling(cfg, edited, dict(svc), container_id, found.container_dir)
 
 
 def _plan_sibling(

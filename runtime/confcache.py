@@ -16,13 +16,16 @@ import binascii
 import marshal
 import os
 
+from . import CACHE_DIR as CACHE_DIR
+from . import CONFIG_ENV as CONFIG_ENV
+from . import DEFAULT_CONFIG as DEFAULT_CONFIG
+
 TYPE_CHECKING = False  # typing costs ~10 ms to import; mypy reads this as True
 if TYPE_CHECKING:
     from typing import Any
 
-DEFAULT_CONFIG = "/etc/retinue/config.toml"
-CONFIG_ENV = "RETINUE_CONFIG"
-CACHE_DIR = "/run/retinue/cache"
+    from .compiled import Compiled
+
 FORMAT = 8  # bump when compile_config's output changes shape
 CLOCK_MARGIN_NS = 50_000_000
 
@@ -61,7 +64,7 @@ def cache_files(config_path: str) -> list[str]:
     ]
 
 
-def _read(config_path: str, key: tuple[Any, ...]) -> tuple[dict[str, Any], list[Any]] | None:
+def _read(config_path: str, key: tuple[Any, ...]) -> tuple[Compiled, list[Any]] | None:
     try:
         with open(_cache_file(config_path, key), "rb") as f:
             data = marshal.loads(f.read())
@@ -72,7 +75,7 @@ def _read(config_path: str, key: tuple[Any, ...]) -> tuple[dict[str, Any], list[
     stamps = _stamp(data.get("files", []))
     if data.get("stamps") != stamps:
         return None
-    compiled: dict[str, Any] = data["compiled"]
+    compiled: Compiled = data["compiled"]
     return compiled, stamps
 
 
@@ -101,7 +104,7 @@ def _replace(target: str, blob: bytes, mtime_ns: int | None = None) -> None:
 
 
 def _write(
-    config_path: str, key: tuple[Any, ...], stamps: list[Any], compiled: dict[str, Any]
+    config_path: str, key: tuple[Any, ...], stamps: list[Any], compiled: Compiled
 ) -> None:
     files = [s[0] for s in stamps]
     blob = marshal.dumps({"key": key, "files": files, "stamps": stamps, "compiled": compiled})
@@ -124,7 +127,7 @@ def _which(name: str, path_env: str) -> str | None:
     return None
 
 
-def _create_passes(compiled: dict[str, Any], path_env: str) -> str:
+def _create_passes(compiled: Compiled, path_env: str) -> str:
     """`create_passes CONFIG_JSON`: true only when nothing can attach to that spec (issue 12).
 
     The launcher passes such a create or run to the lower runtime without starting Python. It
@@ -179,7 +182,7 @@ def write_sh(
     explicit: bool,
     path_env: str,
     self_path: str,
-    compiled: dict[str, Any],
+    compiled: Compiled,
     stamps: list[Any],
     valid_since_ns: int,
 ) -> None:
@@ -232,7 +235,7 @@ def _key(explicit: bool, path_env: str, self_path: str) -> tuple[Any, ...]:
     return (FORMAT, package_stamp, explicit, path_env, os.path.abspath(self_path))
 
 
-def last_good(config_path: str, explicit: bool, path_env: str, self_path: str) -> dict[str, Any]:
+def last_good(config_path: str, explicit: bool, path_env: str, self_path: str) -> Compiled:
     """The compiled configuration from the last time `config_path` loaded, whatever changed in
     its files since; raises LookupError when there is none. For calls that need no policy while
     the configuration is broken: they keep using the lower runtime it named."""
@@ -244,11 +247,11 @@ def last_good(config_path: str, explicit: bool, path_env: str, self_path: str) -
         raise LookupError(config_path) from None
     if not isinstance(data, dict) or data.get("key") != key:
         raise LookupError(config_path)
-    compiled: dict[str, Any] = data["compiled"]
+    compiled: Compiled = data["compiled"]
     return compiled
 
 
-def load(config_path: str, explicit: bool, path_env: str, self_path: str) -> dict[str, Any]:
+def load(config_path: str, explicit: bool, path_env: str, self_path: str) -> Compiled:
     """The compiled configuration; raises ConfigError or LowerRuntimeError when it is unusable."""
     import time
 

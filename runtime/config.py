@@ -14,14 +14,17 @@ import math
 import os
 import posixpath
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from .confcache import CONFIG_ENV, DEFAULT_CONFIG
+from . import CONFIG_ENV, DEFAULT_CONFIG
 from .errors import ConfigError
 from .seccomp.config import SeccompRule, check_rules, compile_rules
 from .tomlmodel import check_abs, describe_value, read_toml, structure
+
+if TYPE_CHECKING:
+    from .compiled import Compiled
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 RULE_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}\Z")
@@ -340,7 +343,7 @@ def _resolve_sources(policy: Policy, base: str) -> Policy:
     )
 
 
-def compile_config(cfg: Config, runtime: str, hook: str) -> dict[str, Any]:
+def compile_config(cfg: Config, runtime: str, hook: str) -> Compiled:
     """The plain-data form the hot path reads: only builtins, so `marshal` can store it."""
     from . import services as services_module
     from .cgroups import parse_size

@@ -13,6 +13,8 @@ TYPE_CHECKING = False  # typing costs ~10 ms to import; mypy reads this as True
 if TYPE_CHECKING:
     from typing import Any
 
+    from .compiled import CompiledRule, CompiledService
+
     Spec = dict[str, Any]
 
 ATTACHED_ANNOTATION = "io.retinue.attached"
@@ -117,7 +119,7 @@ def retinue_hooks(hook_path: str, container_dir: str) -> list[tuple[str, dict[st
     ]
 
 
-def service_mounts(services: list[dict[str, Any]], container_dir: str) -> list[dict[str, Any]]:
+def service_mounts(services: list[CompiledService], container_dir: str) -> list[dict[str, Any]]:
     """Each service's files, read-only under /retinue/NAME, and its notify socket if it has one.
 
     Each socket is mounted on its own, read-only (sending to a unix socket needs no write access
@@ -225,10 +227,10 @@ def strip_previous(spec: Spec) -> Spec:
 
 def apply(
     spec: Spec,
-    rules: list[dict[str, Any]],
+    rules: list[CompiledRule],
     hook_path: str,
     container_dir: str,
-    services: list[dict[str, Any]] | None = None,
+    services: list[CompiledService] | None = None,
     init: dict[str, Any] | None = None,
 ) -> Spec:
     """Every edit the selected rules and services call for, then the hooks and the record.

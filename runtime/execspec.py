@@ -14,6 +14,8 @@ TYPE_CHECKING = False  # the shim's create path imports this; typing costs ~10 m
 if TYPE_CHECKING:
     from typing import Any
 
+    from .compiled import CompiledService
+
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CAP_SETS = ("bounding", "effective", "permitted", "inheritable", "ambient")
 
@@ -31,7 +33,7 @@ def _capabilities(
     return caps
 
 
-def service_env(service: dict[str, Any], container_id: str) -> list[str]:
+def service_env(service: CompiledService, container_id: str) -> list[str]:
     env = {
         "PATH": PATH,
         "HOME": "/",
@@ -45,7 +47,7 @@ def service_env(service: dict[str, Any], container_id: str) -> list[str]:
 
 
 def process(
-    service: dict[str, Any], spec: dict[str, Any], container_id: str, args: list[str] | None = None
+    service: CompiledService, spec: dict[str, Any], container_id: str, args: list[str] | None = None
 ) -> dict[str, Any]:
     container = spec.get("process") or {}
     proc: dict[str, Any] = {

@@ -8,6 +8,8 @@ TYPE_CHECKING = False  # typing costs ~10 ms to import; mypy reads this as True
 if TYPE_CHECKING:
     from typing import Any
 
+    from .compiled import Compiled, CompiledRule, CriNames
+
 
 _WILDCARDS = frozenset("*?[")
 
@@ -49,7 +51,7 @@ def sandbox_mark(spec: dict[str, Any]) -> str:
     return ""
 
 
-def matches(rule: dict[str, Any], spec: dict[str, Any]) -> bool:
+def matches(rule: CompiledRule, spec: dict[str, Any]) -> bool:
     """Every condition the rule gives must hold; `always` holds for every container.
 
     `sandbox` is a condition every rule has: a pod's sandbox only for a rule with
@@ -77,7 +79,7 @@ def matches(rule: dict[str, Any], spec: dict[str, Any]) -> bool:
     return True
 
 
-def select(rules: list[dict[str, Any]], spec: dict[str, Any]) -> list[dict[str, Any]]:
+def select(rules: list[CompiledRule], spec: dict[str, Any]) -> list[CompiledRule]:
     return [rule for rule in rules if matches(rule, spec)]
 
 
@@ -102,7 +104,7 @@ POD_KEYS = (
 )
 
 
-def cri_names(spec: dict[str, Any]) -> dict[str, str]:
+def cri_names(spec: dict[str, Any]) -> CriNames:
     """{"pod": "NAMESPACE/NAME", "name": CONTAINER} for a container the CRI created, else {}.
 
     For `retinue status` and `logs`: a Kubernetes user knows these, not the container's id.
@@ -154,7 +156,7 @@ def requested_services(spec: dict[str, Any]) -> tuple[list[str], str]:
 
 
 def attached_services(
-    compiled: dict[str, Any], rules: list[dict[str, Any]], spec: dict[str, Any]
+    compiled: Compiled, rules: list[CompiledRule], spec: dict[str, Any]
 ) -> list[str]:
     """Every service the container gets, dependencies included, in dependency order.
 
@@ -187,7 +189,7 @@ def attached_services(
 _NEEDLE_CHARS = frozenset(map(chr, range(0x20, 0x7F))) - {'"', "\\"}
 
 
-def selection_strings(compiled: dict[str, Any]) -> list[str] | None:
+def selection_strings(compiled: Compiled) -> list[str] | None:
     """Strings at least one of which occurs in the text of every spec something attaches to.
 
     The sh launcher passes a create through without Python when none occurs in config.json

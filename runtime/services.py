@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 import re
 import signal as signal_module
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -40,6 +40,9 @@ from . import graph
 from .edits import SERVICE_PREFIX
 from .errors import ConfigError
 from .seccomp.config import SeccompRule, check_rules, compile_rules
+
+if TYPE_CHECKING:
+    from .compiled import CompiledService
 from .tomlmodel import check_abs, describe_value, read_toml, structure
 
 SERVICE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}\Z")
@@ -487,7 +490,7 @@ def compile_resources(res: Resources) -> dict[str, Any]:
     }
 
 
-def compile_service(name: str, svc: Service, files_base: str) -> dict[str, Any]:
+def compile_service(name: str, svc: Service, files_base: str) -> CompiledService:
     """Plain data for the hot path and the supervisor (marshal-able)."""
     uid, gid = parse_user(svc.user)
     ready = svc.ready
@@ -512,6 +515,8 @@ def compile_service(name: str, svc: Service, files_base: str) -> dict[str, Any]:
             svc.files if os.path.isabs(svc.files) else os.path.join(files_base, svc.files)
         )
         command = container_command(name, svc.command)
+    stop_signal = signal_number(svc.stop.signal)
+    assert stop_signal is not None  # check_service refuses every name it does not know
     return {
         "name": name,
         "placement": svc.placement,
@@ -541,7 +546,7 @@ def compile_service(name: str, svc: Service, files_base: str) -> dict[str, Any]:
         "restart_reset_after": parse_duration(svc.restart.reset_after),
         "restart_burst": svc.restart.burst,
         "restart_interval": parse_duration(svc.restart.interval),
-        "stop_signal": signal_number(svc.stop.signal),
+        "stop_signal": stop_signal,
         "stop_timeout": parse_duration(svc.stop.timeout),
         "seccomp": compile_rules(svc.seccomp),
     }

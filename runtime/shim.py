@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from typing import Any, NoReturn
 
     from .attach import Attachment
+    from .compiled import Compiled, Plan
 
 PREFIX = "retinue: "
 # Without retinue-init (a rule's `init = false`), signals that ask a container to stop: its
@@ -60,7 +61,7 @@ def config_source() -> tuple[str, bool]:
     return explicit or confcache.DEFAULT_CONFIG, bool(explicit)
 
 
-def load_config() -> dict[str, Any]:
+def load_config() -> Compiled:
     path, explicit = config_source()
     return confcache.load(path, explicit, _path_env(), _self_path())
 
@@ -76,7 +77,7 @@ def wants_help(args: runc_argv.RuncArgs) -> bool:
     )
 
 
-def passthrough_config(args: runc_argv.RuncArgs) -> tuple[str, dict[str, Any] | None]:
+def passthrough_config(args: runc_argv.RuncArgs) -> tuple[str, Compiled | None]:
     """The lower runtime for a call that needs no policy, and the configuration if it loads.
 
     A broken configuration must not take down the containers that are already there: such calls
@@ -126,7 +127,7 @@ def lower_globals(args: runc_argv.RuncArgs) -> list[str]:
     return out
 
 
-def create(args: runc_argv.RuncArgs, compiled: dict[str, Any]) -> str | None:
+def create(args: runc_argv.RuncArgs, compiled: Compiled) -> str | None:
     """Edit the bundle if the policy selects the container; leave it byte-for-byte alone if not.
 
     Returns the container's state directory when it has services (a supervisor was spawned).
@@ -159,7 +160,7 @@ def create(args: runc_argv.RuncArgs, compiled: dict[str, Any]) -> str | None:
 
 
 def start_supervisor(
-    args: runc_argv.RuncArgs, compiled: dict[str, Any], spec: dict[str, Any], found: Attachment
+    args: runc_argv.RuncArgs, compiled: Compiled, spec: dict[str, Any], found: Attachment
 ) -> None:
     from . import cgroups, execspec, policy
     from .supervisor import spawn
@@ -172,7 +173,12 @@ def start_supervisor(
             processes[f"{svc['name']}.probe"] = execspec.process(
                 svc, spec, container_id, args=svc["ready_target"]
             )
-    plan = {
+    try:
+        # Where the supervisor's own cost is charged (beside the container's cgroup).
+        cgroup = cgroups.for_container(spec, container_id, lower_globals(args), compiled)
+    except cgroups.CgroupError as e:
+        raise RetinueError(str(e)) from None
+    plan: Plan = {
         "id": container_id,
         "root": args.root,
         "lower": compiled["runtime"],
@@ -195,15 +201,11 @@ def start_supervisor(
         # process, and kill goes straight to the lower runtime.
         "init": bool(found.init and found.init["supervised"]),
         "stop_budget": found.stop_budget,
+        "cgroup": cgroup,
         # Sidecar-placed services: their images, and the runtime root of their containers.
         "image_dir": compiled.get("image_dir", "/var/lib/retinue/images"),
         "sidecar_root": os.path.join(compiled["state_dir"], "sidecars"),
     }
-    try:
-        # Where the supervisor's own cost is charged (beside the container's cgroup).
-        plan["cgroup"] = cgroups.for_container(spec, container_id, plan["lower_globals"], compiled)
-    except cgroups.CgroupError as e:
-        raise RetinueError(str(e)) from None
     try:
         if spawn.prepare(container_dir, plan, processes):
             config, explicit = config_source()

@@ -43,7 +43,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from ..ratelimit import DropLog, TokenBucket
@@ -52,6 +52,9 @@ from .api import ANSWERED, ContainerProcess, Handler, HandlerContext, Reply, Req
 from .notify import SyscallError, TargetGone
 from .profile import METADATA_PREFIX, digest
 from .syscalls import NAMES, X86_64
+
+if TYPE_CHECKING:
+    from ..compiled import CompiledSeccompRule
 
 MAX_MESSAGE = 1 << 20
 RECEIVE_TIMEOUT = 5.0
@@ -121,7 +124,7 @@ class Routes:
     @classmethod
     def from_rules(
         cls,
-        rules: list[dict[str, Any]],
+        rules: list[CompiledSeccompRule],
         log: logging.Logger,
         registry: dict[str, type[Handler]] | None = None,
     ) -> Routes:
@@ -698,7 +701,7 @@ def setup_log(path: str, verbose: bool = False, name: str = "retinue.seccomp") -
     return log
 
 
-async def _main_async(listener: str, rules: list[dict[str, Any]], log: logging.Logger) -> None:
+async def _main_async(listener: str, rules: list[CompiledSeccompRule], log: logging.Logger) -> None:
     routes = Routes.from_rules(rules, log)
     task = asyncio.current_task()
     assert task is not None

@@ -21,7 +21,7 @@ from __future__ import annotations
 import errno as errno_mod
 import functools
 import importlib.metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -29,6 +29,9 @@ from ..errors import ConfigError
 from ..tomlmodel import converter, read_toml, structure, validation_messages
 from .api import Handler
 from .syscalls import X86_64
+
+if TYPE_CHECKING:
+    from ..compiled import CompiledSeccompRule
 
 ENTRY_POINT_GROUP = "retinue.seccomp"
 
@@ -306,7 +309,7 @@ def oci_args(args: list[ArgCondition]) -> list[dict[str, Any]]:
     return out
 
 
-def compile_rules(rules: list[SeccompRule] | SeccompConfig) -> list[dict[str, Any]]:
+def compile_rules(rules: list[SeccompRule] | SeccompConfig) -> list[CompiledSeccompRule]:
     """Plain data (builtins only) for the shim's profile merge and the agent's routes."""
     if isinstance(rules, SeccompConfig):
         rules = rules.rule

@@ -26,6 +26,8 @@ TYPE_CHECKING = False  # typing costs ~10 ms to import; mypy reads this as True
 if TYPE_CHECKING:
     from typing import Any
 
+    from ..compiled import CompiledSeccompRule
+
 # sun_path holds 108 bytes with the NUL; runc (Go) and the agent both need the path to fit.
 MAX_LISTENER_PATH = 107
 METADATA_PREFIX = "retinue-seccomp/1 "
@@ -44,7 +46,7 @@ REFUSING = frozenset(
 ARCHITECTURES = ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]
 
 
-def digest(rules: list[dict[str, Any]]) -> str:
+def digest(rules: list[CompiledSeccompRule]) -> str:
     """A short fingerprint of the compiled rules."""
     import hashlib
     import json
@@ -53,7 +55,7 @@ def digest(rules: list[dict[str, Any]]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def metadata(rules: list[dict[str, Any]]) -> str:
+def metadata(rules: list[CompiledSeccompRule]) -> str:
     """`listenerMetadata`: which rules the filter was made for, checked by the agent.
 
     The agent takes its rules from the administrator's configuration, never from here (whoever
@@ -62,7 +64,7 @@ def metadata(rules: list[dict[str, Any]]) -> str:
     return METADATA_PREFIX + digest(rules)
 
 
-def notify_entries(rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def notify_entries(rules: list[CompiledSeccompRule]) -> list[dict[str, Any]]:
     """The OCI syscall entries of compiled rules (`config.compile_rules`), in order."""
     out: list[dict[str, Any]] = []
     for rule in rules:
@@ -83,7 +85,7 @@ class Merged:
 
 def merge(
     seccomp: dict[str, Any] | None,
-    rules: list[dict[str, Any]],
+    rules: list[CompiledSeccompRule],
     listener_path: str,
     metadata: str = "",
 ) -> Merged:
@@ -244,7 +246,7 @@ def _negate(cond: dict[str, Any]) -> list[dict[str, Any]]:
 
 def apply(
     spec: dict[str, Any],
-    rules: list[dict[str, Any]],
+    rules: list[CompiledSeccompRule],
     listener_path: str,
     metadata: str = "",
     notes: list[str] | None = None,

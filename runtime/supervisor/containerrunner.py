@@ -25,6 +25,7 @@ from . import procs
 from .runner import Run, StartFailed
 
 if TYPE_CHECKING:
+    from ..compiled import Plan
     from .unit import Context, Unit
 
 SYMLINK_HOPS = 40  # as the kernel's own limit on one path walk
@@ -81,7 +82,7 @@ def app_cgroup(init_pid: int) -> str:
 class ContainerRunner:
     """Runs each unit it is given as a sibling container of the app (see the module)."""
 
-    def __init__(self, ctx: Context, plan: dict[str, Any]) -> None:
+    def __init__(self, ctx: Context, plan: Plan) -> None:
         self.ctx = ctx
         self.lower = plan["lower"]
         self.root = plan.get("sidecar_root") or os.path.join(
@@ -207,6 +208,13 @@ class ContainerRunner:
     async def cleanup(self, unit: Unit) -> None:
         await self.remove(unit)
         shutil.rmtree(os.path.join(self.ctx.dir, "sidecars", unit.name), ignore_errors=True)
+
+    def describe(self, unit: Unit) -> dict[str, Any]:
+        return {
+            "image": self.digests.get(unit.name) or unit.spec.get("image"),
+            "resources": unit.spec.get("resources") or {},
+            "container": self.sid(unit),
+        }
 
     def child_pidfd(self, pid: int) -> int | None:
         try:

@@ -20,6 +20,8 @@ TYPE_CHECKING = False  # typing costs ~10 ms on the create path
 if TYPE_CHECKING:
     from typing import Any
 
+    from ..compiled import Plan
+
 READY_TIMEOUT_MS = 10_000
 
 
@@ -31,7 +33,7 @@ def alive(container_dir: str) -> bool:
         return False
 
 
-def prepare(container_dir: str, plan: dict[str, Any], processes: dict[str, dict[str, Any]]) -> bool:
+def prepare(container_dir: str, plan: Plan, processes: dict[str, dict[str, Any]]) -> bool:
     """Write the supervisor's inputs; False if a live supervisor already owns this container.
 
     The directory is built under a temporary name beside its own and renamed into place once

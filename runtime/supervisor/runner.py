@@ -1,0 +1,220 @@
+"""How a unit is run: the `Runner` interface, and `ExecRunner`, a process inside the container.
+
+A unit (unit.py) decides when to start, restart and stop; a runner only carries that out in one
+place. `ExecRunner` starts the service with the lower runtime's `exec` in its own sub-cgroup of
+the container's; another placement (a sibling container, issue 11) is another class with the same
+five methods, chosen by the compiled service's "placement".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .. import cgroups
+from . import execerror, procs, readiness
+
+if TYPE_CHECKING:
+    from .unit import Context, Unit
+
+
+class Run:
+    """One start of a unit: its main process and how it ends."""
+
+    __slots__ = ("exit", "name", "pid", "pidfd")
+
+    def __init__(self, name: str, pid: int, pidfd: int | None, exit: asyncio.Future[int]) -> None:
+        self.name = name
+        self.pid = pid
+        # Signals go through the pidfd, never through a pid the reaper may already have
+        # released (and the kernel handed to another process).
+        self.pidfd = pidfd
+        self.exit = exit  # resolves to the main process's wait status
+
+    def close(self) -> None:
+        """Once the main process has been reaped: its number is no longer its own."""
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+
+
+class StartFailed(Exception):
+    """The unit could not be started; `status` stands for its exit in the restart policy."""
+
+    def __init__(self, status: int, why: str, permanent: bool = False) -> None:
+        super().__init__(why)
+        self.status = status
+        self.why = why
+        # True when every retry would fail the same way (a missing command or cwd).
+        self.permanent = permanent
+
+
+class Runner(Protocol):
+    async def start(self, unit: Unit) -> Run:
+        """Start the unit's main process; raises StartFailed."""
+        ...
+
+    async def probe(self, unit: Unit, argv: list[str], timeout: float) -> int:
+        """Run a readiness probe command where the unit runs; its wait status."""
+        ...
+
+    def signal(self, run: Run, sig: int) -> None:
+        """Signal the run's main process (nothing once it has exited)."""
+        ...
+
+    def kill_all(self, run: Run) -> None:
+        """SIGKILL everything left of the run, forks included; never waits."""
+        ...
+
+    async def cleanup(self, unit: Unit) -> None:
+        """After the unit's last run."""
+        ...
+
+    def describe(self, unit: Unit) -> dict[str, Any]:
+        """What `retinue status` shows of where the unit runs, beyond its state."""
+        ...
+
+
+class ExecRunner:
+    """`runc exec --detach --process process/NAME.json --cgroup retinue-NAME ID`.
+
+    One per container: the container's cgroup directories are read from its init once and
+    shared by every unit's sub-cgroup.
+    """
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        # hierarchy -> directory; None until the first start reads them, {} where unknown.
+        self.cgroups: dict[str, str] | None = None
+
+    async def start(self, unit: Unit) -> Run:
+        ctx = self.ctx
+        pid_file = os.path.join(ctx.dir, "pids", f"{unit.name}.pid")
+        process_file = os.path.join(ctx.dir, "process", f"{unit.name}.json")
+        try:
+            os.unlink(pid_file)
+        except FileNotFoundError:
+            pass
+        argv = [
+            *ctx.lower,
+            "exec",
+            "--detach",
+            "--pid-file",
+            pid_file,
+            "--process",
+            process_file,
+            *self.cgroup_args(unit.name),
+            ctx.id,
+        ]
+        wfd = unit.open_output()
+        try:
+            pid = procs.spawn(argv, stdout=wfd)
+        finally:
+            os.close(wfd)
+        status = await ctx.reaper.wait(pid)
+        if status != 0:
+            unit.drain_output()
+            why = execerror.permanent(unit.log.tail(4096).decode("utf-8", "replace"))
+            if why:
+                raise StartFailed(status, f"could not be started: {why}", permanent=True)
+            raise StartFailed(
+                status,
+                f"could not be started ({ctx.lower[0]} exec {procs.describe_status(status)})",
+            )
+        try:
+            with open(pid_file) as f:
+                pid = int(f.read().strip())
+        except (OSError, ValueError):
+            raise StartFailed(1 << 8, "could not be started (no pid file)") from None
+        return Run(unit.name, pid, self.child_pidfd(pid), ctx.reaper.wait(pid))
+
+    async def probe(self, unit: Unit, argv: list[str], timeout: float) -> int:
+        # `argv` is already in the probe's process file, written by the shim with the service's
+        # user, env and capabilities; the command line only names that file.
+        ctx = self.ctx
+        probe = os.path.join(ctx.dir, "process", f"{unit.name}.probe.json")
+        try:
+            status, _ = await procs.run(
+                ctx.reaper, [*ctx.lower, "exec", "--process", probe, ctx.id], timeout=timeout
+            )
+        except TimeoutError:
+            return 1
+        return status
+
+    def signal(self, run: Run, sig: int) -> None:
+        if run.pidfd is None:
+            return
+        try:
+            signal.pidfd_send_signal(run.pidfd, sig)
+        except ProcessLookupError:
+            pass
+
+    def kill_all(self, run: Run) -> None:
+        """The main process and what it forked: its sub-cgroup, else (no cgroup) the main
+        process's descendants, as systemd's control-group kill mode."""
+        self.signal(run, signal.SIGKILL)
+        if self.cgroups:
+            cgroups.kill_all(self.cgroups, run.name, signal.SIGKILL)
+        elif run.pidfd is not None:
+            _kill_tree(run.pid, signal.SIGKILL)
+
+    async def cleanup(self, unit: Unit) -> None:
+        # The sub-cgroups go all at once, after the state directory (see remove_cgroups).
+        return None
+
+    def describe(self, unit: Unit) -> dict[str, Any]:
+        return {}
+
+    def remove_cgroups(self, names: list[str]) -> None:
+        if self.cgroups:
+            cgroups.remove_service_cgroups(self.cgroups, names)
+
+    def child_pidfd(self, pid: int) -> int | None:
+        """A pidfd of a child that the reaper has not released: opened before checking, so a
+        number already reaped (and maybe reused) is never taken for the child."""
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return None
+        if self.ctx.reaper.reaped(pid):
+            os.close(pidfd)
+            return None
+        return pidfd
+
+    def cgroup_args(self, name: str) -> list[str]:
+        """`--cgroup retinue-NAME`: the service runs in its own sub-cgroup of the container's,
+        so that whatever it forks (a daemon that left its process tree) is found at its stop.
+        Empty where the container's cgroups are unknown; raises StartFailed on error."""
+        if self.cgroups is None:
+            self.cgroups = {}
+            init_pid = self.ctx.init_pid()
+            if init_pid is not None:
+                try:
+                    self.cgroups = cgroups.container_dirs(init_pid)
+                except OSError:
+                    pass
+        if not self.cgroups:
+            return []
+        try:
+            cgroups.make_service_cgroup(self.cgroups, name)
+        except (cgroups.CgroupError, OSError) as e:
+            raise StartFailed(
+                1 << 8, f"could not be started (cannot create its cgroup: {e})"
+            ) from None
+        return ["--cgroup", cgroups.SUB_PREFIX + name]
+
+
+def _kill_tree(pid: int, sig: int) -> None:
+    """Signal every process descended from `pid` (while `pid` is alive, its descendants'
+    parent chains lead to it and to no recycled number)."""
+    victims = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != pid and readiness.is_descendant(int(entry), pid):
+            victims.append(int(entry))
+    for victim in victims:
+        try:
+            os.kill(victim, sig)
+        except ProcessLookupError:
+            pass

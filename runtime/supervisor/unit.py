@@ -1,0 +1,392 @@
+"""One service's state machine, the way systemd has units.
+
+A `Unit` waits for its predecessors, starts through its `Runner`, checks readiness after each
+start, restarts by policy within its start limit, and stops (signal, SIGCONT, timeout, SIGKILL of
+what is left) after its dependents. It sees the container only through a `Context`.
+
+States: waiting -> starting -> running -> ready, then backoff (between restarts), stopping,
+stopped, exited (ended cleanly, no restart) or failed (gave up; `reason` says why).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from . import procs, readiness
+from .logs import RotatingLog
+from .runner import Run, Runner, StartFailed
+
+if TYPE_CHECKING:
+    from ..compiled import CompiledService
+
+# Exits by these signals are a clean stop, not a failure (as systemd's on-failure has it).
+CLEAN_SIGNALS = frozenset({signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE})
+
+
+class Context:
+    """What a unit (and its runner) may know of its container; filled in by the Supervisor."""
+
+    def __init__(
+        self,
+        lower: list[str],
+        container_id: str,
+        container_dir: str,
+        init_pid: Callable[[], int | None],
+        init_exited: Callable[[], bool],
+        main_exited: Callable[[], None],
+    ) -> None:
+        self.lower = lower  # the lower runtime and its global options
+        self.id = container_id
+        self.dir = container_dir
+        self.init_pid = init_pid
+        # Polled when a run ends: the kernel ended it because the container's init died.
+        self.init_exited = init_exited
+        self.main_exited = main_exited
+        # Both exist only once the supervisor's loop runs.
+        self.tg: asyncio.TaskGroup
+        self.reaper: procs.Reaper
+
+
+class Unit:
+    """One service of one container, and everything known about its current run."""
+
+    def __init__(
+        self, spec: CompiledService, log: RotatingLog, runner: Runner, ctx: Context
+    ) -> None:
+        self.spec = spec
+        self.name: str = spec["name"]
+        self.log = log
+        self.runner = runner
+        self.ctx = ctx
+        # Set by the Supervisor: what must be ready (or have failed) before this unit starts,
+        # and what must have stopped before it stops.
+        self.predecessors: list[Unit] = []
+        self.dependents: list[Unit] = []
+        self.state = "waiting"
+        self.pid: int | None = None
+        # The current (or last) run; before the first, one with no process, so that a kill still
+        # reaches whatever a start in flight has put in the unit's cgroup.
+        self.run_ = Run(self.name, 0, None, asyncio.get_running_loop().create_future())
+        self.restarts = 0
+        self.failures = 0
+        self.ready_since: float | None = None
+        self.started_at: float | None = None
+        self.last_exit: str | None = None
+        self.reason: str | None = None
+        self.starts: collections.deque[float] = collections.deque()
+        self.stopping = False
+        self.gave_up = False
+        self.exit_future: asyncio.Future[int] | None = None
+        self.task: asyncio.Task[None] | None = None  # run(), once the container started
+        self.notified = asyncio.Event()
+        # Clear while a start is in flight: a stop waits for it, so that a service starting at
+        # that moment is stopped like any other, never left unsupervised.
+        self.launched = asyncio.Event()
+        self.launched.set()
+        # Resolves once: None when first ready, else why it never became ready.
+        self.settled: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self.stopped = asyncio.Event()
+        # Reads what the current run wrote and the loop has not read yet (see open_output).
+        self.drain_output: Callable[[], None] = lambda: None
+        # The readiness file as it was before the current run (None: absent).
+        self.file_before: os.stat_result | None = None
+
+    # -- what it says -------------------------------------------------------------------------
+
+    def settle(self, error: str | None) -> None:
+        if not self.settled.done():
+            self.settled.set_result(error)
+
+    def note(self, text: str) -> None:
+        self.log.write(f"retinue: {time.strftime('%Y-%m-%dT%H:%M:%S')} {text}\n".encode())
+
+    def last_output(self) -> str:
+        lines = [
+            line
+            for line in self.log.tail(2048).decode("utf-8", "replace").splitlines()
+            if line.strip() and not line.startswith("retinue: ")
+        ]
+        return lines[-1][:200] if lines else "(none)"
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "state": self.state,
+            "required": self.spec["required"],
+            "pid": self.pid,
+            "restarts": self.restarts,
+            # Only while ready: a service that exited (or failed) is not "ready since" anything.
+            "ready_since": self.ready_since if self.state == "ready" else None,
+            "last_exit": self.last_exit,
+            "reason": self.reason,
+            "placement": self.spec.get("placement", "exec"),
+            **self.runner.describe(self),
+        }
+
+    def fail(self, reason: str, error: str) -> None:
+        """Give up for good: `reason` for status and the log, `error` for the gate."""
+        self.gave_up = True
+        self.state = "failed"
+        self.reason = reason
+        self.note(reason)
+        self.settle(error)
+
+    # -- supervise ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        for dep in self.predecessors:
+            error = await asyncio.shield(dep.settled)
+            if error and dep.name in self.spec["requires"]:
+                self.state = "failed"
+                self.reason = f'dependency "{dep.name}" failed'
+                self.note(self.reason)
+                self.settle(f'service "{self.name}" not started: dependency "{dep.name}" failed')
+                return
+        if self.stopping:
+            return
+        deadline = self.ctx.tg.create_task(self.start_deadline())
+        try:
+            await self.supervise()
+        finally:
+            deadline.cancel()
+
+    async def start_deadline(self) -> None:
+        timeout = self.spec["ready_timeout"]
+        try:
+            await asyncio.wait_for(asyncio.shield(self.settled), timeout)
+            return
+        except TimeoutError:
+            pass
+        why = self.last_exit or ("still running" if self.pid else "not running")
+        self.drain_output()
+        self.gave_up = True
+        self.state = "failed"
+        self.reason = f"not ready after {seconds(timeout)}"
+        self.note(f"{self.reason}: {why}")
+        self.settle(
+            f'service "{self.name}" not ready after {seconds(timeout)}: {why}; '
+            f"last output: {self.last_output()}"
+        )
+        self.kill()
+
+    async def supervise(self) -> None:
+        spec = self.spec
+        while not (self.stopping or self.gave_up):
+            now = time.monotonic()
+            while self.starts and self.starts[0] < now - spec["restart_interval"]:
+                self.starts.popleft()
+            if len(self.starts) >= spec["restart_burst"]:
+                self.state = "failed"
+                self.reason = (
+                    f"start limit hit: {spec['restart_burst']} starts within "
+                    f"{seconds(spec['restart_interval'])}"
+                )
+                self.note(self.reason)
+                self.settle(
+                    f'service "{self.name}" failed: {self.last_exit}; {self.reason}; '
+                    f"last output: {self.last_output()}"
+                )
+                return
+            if self.starts or self.last_exit:
+                self.restarts += 1
+            self.starts.append(now)
+            status = await self.run_once()
+            if not self.stopping and self.ctx.init_exited():
+                # The container's init died and the kernel killed the rest of its PID namespace;
+                # the service's exit may be reaped before the pidfd of init is read.
+                self.ctx.main_exited()
+                self.stopping = True
+                self.note(
+                    "the container's main process exited; the kernel ended the service with it"
+                )
+            if self.stopping or self.gave_up:
+                break
+            clean = is_clean(status)
+            policy = spec["restart"]
+            if policy == "no" or (policy == "on-failure" and clean):
+                self.state = "exited" if clean else "failed"
+                self.reason = None if clean else self.last_exit
+                self.settle(
+                    None
+                    if clean and self.ready_since
+                    else f'service "{self.name}" {self.last_exit} before it was ready; '
+                    f"last output: {self.last_output()}"
+                )
+                return
+            healthy_for = time.monotonic() - (self.started_at or time.monotonic())
+            self.failures = 1 if healthy_for >= spec["restart_reset_after"] else self.failures + 1
+            delay = min(
+                spec["restart_max_delay"], spec["restart_delay"] * 2 ** (self.failures - 1)
+            )
+            self.state = "backoff"
+            self.note(f"restarting in {seconds(delay)}")
+            await asyncio.sleep(delay)
+        if self.stopping and self.state not in ("failed", "exited"):
+            self.state = "stopped"
+
+    async def run_once(self) -> int:
+        """Start the service once and wait for it to exit; returns its wait status."""
+        self.state = "starting"
+        self.ready_since = None
+        self.notified.clear()
+        if self.spec["ready"] == "file":
+            # What the readiness file is before this run: only a file this run makes counts.
+            init_pid = self.ctx.init_pid()
+            self.file_before = (
+                readiness.file_stat(init_pid, self.spec["ready_target"]) if init_pid else None
+            )
+        self.launched.clear()
+        try:
+            try:
+                run = await self.runner.start(self)
+            except StartFailed as e:
+                self.last_exit = e.why
+                if e.permanent:
+                    self.fail(e.why, f'service "{self.name}" {e.why}')
+                return e.status
+            self.run_ = run
+            self.pid = run.pid
+            self.started_at = time.monotonic()
+            self.state = "running"
+            self.note(f"started, pid {self.pid}")
+            self.exit_future = run.exit
+        finally:
+            self.launched.set()
+        check = self.ctx.tg.create_task(self.check_ready())
+        try:
+            status = await asyncio.shield(run.exit)
+        finally:
+            check.cancel()
+        self.pid = None
+        run.close()
+        # What the service left behind (a daemon it forked) ends with it, as with systemd's
+        # control-group kill mode: a restart starts from nothing, and a stop leaves nothing.
+        self.runner.kill_all(run)
+        self.drain_output()
+        self.last_exit = procs.describe_status(status)
+        self.note(self.last_exit)
+        return status
+
+    def open_output(self) -> int:
+        """A pipe whose read end feeds the unit's log file; returns the write end, for the
+        runner to hand to the process it starts."""
+        loop = asyncio.get_running_loop()
+        r, w = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(r, False)
+        closed: set[int] = set()
+
+        def read_once() -> bool:
+            """One read into the log; False once there is nothing more to read now."""
+            if r in closed:
+                return False
+            try:
+                data = os.read(r, 65536)
+            except BlockingIOError:
+                return False
+            if not data:
+                loop.remove_reader(r)
+                os.close(r)
+                closed.add(r)
+                return False
+            self.log.write(data)
+            return True
+
+        def readable() -> None:
+            read_once()
+
+        def drain() -> None:
+            # The exit of a process can be reaped before the loop has read its last words from
+            # the pipe; "last output" in an error must include them.
+            for _ in range(64):
+                if not read_once():
+                    return
+
+        loop.add_reader(r, readable)
+        self.drain_output = drain
+        return w
+
+    async def check_ready(self) -> None:
+        spec = self.spec
+        kind, target, interval = spec["ready"], spec["ready_target"], spec["ready_interval"]
+        pid = self.pid
+        assert pid is not None
+        if kind == "tcp":
+            # Only the service's own listener: a pod's containers share one network namespace.
+            while not readiness.tcp_listening_owned(pid, target):
+                await asyncio.sleep(interval)
+        elif kind == "file":
+            while not readiness.file_made(pid, target, self.file_before):
+                await asyncio.sleep(interval)
+        elif kind == "notify":
+            await self.notified.wait()
+        elif kind == "exec":
+            while await self.runner.probe(self, target, max(interval, 5.0)) != 0:
+                await asyncio.sleep(interval)
+        self.state = "ready"
+        self.ready_since = time.time()
+        self.note("ready")
+        self.settle(None)
+
+    # -- stop -----------------------------------------------------------------------------------
+
+    def signal(self, sig: int) -> None:
+        """The current run's main process only."""
+        self.runner.signal(self.run_, sig)
+
+    def kill(self) -> None:
+        """SIGKILL everything of the current (or last) run; never waits."""
+        self.runner.kill_all(self.run_)
+
+    async def stop(self, force: bool) -> None:
+        """Stop after every dependent has stopped; gracefully unless `force`."""
+        for dependent in self.dependents:
+            await dependent.stopped.wait()
+        self.stopping = True
+        try:
+            await self.launched.wait()
+            if self.pid is not None and self.exit_future is not None:
+                if self.state != "failed":  # keep why a service that gave up failed
+                    self.state = "stopping"
+                spec = self.spec
+                if force:
+                    self.kill()
+                else:
+                    self.note(f"stopping with {signal.Signals(spec['stop_signal']).name}")
+                    self.signal(spec["stop_signal"])
+                    self.signal(signal.SIGCONT)
+                try:
+                    await asyncio.wait_for(asyncio.shield(self.exit_future), spec["stop_timeout"])
+                except TimeoutError:
+                    self.note(f"still running after {seconds(spec['stop_timeout'])}: SIGKILL")
+                    self.kill()
+                    await asyncio.shield(self.exit_future)
+                # Its forked daemons too (run_once does it as well, once it sees the exit).
+                self.kill()
+            if self.task is not None and not self.task.done():
+                self.task.cancel()
+                try:
+                    await self.task
+                except asyncio.CancelledError:
+                    pass
+            if self.state not in ("failed", "exited"):
+                self.state = "stopped"
+            self.settle(f'service "{self.name}" stopped before it was ready')
+            await self.runner.cleanup(self)
+        finally:
+            self.stopped.set()
+
+
+def is_clean(status: int) -> bool:
+    if os.WIFSIGNALED(status):
+        return os.WTERMSIG(status) in CLEAN_SIGNALS
+    return os.waitstatus_to_exitcode(status) == 0
+
+
+def seconds(value: float) -> str:
+    return f"{value:g}s" if value >= 1 or value == 0 else f"{value * 1000:g}ms"
