@@ -140,11 +140,18 @@ def plan(config_path: str | None, container_id: str, root: str, bundle_dir: str)
     sys.stdout.writelines(difflib.unified_diff(before, after, f"a/{shown}", f"b/{shown}"))
     for svc in found.services:
         if svc.get("placement") == "container":
-            _plan_sibling(cfg, edited, dict(svc), container_id, found.container_dir)
+            _plan_sibling(
+                cfg, edited, dict(svc), container_id, found.container_dir, compiled["init"]
+            )
 
 
 def _plan_sibling(
-    cfg: config.Config, app: dict[str, object], svc: dict[str, object], app_id: str, cdir: str
+    cfg: config.Config,
+    app: dict[str, object],
+    svc: dict[str, object],
+    app_id: str,
+    cdir: str,
+    init: str,
 ) -> None:
     """The sibling container's spec, with the app's init pid not known yet."""
     from . import cgroups, sidecar
@@ -163,7 +170,7 @@ def _plan_sibling(
         )
         spec = sidecar.sibling_spec(
             app, svc, image, app_id=app_id, app_proc="/proc/<app init pid>",
-            app_cgroup=app_cgroup, container_dir=cdir,
+            app_cgroup=app_cgroup, container_dir=cdir, init=init,
         )
     except (RetinueError, cgroups.CgroupError) as e:
         click.echo(f"# sidecar {name}: {e}")

@@ -148,6 +148,12 @@ def import_image(store: str, name: str, source: str) -> dict[str, Any]:
                     os.mkdir(target)
                     # runc gives a tmpfs the mode of the directory it covers.
                     os.chmod(target, 0o1777 if point == "tmp" else 0o755)
+            # Where a sibling's retinue-init is mounted: made now, never in the shared copy later.
+            init_dir = os.path.join(rootfs, ".retinue")
+            if not os.path.lexists(init_dir):
+                os.mkdir(init_dir, 0o755)
+                with open(os.path.join(init_dir, "init"), "w"):
+                    pass
             _write_json(os.path.join(staged, "image.json"), {"digest": digest, "config": config})
             os.makedirs(os.path.dirname(final), mode=0o755, exist_ok=True)
             try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import posixpath
 
+from .edits import INIT_PATH, bind_mount, init_prefix
 from .errors import SpecError
 
 TYPE_CHECKING = False
@@ -126,13 +127,15 @@ def sibling_spec(
     app_cgroup: str,
     container_dir: str,
     shared: dict[str, str] | None = None,
+    init: str | None = None,
 ) -> Spec:
     """The sibling container's config.json.
 
     `app_proc` is /proc/<app init pid> (its namespaces and root are reached through it);
     `app_cgroup` the app's cgroup path in the hierarchy; `image` what images.resolve gives;
     `shared` maps each `share` path to the host path it was resolved to (default: through
-    app_proc/root, as `retinue plan` shows it).
+    app_proc/root, as `retinue plan` shows it); `init`, retinue-init's host path, makes it the
+    sibling's PID 1 (a service as PID 1 would ignore SIGTERM without a handler of its own).
     """
     linux_app = app.get("linux") or {}
     app_ns = {ns.get("type") for ns in linux_app.get("namespaces") or []}
@@ -164,6 +167,10 @@ def sibling_spec(
         mounts.append(
             {"destination": path, "type": "bind", "source": source, "options": list(SHARE_OPTIONS)}
         )
+    process = _process(app, svc, image, app_id)
+    if init is not None:
+        mounts.append(bind_mount(init, INIT_PATH))
+        process["args"] = [*init_prefix(False, 0), *process["args"]]
     linux |= {
         "namespaces": namespaces,
         "cgroupsPath": sidecar_cgroup(app_cgroup, svc["name"]),
@@ -178,7 +185,7 @@ def sibling_spec(
             linux["mountLabel"] = linux_app["mountLabel"]
     return {
         "ociVersion": app.get("ociVersion") or "1.0.2",
-        "process": _process(app, svc, image, app_id),
+        "process": process,
         "root": {"path": image["rootfs"], "readonly": True},
         "mounts": mounts,
         "linux": linux,

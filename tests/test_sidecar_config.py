@@ -271,6 +271,15 @@ def test_sibling_spec_joins_the_app_and_owns_the_rest() -> None:
     assert "hostname" not in spec  # the app's UTS namespace is joined, not set
 
 
+def test_sibling_spec_with_retinue_init_as_pid_1() -> None:
+    spec = sidecar.sibling_spec(APP, _svc(), IMAGE, app_id="a", app_proc="/proc/1",
+                                app_cgroup="/a", container_dir="/d", init="/usr/lib/init")
+    assert spec["process"]["args"] == ["/.retinue/init", "--", "/usr/sbin/nginx", "-g",
+                                       "daemon off;"]
+    assert {"destination": "/.retinue/init", "type": "bind", "source": "/usr/lib/init",
+            "options": ["rbind", "ro", "nosuid", "nodev"]} in spec["mounts"]
+
+
 def test_sibling_spec_service_overrides() -> None:
     spec = _spec(command=["/bin/agent", "-v"], uid=0, gid=0, cwd="/work", confinement="none",
                  resources={"memory": 0, "cpu": 0.0, "pids": 0}, share=[])
@@ -316,7 +325,7 @@ def test_plan_shows_the_sibling_spec(layout: Path, etc: Path, tmp_path: Path) ->
     head, _, body = r.stdout.partition("# sidecar agent: container c1.agent from sha256:")
     assert "/retinue/agent" not in head  # no files of a sidecar are mounted into the app
     spec = json.loads(body.split("\n", 1)[1])
-    assert spec["process"]["args"] == ["sleep", "9"]
+    assert spec["process"]["args"] == ["/.retinue/init", "--", "sleep", "9"]
     assert spec["linux"]["cgroupsPath"] == "/default/c1.retinue-agent"
     assert {"type": "network", "path": "/proc/<app init pid>/ns/net"} in spec["linux"][
         "namespaces"]

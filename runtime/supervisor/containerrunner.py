@@ -28,7 +28,10 @@ if TYPE_CHECKING:
     from ..compiled import Plan
     from .unit import Context, Unit
 
-SYMLINK_HOPS = 40  # as the kernel's own limit on one path walk
+SYMLINK_HOPS = 40
+# Built beside the package, as compile_config finds it for the app containers.
+INIT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "libexec",
+                    "retinue-init")  # as the kernel's own limit on one path walk
 
 
 class ShareError(Exception):
@@ -131,6 +134,7 @@ class ContainerRunner:
             spec = sidecar.sibling_spec(
                 self.app_spec(), dict(unit.spec), image, app_id=ctx.id, app_proc=proc,
                 app_cgroup=app_cgroup(init_pid), container_dir=ctx.dir, shared=shared,
+                init=INIT if os.path.isfile(INIT) else None,
             )
         except (ShareError, OSError, SpecError) as e:
             raise StartFailed(1 << 8, f"could not be started: {e}") from None
