@@ -82,6 +82,21 @@ def app_cgroup(init_pid: int) -> str:
     return paths.get("memory") or paths.get("", "/")
 
 
+def oom_kills(cgroup: str) -> int:
+    """OOM kills in a cgroup so far (v1 memory.oom_control, v2 memory.events); 0 if unknown."""
+    for path in (f"/sys/fs/cgroup/memory{cgroup}/memory.oom_control",
+                 f"/sys/fs/cgroup{cgroup}/memory.events"):
+        try:
+            with open(path) as f:
+                for line in f:
+                    key, _, value = line.partition(" ")
+                    if key == "oom_kill":
+                        return int(value)
+        except (OSError, ValueError):
+            continue
+    return 0
+
+
 class ContainerRunner:
     """Runs each unit it is given as a sibling container of the app (see the module)."""
 
@@ -181,7 +196,19 @@ class ContainerRunner:
             await self.remove(unit)
             raise StartFailed(status, f"could not be started ({self.lower} start failed)")
         self.digests[unit.name] = image["digest"]
+        cgroup = spec["linux"]["cgroupsPath"]
+        # Read before the sibling is deleted (its cgroup with it): why it died is in there.
+        exit_future.add_done_callback(lambda _: self.note_oom(unit, cgroup))
         return Run(unit.name, pid, pidfd, exit_future)
+
+    def note_oom(self, unit: Unit, cgroup: str) -> None:
+        kills = oom_kills(cgroup)
+        if kills:
+            limit = (unit.spec.get("resources") or {}).get("memory") or 0
+            unit.note(
+                f"out of memory: the kernel killed {kills} process(es) at its memory limit"
+                + (f" ({limit >> 20}M)" if limit else "")
+            )
 
     async def probe(self, unit: Unit, argv: list[str], timeout: float) -> int:
         spec = unit.spec
