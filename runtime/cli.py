@@ -141,7 +141,8 @@ def plan(config_path: str | None, container_id: str, root: str, bundle_dir: str)
     for svc in found.services:
         if svc.get("placement") == "container":
             _plan_sibling(
-                cfg, edited, dict(svc), container_id, found.container_dir, compiled["init"]
+                cfg, edited, dict(svc), container_id, found.container_dir, compiled["init"],
+                os.path.abspath(bundle_dir),
             )
 
 
@@ -152,6 +153,7 @@ def _plan_sibling(
     app_id: str,
     cdir: str,
     init: str,
+    bundle_dir: str,
 ) -> None:
     """The sibling container's spec, with the app's init pid not known yet."""
     from . import cgroups, sidecar
@@ -164,6 +166,8 @@ def _plan_sibling(
         return
     linux = app.get("linux")
     cgroups_path = linux.get("cgroupsPath") if isinstance(linux, dict) else None
+    share = svc.get("share")
+    share = share if isinstance(share, list) else []
     try:
         app_cgroup = cgroups.container_path(
             cgroups_path if isinstance(cgroups_path, str) else "", app_id, False, "/"
@@ -171,6 +175,7 @@ def _plan_sibling(
         spec = sidecar.sibling_spec(
             app, svc, image, app_id=app_id, app_proc="/proc/<app init pid>",
             app_cgroup=app_cgroup, container_dir=cdir, init=init,
+            shared={str(p): sidecar.host_path(app, bundle_dir, str(p)) for p in share},
         )
     except (RetinueError, cgroups.CgroupError) as e:
         click.echo(f"# sidecar {name}: {e}")

@@ -56,6 +56,31 @@ def sidecar_cgroup(app_cgroup: str, service: str) -> str:
     return posixpath.join(parent or "/", f"{name}{CGROUP_INFIX}{service}")
 
 
+def host_path(app: Spec, bundle: str, path: str) -> str:
+    """Where the host sees the app container's `path` (absolute, normalized, symlinks already
+    resolved inside the container): under the last of the app's bind mounts that covers it,
+    else under its root. A mount of the app's own mount namespace cannot be the source of
+    another container's bind mount (the kernel refuses it), so a share names the host's copy;
+    what is on none of them (a tmpfs, /proc) cannot be shared."""
+    covering: Spec | None = None
+    for mount in app.get("mounts") or []:
+        dest = posixpath.normpath(str(mount.get("destination") or "/"))
+        if path == dest or path.startswith(dest.rstrip("/") + "/"):
+            covering = mount
+            where = dest
+    if covering is None:
+        root = str((app.get("root") or {}).get("path") or "rootfs")
+        return posixpath.normpath(posixpath.join(bundle, root) + path)
+    options = covering.get("options") or []
+    if covering.get("type") != "bind" and "bind" not in options and "rbind" not in options:
+        raise SpecError(
+            f"share: {path} is on the app's {covering.get('type') or 'unknown'} mount at {where}, "
+            "which has no host directory to share"
+        )
+    source = posixpath.join(bundle, str(covering.get("source") or ""))
+    return posixpath.normpath(source + path[len(where.rstrip("/")):])
+
+
 def _process(app: Spec, svc: dict[str, Any], image: dict[str, Any], app_id: str) -> Spec:
     config = image.get("config") or {}
     args = list(svc["command"]) or [*(config.get("Entrypoint") or []), *(config.get("Cmd") or [])]

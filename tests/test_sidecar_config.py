@@ -329,3 +329,20 @@ def test_plan_shows_the_sibling_spec(layout: Path, etc: Path, tmp_path: Path) ->
     assert spec["linux"]["cgroupsPath"] == "/default/c1.retinue-agent"
     assert {"type": "network", "path": "/proc/<app init pid>/ns/net"} in spec["linux"][
         "namespaces"]
+
+
+def test_a_shared_path_maps_to_the_host_copy_the_app_sees() -> None:
+    app = {"root": {"path": "rootfs"}, "mounts": [
+        {"destination": "/data", "type": "bind", "source": "/srv/data", "options": ["rbind"]},
+        {"destination": "/data/logs", "type": "none", "source": "/var/log/app",
+         "options": ["bind", "ro"]},
+        {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs"},
+    ]}
+    assert sidecar.host_path(app, "/b", "/etc/app") == "/b/rootfs/etc/app"
+    assert sidecar.host_path(app, "/b", "/data") == "/srv/data"
+    assert sidecar.host_path(app, "/b", "/data/x/y") == "/srv/data/x/y"
+    assert sidecar.host_path(app, "/b", "/data/logs/today") == "/var/log/app/today"
+    assert sidecar.host_path(app, "/b", "/datax") == "/b/rootfs/datax"
+    assert sidecar.host_path({"root": {"path": "/abs/root"}}, "/b", "/x") == "/abs/root/x"
+    with pytest.raises(SpecError, match="share: /tmp/a is on the app's tmpfs mount at /tmp"):
+        sidecar.host_path(app, "/b", "/tmp/a")

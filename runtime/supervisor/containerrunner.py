@@ -39,11 +39,10 @@ class ShareError(Exception):
 
 
 def resolve_in_root(root: str, path: str) -> str:
-    """`path` as the app container sees it, as a host path under `root` (/proc/PID/root)
-    without a symlink left in it: a symlink is resolved against the container's root, never
-    the host's, so the app's owner cannot point a shared path at a host file. (A component
-    swapped after this check is a race the mount itself does not close; runc 1.1 has no
-    mount-source fd to close it with.)"""
+    """`path` in the app container (whose root is `root`, /proc/PID/root) without a symlink
+    left in it: a symlink is resolved against the container's root, never the host's, so the
+    app's owner cannot point a shared path at a host file. (A component swapped after this
+    check is a race the mount itself does not close; runc 1.1 has no mount-source fd.)"""
     parts = [p for p in path.split("/") if p]
     resolved: list[str] = []
     hops = 0
@@ -70,7 +69,7 @@ def resolve_in_root(root: str, path: str) -> str:
             parts = [p for p in target.split("/") if p] + parts
         else:
             resolved.append(part)
-    return os.path.join(root, *resolved)
+    return "/" + "/".join(resolved)
 
 
 def app_cgroup(init_pid: int) -> str:
@@ -145,9 +144,13 @@ class ContainerRunner:
             raise StartFailed(1 << 8, f"could not be started: {e}", permanent=True) from None
         proc = f"/proc/{init_pid}"
         try:
-            shared = {p: resolve_in_root(f"{proc}/root", p) for p in unit.spec["share"]}
+            app = self.app_spec()
+            shared = {
+                p: sidecar.host_path(app, self.bundle, resolve_in_root(f"{proc}/root", p))
+                for p in unit.spec["share"]
+            }
             spec = sidecar.sibling_spec(
-                self.app_spec(), dict(unit.spec), image, app_id=ctx.id, app_proc=proc,
+                app, dict(unit.spec), image, app_id=ctx.id, app_proc=proc,
                 app_cgroup=app_cgroup(init_pid), container_dir=ctx.dir, shared=shared,
                 init=INIT if os.path.isfile(INIT) else None,
             )

@@ -238,3 +238,50 @@ def test_nothing_is_left_after_many_cycles(
     print(f"20 cycles in {time.monotonic() - started:.1f}s")
     assert cgroup_dirs_named(".retinue-idle") == []
     assert os.listdir(rig.state_dir / "sidecars") == []
+
+
+SHIPPER = (
+    'placement = "container"\nimage = "busybox"\nshare = ["/shared"]\n'
+    "command = [\"sh\", \"-c\", \"trap 'echo flushed; exit 0' TERM; "
+    "until head -c 100 /shared/job.out; do sleep 0.05; done; echo; sleep 1000 & wait\"]\n"
+)
+
+
+def test_a_job_whose_shipper_sidecar_reads_its_output_and_flushes_after_it(
+    rig: Rig, container_id: str, layouts: dict[str, Path]
+) -> None:
+    setup(rig, layouts, "busybox")
+    sidecar(rig, "shipper", SHIPPER)
+    bundle = rig.bundle(main_args("echo job-output > /shared/job.out; sleep 0.3; exit 3"),
+                        env=["RETINUE_SERVICES=shipper"])
+    out_path = rig.base / "run.out"
+    with open(out_path, "w") as out:
+        proc = subprocess.run(
+            rig.rt_argv("run", "--bundle", str(bundle), container_id),
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, timeout=60,
+        )
+    assert proc.returncode == 3, out_path.read_text()
+    log = rig.service_log(container_id, "shipper")
+    # It read the app's file through `share`, then was stopped after the job had exited.
+    assert log.index("job-output") < log.index("stopping with SIGTERM") < log.index("flushed")
+    assert siblings(rig) == []
+    # Read-only: the sidecar cannot write into the app's files.
+    assert not (rig.shared / "from-sidecar").exists()
+
+
+def test_a_shared_path_never_resolves_outside_the_app_root(tmp_path: Path) -> None:
+    from retinue.supervisor.containerrunner import ShareError, resolve_in_root
+
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "passwd").write_text("app's own\n")
+    os.symlink("/etc", root / "abs")
+    os.symlink("../../../../etc", root / "up")
+    os.symlink("loop", root / "loop")
+    assert resolve_in_root(str(root), "/abs/passwd") == "/etc/passwd"
+    assert resolve_in_root(str(root), "/up/passwd") == "/etc/passwd"
+    assert resolve_in_root(str(root), "/../../etc") == "/etc"
+    with pytest.raises(ShareError, match="share: /loop: too many symbolic links"):
+        resolve_in_root(str(root), "/loop")
+    with pytest.raises(ShareError, match="share: /nope: No such file or directory"):
+        resolve_in_root(str(root), "/nope")
