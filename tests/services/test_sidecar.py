@@ -200,8 +200,9 @@ def test_two_containers_share_one_unpacked_image_and_rm_refuses_it(
     assert os.listdir(images / "sha256") == []
 
 
-def test_gc_removes_the_sidecar_of_a_killed_supervisor(
-    rig: Rig, container_id: str, layouts: dict[str, Path]
+@pytest.mark.parametrize("remover", ["gc", "delete"])
+def test_the_sidecar_of_a_killed_supervisor_is_removed(
+    rig: Rig, container_id: str, layouts: dict[str, Path], remover: str
 ) -> None:
     setup(rig, layouts, "busybox")
     sidecar(rig, "idle", IDLE)
@@ -214,11 +215,13 @@ def test_gc_removes_the_sidecar_of_a_killed_supervisor(
     for pid in rig.supervisor_pids(container_id):
         os.kill(pid, signal.SIGKILL)
     wait_for(lambda: not rig.supervisor_pids(container_id))
-    r = rig.retinue("gc")
-    assert r.returncode == 0, r.stderr
-    assert r.stdout == f"removed sidecar {container_id}.idle\n"
+    if remover == "gc":
+        r = rig.retinue("gc")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == f"removed sidecar {container_id}.idle\n"
+        assert siblings(rig) == []
+    assert rig.rt("delete", "--force", container_id).returncode == 0
     assert siblings(rig) == []
-    rig.rt("delete", "--force", container_id)
 
 
 def test_nothing_is_left_after_many_cycles(
@@ -285,3 +288,20 @@ def test_a_shared_path_never_resolves_outside_the_app_root(tmp_path: Path) -> No
         resolve_in_root(str(root), "/loop")
     with pytest.raises(ShareError, match="share: /nope: No such file or directory"):
         resolve_in_root(str(root), "/nope")
+
+
+def test_an_exec_probe_runs_inside_the_sidecar(
+    rig: Rig, container_id: str, layouts: dict[str, Path]
+) -> None:
+    setup(rig, layouts, "busybox")
+    sidecar(rig, "slow", 'placement = "container"\nimage = "busybox"\n'
+            'command = ["sh", "-c", "sleep 0.5; echo > /tmp/up; sleep 1000"]\n'
+            '[ready]\nexec = ["sh", "-c", "test -f /tmp/up"]\ninterval = "100ms"\n')
+    bundle = rig.bundle(main_args(f"ev main-start; {FOREVER}"), env=["RETINUE_SERVICES=slow"])
+    assert rig.create(container_id, bundle).returncode == 0, rig.log_entries()
+    began = time.monotonic()
+    assert rig.rt("start", container_id).returncode == 0, rig.log_entries()
+    assert time.monotonic() - began >= 0.5  # the gate waited for the probe
+    assert rig.service_status(container_id, "slow")["state"] == "ready"
+    assert rig.rt("delete", "--force", container_id).returncode == 0
+    assert siblings(rig) == []
