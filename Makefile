@@ -41,6 +41,7 @@ bench: venv
 	$(VENV)/bin/python tests/bench/seccomp_bench.py
 	$(VENV)/bin/python tests/bench/cri_bench.py
 	$(VENV)/bin/python tests/bench/init_bench.py
+	$(VENV)/bin/python tests/bench/sidecar_bench.py
 
 # Put the launchers where engines expect them and register nothing: see `retinue install`.
 install: venv
