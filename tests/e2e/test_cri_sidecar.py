@@ -13,9 +13,15 @@ from pathlib import Path
 import engines
 import imagekit
 import pytest
+import test_cri
 from conftest import service_status
 from support import config_text
-from test_cri import Node, _free_port, _pod_name, cri_node, hweb_port, node  # noqa: F401
+from test_cri import Node, _free_port, _pod_name
+
+# test_cri's fixtures: its module's containerd with the CRI plugin, and its per-test node.
+cri_node = test_cri.cri_node
+hweb_port = test_cri.hweb_port
+node = test_cri.node
 
 pytestmark = [pytest.mark.cri, pytest.mark.usefixtures("no_leftovers")]
 
