@@ -250,6 +250,7 @@ def check_service(name: str, svc: Service, source: str, files_base: str) -> list
 
     if not SERVICE_NAME.match(name):
         err("(file name)", f"service names are lowercase letters, digits, '_' or '-', got {name!r}")
+    errors += [f"{source}: {e}" for e in check_resources(svc.resources)]
     if svc.placement not in PLACEMENTS:
         err("placement", f"expected one of {', '.join(PLACEMENTS)}, got {svc.placement!r}")
     elif svc.placement == "container":
@@ -258,8 +259,6 @@ def check_service(name: str, svc: Service, source: str, files_base: str) -> list
         for key in ("image", "share"):
             if getattr(svc, key):
                 err(key, f'only with placement = "container", got {getattr(svc, key)!r}')
-        if svc.resources != Resources():
-            err("resources", 'limits are applied with placement = "container" only (for now)')
         files = svc.files if os.path.isabs(svc.files) else os.path.join(files_base, svc.files)
         if not svc.files:
             err("files", 'missing (required with placement = "exec": a host directory)')
@@ -377,7 +376,6 @@ def check_service(name: str, svc: Service, source: str, files_base: str) -> list
 
 def check_container(svc: Service) -> list[str]:
     """Checks of the keys of a sibling-placed service; the image's presence is the CLI's."""
-    from .cgroups import parse_size
     from .images import check_reference
 
     errors: list[str] = []
@@ -409,7 +407,13 @@ def check_container(svc: Service) -> list[str]:
         errors.append(
             f"confinement: expected one of {', '.join(CONFINEMENTS)}, got {svc.confinement!r}"
         )
-    res = svc.resources
+    return errors
+
+
+def check_resources(res: Resources) -> list[str]:
+    from .cgroups import parse_size
+
+    errors: list[str] = []
     if res.memory:
         size = parse_size(res.memory)
         if size is None or size < MIN_MEMORY:

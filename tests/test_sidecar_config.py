@@ -177,8 +177,8 @@ def test_check_names_a_missing_image(etc: Path) -> None:
          "confinement: expected one of app, none, got 'off'"),
         ('files = "/tmp"\ncommand = ["x"]\nimage = "bb"\n',
          "image: only with placement = \"container\""),
-        ('files = "/tmp"\ncommand = ["x"]\n[resources]\nmemory = "64M"\n',
-         'resources: limits are applied with placement = "container" only'),
+        ('files = "/tmp"\ncommand = ["x"]\n[resources]\nmemory = "2M"\n',
+         "resources.memory: expected a size like 64M or 1G, at least 4M, got '2M'"),
         ('command = ["x"]\n', 'files: missing (required with placement = "exec"'),
     ],
 )

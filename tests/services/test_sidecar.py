@@ -305,3 +305,29 @@ def test_an_exec_probe_runs_inside_the_sidecar(
     assert rig.service_status(container_id, "slow")["state"] == "ready"
     assert rig.rt("delete", "--force", container_id).returncode == 0
     assert siblings(rig) == []
+
+
+def test_an_exec_service_past_its_memory_limit_is_oom_killed_in_its_sub_cgroup(
+    rig: Rig, container_id: str
+) -> None:
+    """[resources] with exec placement: the service's sub-cgroup of the app's (runc exec
+    --cgroup) gets the limits; the app, in the parent, is untouched."""
+    rig.service("hog", "echo hog-start; x=$(head -c 300000000 /dev/zero | tr '\\0' a)\n"
+                "echo survived\n",
+                toml='[resources]\nmemory = "16M"\npids = 20\n'
+                     '[restart]\npolicy = "always"\ndelay = "100ms"\nburst = 100\n')
+    bundle = rig.bundle(main_args(f"ev main-start; {FOREVER}"), env=["RETINUE_SERVICES=hog"])
+    assert rig.create(container_id, bundle).returncode == 0, rig.log_entries()
+    assert rig.rt("start", container_id).returncode == 0, rig.log_entries()
+    wait_for(lambda: rig.service_status(container_id, "hog")["restarts"] >= 2, timeout=60)
+    log = rig.service_log(container_id, "hog")
+    assert "killed by SIGKILL" in log and "survived" not in log, log
+    app_pid = rig.state(container_id)["pid"]  # type: ignore[index]
+    with open(f"/proc/{app_pid}/cgroup") as f:
+        path = next(x for x in f.read().splitlines() if ":memory:" in x).split(":", 2)[2]
+    sub = Path(f"/sys/fs/cgroup/memory{path}/retinue-hog")
+    assert int((sub / "memory.limit_in_bytes").read_text()) == 16 << 20
+    assert int(Path(f"/sys/fs/cgroup/memory{path}/memory.limit_in_bytes").read_text()) > 16 << 20
+    assert rig.runc_status(container_id) == "running"
+    assert [w for _, w in rig.events()].count("main-start") == 1
+    assert rig.rt("delete", "--force", container_id).returncode == 0
