@@ -120,7 +120,7 @@ for a do
 		# The id is the first argument that is not a flag or a flag's value: a supervised
 		# container's call must never be taken for another's (argv.py has the same tables).
 		case $a in
-		--) slow "$@" ;;
+		--) case $cmd in create|run) break ;; *) slow "$@" ;; esac ;;  # create: _CREATE_BLOCK
 		-*=*) ;;
 		-*)
 			n=${{a#-}}

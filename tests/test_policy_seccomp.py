@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -56,6 +57,15 @@ def supervisors(container_dir: str) -> set[int]:
     return {int(p) for p in out.stdout.split()}
 
 
+def supervisors_gone(container_dir: str, timeout: float = 5.0) -> set[int]:
+    """What is left of them once they had `timeout` to exit: the poststop hook returns when the
+    supervisor has answered, a moment before its process has removed its state and exited."""
+    deadline = time.monotonic() + timeout
+    while (left := supervisors(container_dir)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
 def test_policy_seccomp_rule_reaches_the_container(
     shim: str,
     broker_config: Path,
@@ -75,7 +85,7 @@ def test_policy_seccomp_rule_reaches_the_container(
     assert f"seccomp deny: container={container_id}" in log and "syscall=mkdir" in log
     # Nothing left: no supervisor, no listener, no state directory.
     container_dir = statedir.container_dir(str(tmp_path / "state"), runc_root, container_id)
-    assert supervisors(container_dir) == set()
+    assert supervisors_gone(container_dir) == set()
     assert not os.path.exists(listener)
     assert not os.path.exists(container_dir)
 

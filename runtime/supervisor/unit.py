@@ -72,7 +72,7 @@ class Unit:
         self.pid: int | None = None
         # The current (or last) run; before the first, one with no process, so that a kill still
         # reaches whatever a start in flight has put in the unit's cgroup.
-        self.run_ = Run(self.name, 0, None, asyncio.get_running_loop().create_future())
+        self.current = Run(self.name, 0, None, asyncio.get_running_loop().create_future())
         self.restarts = 0
         self.failures = 0
         self.ready_since: float | None = None
@@ -250,7 +250,7 @@ class Unit:
                 if e.permanent:
                     self.fail(e.why, f'service "{self.name}" {e.why}')
                 return e.status
-            self.run_ = run
+            self.current = run
             self.pid = run.pid
             self.started_at = time.monotonic()
             self.state = "running"
@@ -337,11 +337,11 @@ class Unit:
 
     def signal(self, sig: int) -> None:
         """The current run's main process only."""
-        self.runner.signal(self.run_, sig)
+        self.runner.signal(self.current, sig)
 
     def kill(self) -> None:
         """SIGKILL everything of the current (or last) run; never waits."""
-        self.runner.kill_all(self.run_)
+        self.runner.kill_all(self.current)
 
     async def stop(self, force: bool) -> None:
         """Stop after every dependent has stopped; gracefully unless `force`."""
