@@ -331,3 +331,38 @@ def test_an_exec_service_past_its_memory_limit_is_oom_killed_in_its_sub_cgroup(
     assert rig.runc_status(container_id) == "running"
     assert [w for _, w in rig.events()].count("main-start") == 1
     assert rig.rt("delete", "--force", container_id).returncode == 0
+
+
+def test_a_sidecar_joins_the_user_namespace_of_an_app_that_has_one(
+    rig: Rig, container_id: str, layouts: dict[str, Path]
+) -> None:
+    # The mapped root is "others" to the host's directories on the way to both roots.
+    os.chmod(rig.base, 0o755)
+    setup(rig, layouts, "busybox")
+    sidecar(rig, "idle", IDLE)
+    app_root = rig.base / "approot"
+    imagekit.busybox_rootfs(app_root)
+    for point in ("proc", "dev", "sys", "tmp", "shared", ".retinue"):
+        (app_root / point).mkdir()
+    for name in ("init", "init.sock"):
+        (app_root / ".retinue" / name).touch()
+
+    def userns(spec: dict[str, object]) -> None:
+        spec["root"] = {"path": str(app_root), "readonly": True}
+        linux = spec["linux"]
+        assert isinstance(linux, dict)
+        linux["namespaces"].append({"type": "user"})
+        for key in ("uidMappings", "gidMappings"):
+            linux[key] = [{"containerID": 0, "hostID": 200000, "size": 65536}]
+
+    bundle = rig.bundle(main_args(FOREVER), env=["RETINUE_SERVICES=idle"], edit=userns)
+    r = rig.create(container_id, bundle)
+    assert r.returncode == 0, (r.stderr, rig.log_entries())
+    assert rig.rt("start", container_id).returncode == 0, rig.log_entries()
+    app_pid = rig.state(container_id)["pid"]  # type: ignore[index]
+    side_pid = sibling_state(rig, f"{container_id}.idle")["pid"]
+    for ns in ("user", "net"):
+        assert os.readlink(f"/proc/{app_pid}/ns/{ns}") == os.readlink(f"/proc/{side_pid}/ns/{ns}")
+    assert Path(f"/proc/{side_pid}/uid_map").read_text().split() == ["0", "200000", "65536"]
+    assert rig.rt("delete", "--force", container_id).returncode == 0
+    assert siblings(rig) == []
