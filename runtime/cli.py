@@ -343,10 +343,14 @@ def status(config_path: str | None, as_json: bool, container_id: str | None) -> 
             rows.append((*first, "-", c["phase"], "-", "-", "-", "-"))
         for s in c["services"]:
             state = s["state"] + ("" if s["required"] else " (optional)")
+            name = s["name"]
+            if s.get("placement") == "container":
+                # A sidecar: the digest it runs (short, as docker shows image ids).
+                name += f" (sidecar {str(s.get('image') or '')[7:19] or '?'})"
             rows.append(
                 (
                     *first,
-                    s["name"],
+                    name,
                     state,
                     str(s["pid"] or "-"),
                     str(s["restarts"]),

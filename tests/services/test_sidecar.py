@@ -128,6 +128,9 @@ def test_a_scratch_app_reaches_an_nginx_sidecar_before_its_first_line(
     assert status["state"] == "ready"
     assert status.get("placement") == "container"
     assert str(status.get("image", "")).startswith("sha256:")
+    assert status["resources"] == {"memory": 64 << 20, "cpu": 0.0, "pids": 32}
+    table = rig.retinue("status", container_id).stdout
+    assert f"web (sidecar {status['image'][7:19]})  ready" in table, table
     log = rig.service_log(container_id, "web")
     assert "nginx/1.22" in log or "nginx/" in log, log
     # The app stops first; the sidecar after it; nothing of it is left.
