@@ -10,7 +10,9 @@
  *   3. reap every zombie of the PID namespace (orphans are re-parented to PID 1);
  *   4. once the child has exited, tell the supervisor on SOCKET, wait until it answers (it stops
  *      the container's services first) or for at most MILLISECONDS, then exit with the child's
- *      status: its exit code, or 128+N when a signal N ended it, as runc reports for PID 1.
+ *      status: its exit code, or 128+N when a signal N ended it, as runc reports for PID 1;
+ *      unless the answer is "code N": the supervisor ended the program itself (a required
+ *      service failed for good, on_failure = "stop-container") and N says so.
  *
  * The socket is connected before the child exists, so no process of the container can have
  * connected in init's place: the supervisor accepts only a peer whose pid is the container's
@@ -159,8 +161,9 @@ static void forward(int sig, pid_t main_pid)
 }
 
 /* Tell the supervisor the program's status and wait for its answer (the services are stopped)
- * while still reaping, for at most wait_ms. */
-static void hand_over(int sock, int sfd, int main_status, long wait_ms)
+ * while still reaping, for at most wait_ms. Returns the exit code the answer asks for ("code N",
+ * 0-255), else -1: the program's own status stands. */
+static int hand_over(int sock, int sfd, int main_status, long wait_ms)
 {
 	char line[32];
 	int n = snprintf(line, sizeof line, "exit %d\n", status_code(main_status));
@@ -171,7 +174,7 @@ static void hand_over(int sock, int sfd, int main_status, long wait_ms)
 	 * non-blocking, but one short line always fits in an empty socket buffer. MSG_NOSIGNAL:
 	 * a closed peer must not kill PID 1 with SIGPIPE (blocked anyway, but be explicit). */
 	if (send(sock, line, (size_t)n, MSG_NOSIGNAL) != n)
-		return;
+		return -1;
 	for (;;) {
 		struct pollfd fds[2] = {{.fd = sock, .events = POLLIN}, {.fd = sfd, .events = POLLIN}};
 		long long left = deadline - now_ms();
@@ -179,17 +182,28 @@ static void hand_over(int sock, int sfd, int main_status, long wait_ms)
 			/* The supervisor did not answer in time: exiting ends the services anyway (the
 			 * kernel kills the PID namespace with its init); a stop must never hang. */
 			say("no answer from the supervisor in time; exiting", 0);
-			return;
+			return -1;
 		}
 		if (poll(fds, 2, (int)left) < 0) {
 			if (errno == EINTR)
 				continue;
 			say("poll", errno);
-			return;
+			return -1;
 		}
 		if (fds[0].revents) {
-			/* The answer, EOF or an error: in every case the supervisor is done with us. */
-			return;
+			/* The answer, EOF or an error: in every case the supervisor is done with us.
+			 * One short line, sent at once: it arrives whole. */
+			char answer[32];
+			ssize_t got = recv(sock, answer, sizeof answer - 1, MSG_DONTWAIT);
+			if (got > 5 && memcmp(answer, "code ", 5) == 0) {
+				char *end;
+				long code;
+				answer[got] = 0;
+				code = strtol(answer + 5, &end, 10);
+				if (end != answer + 5 && (*end == '\n' || *end == 0) && code >= 0 && code <= 255)
+					return (int)code;
+			}
+			return -1;
 		}
 		if (fds[1].revents & POLLIN) {
 			struct signalfd_siginfo si;
@@ -291,7 +305,10 @@ int main(int argc, char **argv)
 	}
 
 	/* No channel (none asked for, or the supervisor was gone at start): nobody to wait for. */
-	if (sock >= 0)
-		hand_over(sock, sfd, main_status, wait_ms);
+	if (sock >= 0) {
+		int code = hand_over(sock, sfd, main_status, wait_ms);
+		if (code >= 0)
+			return code;
+	}
 	return status_code(main_status);
 }

@@ -78,10 +78,13 @@ def plan(
             # supervisor that hangs must not keep the container's end waiting much longer.
             "wait_ms": int(stop_budget * 1000) + INIT_MARGIN_MS,
         }
-    edited = edits.apply(spec, rules, compiled["hook"], container_dir, services, init)
     # The policy's handlers, then those the attached services bring.
     seccomp = [r for rule in rules for r in rule["seccomp"]]
     seccomp += [r for svc in services for r in svc["seccomp"]]
+    edited = edits.apply(
+        spec, rules, compiled["hook"], container_dir, services, init,
+        supervised=bool(services or seccomp),
+    )
     listener = ""
     notes: list[str] = []
     if seccomp:

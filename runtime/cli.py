@@ -62,6 +62,15 @@ def check(config_path: str | None) -> None:
     problems: list[str] = []
     for name, svc in sorted(cfg.services.items()):
         kind = "required" if svc.required else "optional"
+        if svc.type == "oneshot":
+            kind += ", oneshot"
+        if svc.on_failure != "ignore":
+            kind += f", on failure {svc.on_failure}"
+        if svc.health is not None:
+            probe = next(k for k in ("exec", "tcp", "http") if getattr(svc.health, k) is not None)
+            kind += f", health {probe}"
+        if svc.stop.exec:
+            kind += ", drain"
         deps = [
             f"{k} {', '.join(getattr(svc, k))}"
             for k in ("requires", "wants", "after")
@@ -347,6 +356,12 @@ def status(config_path: str | None, as_json: bool, container_id: str | None) -> 
             if s.get("placement") == "container":
                 # A sidecar: the digest it runs (short, as docker shows image ids).
                 name += f" (sidecar {str(s.get('image') or '')[7:19] or '?'})"
+            if s.get("stopped_by") and s["state"] == "stopped":
+                state += f" by {s['stopped_by']}"
+            if s.get("health") and s["state"] in ("ready", "running"):
+                state += f", {s['health']}"
+                if s["health"] != "healthy" and s.get("probe"):
+                    state += f" ({s['probe']})"
             rows.append(
                 (
                     *first,
@@ -515,3 +530,78 @@ def gc(config_path: str | None) -> None:
         raise
     for sid in siblings.collect(runtime, siblings.runtime_root(cfg.settings.state_dir)):
         click.echo(f"removed sidecar {sid}")
+
+
+def _control_service(config_path: str | None, container_id: str, service: str, op: str) -> None:
+    """Send one service-control request to the supervisor of CONTAINER and report its answer."""
+    from .supervisor import control
+
+    cfg = _load(config_path)
+    try:
+        matched = select_containers(container_id, _containers(cfg.settings.state_dir))
+    except RetinueError as e:
+        _fail(e)
+        raise
+    if len(matched) != 1:
+        many = f"names {len(matched)} containers" if matched else "names no container with services"
+        click.echo(f"retinue: {container_id!r} {many}", err=True)
+        sys.exit(1)
+    target = matched[0]
+    try:
+        # No timeout: a stop waits for the service's stop timeout, a start for its readiness;
+        # both are bounded by the service's own settings.
+        reply = control.request(
+            os.path.join(target["dir"], control.SOCKET_NAME),
+            {"op": op, "service": service, "by": f"retinue {op.split('-')[0]}"},
+        )
+    except (control.SupervisorGone, OSError, ValueError) as e:
+        click.echo(f"retinue: container {target['id'][:12]}: no supervisor answers ({e})", err=True)
+        sys.exit(1)
+    if not reply.get("ok"):
+        click.echo(f"retinue: {reply.get('error') or 'failed'}", err=True)
+        sys.exit(1)
+    click.echo(f"{target['id'][:12]} {service}: {reply.get('state', 'ok')}")
+
+
+_CONTROL_HELP = (
+    "\n\nCONTAINER is an id, a unique id prefix, or NAMESPACE/POD/CONTAINER for a container the "
+    "CRI created."
+)
+
+
+@main.command("restart")
+@config_option
+@click.argument("container_id", metavar="CONTAINER")
+@click.argument("service")
+def restart_service(config_path: str | None, container_id: str, service: str) -> None:
+    """Restart SERVICE of CONTAINER (stop it as configured, start it, wait until ready)."""
+    _control_service(config_path, container_id, service, "restart")
+
+
+restart_service.help = (restart_service.help or "") + _CONTROL_HELP
+
+
+@main.command("stop")
+@config_option
+@click.argument("container_id", metavar="CONTAINER")
+@click.argument("service")
+def stop_service(config_path: str | None, container_id: str, service: str) -> None:
+    """Stop SERVICE of CONTAINER until `retinue start`: not a failure, no restart, no fate
+    sharing; the container keeps running."""
+    _control_service(config_path, container_id, service, "stop-service")
+
+
+stop_service.help = (stop_service.help or "") + _CONTROL_HELP
+
+
+@main.command("start")
+@config_option
+@click.argument("container_id", metavar="CONTAINER")
+@click.argument("service")
+def start_service(config_path: str | None, container_id: str, service: str) -> None:
+    """Start SERVICE of CONTAINER again (one that was stopped, exited or failed for good) and
+    wait until it is ready."""
+    _control_service(config_path, container_id, service, "start-service")
+
+
+start_service.help = (start_service.help or "") + _CONTROL_HELP

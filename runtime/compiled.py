@@ -58,12 +58,26 @@ class CompiledService(TypedDict):
     requires: list[str]
     wants: list[str]
     after: list[str]
-    ready: str  # "tcp", "exec", "file", "notify" or "started"
-    # By `ready`: a port (tcp), a command (exec), a path (file), None (notify, started).
+    type: str  # "simple" or "oneshot"
+    on_failure: str  # "ignore" or "stop-container"
+    ready: str  # "tcp", "exec", "file", "notify", "http" or "started"
+    # By `ready`: a port (tcp), a command (exec), a path (file), [address, port, path] (http),
+    # None (notify, started).
     ready_target: Any
     ready_timeout: float
     ready_interval: float
+    health: str | None  # "exec", "tcp", "http" or None
+    health_target: Any  # as ready_target
+    health_interval: float
+    health_timeout: float
+    health_failures: int
     restart: str  # "no", "on-failure" or "always"
+    # Exit codes and signal numbers that count as a clean exit / that are never restarted.
+    success_exit: list[int]
+    success_signals: list[int]
+    prevent_exit: list[int]
+    prevent_signals: list[int]
+    stop_exec: list[str] | None  # the drain command, inside the container
     restart_delay: float
     restart_max_delay: float
     restart_reset_after: float

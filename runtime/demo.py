@@ -1,7 +1,9 @@
 """`retinue demo`: one busybox container through retinue-runtime, step by step.
 
-It shows what a new user needs to see: the edits `retinue plan` predicts, services starting in
-dependency order, the entrypoint held until they are ready, `retinue status`, and the end: the
+It shows what a new user needs to see: the edits `retinue plan` predicts, a one-shot task
+finishing before the services that need it, services starting in dependency order, the entrypoint
+held until they are ready, `retinue status`, a manual restart of one service (its drain hook
+first), and the end: the
 main process exits first, then retinue-init (the container's PID 1) has the services stopped
 gracefully in reverse order, and only then does the container stop.
 """
@@ -21,7 +23,7 @@ from . import rootfs
 
 CONTAINER_ID = "retinue-demo"
 SCRIPT = r"""
-echo "[main] started: the gate opened, so web and metrics were ready before this line"
+echo "[main] started: the gate opened: setup was done, web and metrics were ready"
 echo "[main] RETINUE_GREETING=$RETINUE_GREETING"
 echo "[main] /retinue/demo, a read-only bind mount from the host:"
 sed 's/^/[main]   | /' /retinue/demo/README
@@ -29,7 +31,7 @@ if touch /retinue/demo/probe 2>/dev/null; then echo "[main] writable?!"
 else echo "[main] writing there fails: read-only"; fi
 echo "[main] GET http://127.0.0.1:8080/ -> $(wget -qO- http://127.0.0.1:8080/)"
 echo "[main] /tmp/metrics.prom -> $(cat /tmp/metrics.prom)"
-sleep 3
+sleep 5
 echo "[main] exiting with status 0"
 """
 
@@ -78,14 +80,16 @@ def run(workdir: str) -> int:
     if started.returncode:
         subprocess.run([*runtime, "delete", "--force", CONTAINER_ID])
         return started.returncode
-    time.sleep(1.5)
-    _step("retinue status")
+    time.sleep(1)
+    _step("retinue status   (setup: done, a one-shot; web: ready and healthy)")
     subprocess.run([admin, "status", CONTAINER_ID])
+    _step(f"retinue restart {CONTAINER_ID} web   (its drain hook first; the app keeps running)")
+    subprocess.run([admin, "restart", CONTAINER_ID, "web"])
     _step("the main process exits; its services stop after it, in reverse order")
     _watch_the_end(root)
     _step(f"retinue-runtime delete {CONTAINER_ID}")
     subprocess.run([*runtime, "delete", CONTAINER_ID])
-    for service in ("web", "metrics"):
+    for service in ("setup", "web", "metrics"):
         _step(f"retinue logs {CONTAINER_ID} {service}   (kept after the container is gone)")
         subprocess.run([admin, "logs", CONTAINER_ID, service])
     _step("retinue status   (nothing left)")

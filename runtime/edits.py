@@ -29,7 +29,13 @@ INIT_SOCKET = "/.retinue/init.sock"
 INIT_SOCKET_NAME = "init.sock"
 SERVICE_PREFIX = "/retinue"
 NOTIFY_DIR = "/run/retinue"
+# Every stage an earlier version may have written our hook into (strip_previous takes it off).
 HOOK_STAGES = ("createRuntime", "poststart", "poststop")
+# The stages a supervisor needs told: createRuntime (the init's pid before start; the supervisor
+# asks runc otherwise) and poststop (the services stop when the container is deleted). poststart
+# is not added any more: the supervisor only took note of it, and under runc 1.1 it ran at the
+# end of every create, a Python start-up (~15 ms) on the create path.
+ADDED_STAGES = ("createRuntime", "poststop")
 BIND_OPTIONS = ("rbind", "ro", "nosuid", "nodev")
 NOTIFY_OPTIONS = ("bind", "ro", "nosuid", "nodev", "noexec")
 # Before each socket was mounted on its own, the whole notify directory was, read-write: a
@@ -115,7 +121,7 @@ def retinue_hooks(hook_path: str, container_dir: str) -> list[tuple[str, dict[st
     """
     return [
         (stage, {"path": hook_path, "args": ["retinue-hook", stage, container_dir]})
-        for stage in HOOK_STAGES
+        for stage in ADDED_STAGES
     ]
 
 
@@ -232,10 +238,13 @@ def apply(
     container_dir: str,
     services: list[CompiledService] | None = None,
     init: dict[str, Any] | None = None,
+    supervised: bool | None = None,
 ) -> Spec:
     """Every edit the selected rules and services call for, then the hooks and the record.
 
     `init` ({"binary", "supervised", "wait_ms"}) makes retinue-init the container's PID 1.
+    The hooks only tell a supervisor (`supervised`, by default: there are services): without
+    one they would answer at once, two runs of a program on every create for nothing.
     """
     original = spec
     spec = strip_previous(spec)
@@ -250,7 +259,8 @@ def apply(
     spec = add_mounts(spec, added)
     for rule in rules:
         spec = set_env(spec, rule["env"])
-    spec = add_hooks(spec, retinue_hooks(hook_path, container_dir))
+    if supervised if supervised is not None else bool(services):
+        spec = add_hooks(spec, retinue_hooks(hook_path, container_dir))
     record = {ATTACHED_ANNOTATION: ",".join(rule["name"] for rule in rules)}
     if services:
         record[SERVICES_RECORD_ANNOTATION] = ",".join(s["name"] for s in services)

@@ -97,6 +97,38 @@ esac
 """
 
 
+# A supervised container's calls that need no supervisor (engines call `state` often) go to
+# the lower runtime it was created with, read from statedir.RECORDS with the `read` builtin:
+# the root key is made as statedir.root_key makes it, for the roots that need no normalizing
+# (one --root, absolute, no `%`, `//`, `.` or `..` component). start, kill and delete (the
+# supervisor goes first), help, and anything unsure go to Python, which reads the entry.
+_REGISTERED = f"""\
+registered() {{
+	case $cmd in state|exec|ps|events|pause|resume|update) ;; *) slow "$@" ;; esac
+	for a do
+		case $a in -h|--h|-help|--help|-h=*|--h=*|-help=*|--help=*) slow "$@" ;; esac
+	done
+	case $roots in '') root=/run/runc ;; .) ;; *) slow "$@" ;; esac
+	case $root in /*) ;; *) slow "$@" ;; esac
+	case $root in *%*|*//*|*/./*|*/../*|*/.|*/..) slow "$@" ;; esac
+	rest=${{root#/}}; rest=${{rest%/}} key=
+	while :; do
+		case $rest in
+		'') key=${{key:-%2F}}; break ;;
+		*/*) key=$key${{rest%%/*}}%2F; rest=${{rest#*/}} ;;
+		*) key=$key$rest; break ;;
+		esac
+	done
+	record={statedir.RECORDS}/$key%$id
+	[ -f {statedir.REGISTRY}/"$id/$key" ] && [ -f "$record" ] && [ -O "$record" ] || slow "$@"
+	IFS= read -r lower <"$record" || slow "$@"
+	case $lower in /*) ;; *) slow "$@" ;; esac
+	[ -f "$lower" ] && [ -x "$lower" ] || slow "$@"
+	exec "$lower" "$@"
+}}
+"""
+
+
 def render_runtime(python: str, site_packages: str, self_path: str) -> str:
     slow = _python(python, site_packages, self_path, "from retinue.shim import main; main()")
     return f"""#!/bin/sh
@@ -106,12 +138,17 @@ def render_runtime(python: str, site_packages: str, self_path: str) -> str:
 slow() {{
 	{slow}
 }}
-cmd= id= skip=
+{_REGISTERED}cmd= id= skip= root= roots=
 for a do
-	if [ -n "$skip" ]; then skip=; continue; fi
+	if [ -n "$skip" ]; then
+		[ $skip = root ] && root=$a
+		skip=; continue
+	fi
 	if [ -z "$cmd" ]; then
 		case $a in
-		--root|-root|--log|-log|--log-format|-log-format) skip=1 ;;
+		--root|-root) skip=root roots=$roots. ;;
+		--root=*|-root=*) root=${{a#*=}} roots=$roots. ;;
+		--log|-log|--log-format|-log-format) skip=1 ;;
 		--criu|-criu|--rootless|-rootless) skip=1 ;;
 		-*) ;;
 		*) cmd=$a ;;
@@ -130,9 +167,9 @@ for a do
 		esac
 	fi
 done
-# A container with a supervisor is in the registry whatever the configuration: Python finds
-# what it was created with.
-case $id in ''|.|..|*/*) ;; *) [ -e {statedir.REGISTRY}/"$id" ] && slow "$@" ;; esac
+# A container with a supervisor is in the registry whatever the configuration, and keeps the
+# lower runtime it was created with.
+case $id in ''|.|..|*/*) ;; *) [ -e {statedir.REGISTRY}/"$id" ] && registered "$@" ;; esac
 config=${{RETINUE_CONFIG:-{confcache.DEFAULT_CONFIG}}}
 case $config in /*) ;; *) slow "$@" ;; esac
 key= rest=$config
@@ -165,10 +202,14 @@ def render_hook(python: str, site_packages: str, self_path: str) -> str:
     return f"""#!/bin/sh
 # retinue-hook, written by retinue.launcher. Without a supervisor (no state directory) there is
 # nothing to tell: answer at once instead of starting Python. runc writes the OCI state to our
-# stdin; read it all so that runc never meets a closed pipe.
+# stdin; read it all so that runc never meets a closed pipe (with the `read` builtin: exec cat
+# costs more than the few hundred bytes it reads).
 if [ $# -eq 2 ] && [ ! -e "$2" ]; then
 	case $1 in
-	createRuntime|poststart|poststop) exec cat >/dev/null ;;
+	createRuntime|poststart|poststop)
+		while read -r _; do :; done
+		exit 0
+		;;
 	esac
 fi
 {run}
@@ -201,6 +242,17 @@ def write(bin_dir: str, python: str, site_packages: str) -> list[str]:
     return written
 
 
+def warm_supervisor(python: str, site_packages: str) -> None:
+    """Import what a supervisor imports, with its flags, so that the optimized .pyc files it
+    needs exist (as root, where they are written) before the first create waits for one."""
+    import subprocess
+
+    from .supervisor import spawn
+
+    code = spawn.supervisor_code(site_packages).replace("; main()", "")
+    subprocess.run([python, *spawn.PYTHON_FLAGS, "-c", code], check=False, timeout=120)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--bin-dir", required=True)
@@ -208,6 +260,7 @@ def main() -> None:
     python = os.path.join(sys.prefix, "bin", "python3")
     for path in write(ns.bin_dir, python, sysconfig.get_paths()["purelib"]):
         print(path)
+    warm_supervisor(python, sysconfig.get_paths()["purelib"])
 
 
 if __name__ == "__main__":

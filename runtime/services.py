@@ -12,19 +12,29 @@ required = true                     # gates the container's entrypoint
 requires = ["proxy"]                # pulled in; started after it is ready; fails if it fails
 wants = []                          # pulled in; started after it; its failure is tolerated
 after = []                          # ordering only, if the other is attached anyway
-[ready]                             # started | tcp | exec | file | notify
+type = "simple"                     # simple (a daemon) | oneshot (runs to completion)
+on_failure = "ignore"               # ignore | stop-container (fails for good after start)
+[ready]                             # started | tcp | exec | file | notify | http
 tcp = 9100
-timeout = "30s"
+timeout = "30s"                     # a oneshot: the time it has to finish
+[health]                            # liveness after ready: exec | tcp | http
+http = "http://127.0.0.1:9100/healthz"
+interval = "10s"
+timeout = "1s"
+failures = 3                        # consecutive failures that restart it
 [restart]
-policy = "on-failure"               # no | on-failure | always
+policy = "on-failure"               # no | on-failure | always (a oneshot: no)
 delay = "1s"
 max_delay = "30s"
 reset_after = "60s"
 burst = 5
 interval = "30s"
+success_exit = [3, "SIGUSR1"]       # also a clean exit
+prevent_exit = [78]                 # never restarted after these
 [stop]
+exec = ["bin/drain"]                # run inside the container before the signal
 signal = "SIGTERM"
-timeout = "10s"
+timeout = "10s"                     # the drain and the signal's wait share it
 """
 
 from __future__ import annotations
@@ -98,34 +108,59 @@ PLACEMENTS = ("exec", "container")
 CONFINEMENTS = ("app", "none")
 # Below this, runc 1.1 cannot even start the sibling's init in its cgroup.
 MIN_MEMORY = 4 << 20
+TYPES = ("simple", "oneshot")
+ON_FAILURE = ("ignore", "stop-container")
+# A liveness probe runs this often at most, and gets at least this long.
+MIN_HEALTH_INTERVAL = 0.1
+MIN_HEALTH_TIMEOUT = 0.01
 # A readiness check polls this often at most: 0 would spin the supervisor.
 MIN_READY_INTERVAL = 0.001
 
 
 @attrs.frozen
 class Ready:
-    """How the service tells it is ready; at most one of tcp, exec, file, notify."""
+    """How the service tells it is ready; at most one of tcp, exec, file, notify, http."""
 
     tcp: int | None = None
     exec: list[str] | None = None
     file: str | None = None
     notify: bool = False
+    http: str | None = None
     timeout: str | float = "30s"
     interval: str | float = "50ms"
 
 
 @attrs.frozen
+class Health:
+    """A liveness probe once the service is ready; one of exec, tcp, http."""
+
+    exec: list[str] | None = None
+    tcp: int | None = None
+    http: str | None = None
+    interval: str | float = "10s"
+    timeout: str | float = "1s"
+    failures: int = 3
+
+
+@attrs.frozen
 class Restart:
-    policy: str = "on-failure"
+    # None: "on-failure" for a daemon, "no" for a oneshot (systemd's defaults for each).
+    policy: str | None = None
     delay: str | float = "1s"
     max_delay: str | float = "30s"
     reset_after: str | float = "60s"
     burst: int = 5
     interval: str | float = "30s"
+    # Exit codes (0-255) or signal names: success_exit also count as a clean exit, after
+    # prevent_exit the service is never restarted (systemd's SuccessExitStatus=,
+    # RestartPreventExitStatus=).
+    success_exit: list[int | str] = attrs.field(factory=list)
+    prevent_exit: list[int | str] = attrs.field(factory=list)
 
 
 @attrs.frozen
 class Stop:
+    exec: list[str] | None = None
     signal: str = "SIGTERM"
     timeout: str | float = "10s"
 
@@ -145,6 +180,8 @@ class Service:
     files: str = ""
     command: list[str] = attrs.field(factory=list)
     description: str = ""
+    type: str = "simple"
+    on_failure: str = "ignore"
     user: str | int = "0:0"
     capabilities: list[str] = attrs.field(factory=list)
     env: dict[str, str] = attrs.field(factory=dict)
@@ -155,6 +192,7 @@ class Service:
     wants: list[str] = attrs.field(factory=list)
     after: list[str] = attrs.field(factory=list)
     ready: Ready = attrs.field(factory=Ready)
+    health: Health | None = None
     restart: Restart = attrs.field(factory=Restart)
     stop: Stop = attrs.field(factory=Stop)
     # Seccomp handlers every container with this service gets (a broker the service relies on).
@@ -251,6 +289,7 @@ def check_service(name: str, svc: Service, source: str, files_base: str) -> list
     if not SERVICE_NAME.match(name):
         err("(file name)", f"service names are lowercase letters, digits, '_' or '-', got {name!r}")
     errors += [f"{source}: {e}" for e in check_resources(svc.resources)]
+    sidecar = svc.placement == "container"
     if svc.placement not in PLACEMENTS:
         err("placement", f"expected one of {', '.join(PLACEMENTS)}, got {svc.placement!r}")
     elif svc.placement == "container":
@@ -309,11 +348,11 @@ def check_service(name: str, svc: Service, source: str, files_base: str) -> list
     else:
         errors += [f"{source}: {e}" for e in check_abs("working_dir", svc.working_dir, "path")]
     ready = svc.ready
-    kinds = [k for k in ("tcp", "exec", "file") if getattr(ready, k) is not None]
+    kinds = [k for k in ("tcp", "exec", "file", "http") if getattr(ready, k) is not None]
     if ready.notify:
         kinds.append("notify")
     if len(kinds) > 1:
-        err("ready", f"give at most one of tcp, exec, file, notify; got {', '.join(kinds)}")
+        err("ready", f"give at most one of tcp, exec, file, notify, http; got {', '.join(kinds)}")
     if ready.tcp is not None and not 0 < ready.tcp < 65536:
         err("ready.tcp", f"expected a port 1-65535, got {ready.tcp}")
     if ready.file is not None and not ready.file.startswith("/"):
@@ -321,17 +360,60 @@ def check_service(name: str, svc: Service, source: str, files_base: str) -> list
     elif ready.file is not None:
         errors += [f"{source}: {e}" for e in check_abs("ready.file", ready.file, "path")]
     if ready.exec is not None:
-        if not ready.exec:
-            err("ready.exec", "expected a non-empty command")
-        elif any("\0" in arg for arg in ready.exec):
-            i = next(i for i, arg in enumerate(ready.exec) if "\0" in arg)
-            err(f"ready.exec[{i}]", f"contains a NUL byte, got {ready.exec[i]!r}")
-        elif (
-            svc.placement == "exec"
-            and ready.exec[0].startswith("/")
-            and not _inside_files(name, ready.exec[0])
+        check_probe_command(name, "ready.exec", ready.exec, err, sidecar)
+    if ready.http is not None:
+        check_http_key("ready.http", ready.http, err)
+    health = svc.health
+    if health is not None:
+        kinds = [k for k in ("exec", "tcp", "http") if getattr(health, k) is not None]
+        if len(kinds) != 1:
+            got = ", ".join(kinds) if kinds else "none"
+            err("health", f"give exactly one of exec, tcp, http; got {got}")
+        if health.exec is not None:
+            check_probe_command(name, "health.exec", health.exec, err, sidecar)
+        if health.tcp is not None and not 0 < health.tcp < 65536:
+            err("health.tcp", f"expected a port 1-65535, got {health.tcp}")
+        if health.http is not None:
+            check_http_key("health.http", health.http, err)
+        if health.failures < 1:
+            err("health.failures", f"expected at least 1, got {health.failures}")
+        for key, value, least in (
+            ("health.interval", health.interval, MIN_HEALTH_INTERVAL),
+            ("health.timeout", health.timeout, MIN_HEALTH_TIMEOUT),
         ):
-            err("ready.exec[0]", f"must be one of the service's own files, got {ready.exec[0]!r}")
+            try:
+                if parse_duration(value) < least:
+                    err(key, f"expected at least {_seconds(least)}, got {describe_value(value)}")
+            except ValueError:
+                err(key, f"{DURATION_HELP}, got {describe_value(value)}")
+    if svc.stop.exec is not None:
+        check_probe_command(name, "stop.exec", svc.stop.exec, err, sidecar)
+    if svc.type not in TYPES:
+        err("type", f"expected one of {', '.join(TYPES)}, got {svc.type!r}")
+    elif svc.type == "oneshot":
+        # A one-shot is ready when it has exited 0: nothing else can say so, nor watch it.
+        if kinds_ready := [k for k in ("tcp", "exec", "file", "http") if getattr(ready, k)]:
+            err(f"ready.{kinds_ready[0]}", "a oneshot service is ready when it exits 0; "
+                "remove the check (ready.timeout is the time it has to finish)")
+        elif ready.notify:
+            err("ready.notify", "a oneshot service is ready when it exits 0; remove the check")
+        if health is not None:
+            err("health", "a oneshot service runs to completion: it has no liveness probe")
+        if svc.restart.policy == "always":
+            err("restart.policy", "a oneshot service runs to completion: 'always' would run it "
+                "again after every success; use no or on-failure")
+    if svc.on_failure not in ON_FAILURE:
+        err("on_failure", f"expected one of {', '.join(ON_FAILURE)}, got {svc.on_failure!r}")
+    for key in ("success_exit", "prevent_exit"):
+        for i, entry in enumerate(getattr(svc.restart, key)):
+            if isinstance(entry, bool) or (
+                isinstance(entry, int) and not 0 <= entry <= 255
+            ) or (isinstance(entry, str) and signal_number(entry) is None):
+                err(
+                    f"restart.{key}[{i}]",
+                    "expected an exit code 0-255 or a signal name like SIGTERM, "
+                    f"got {describe_value(entry)}",
+                )
     durations: list[tuple[str, str | float]] = [
         ("ready.timeout", ready.timeout),
         ("ready.interval", ready.interval),
@@ -345,11 +427,7 @@ def check_service(name: str, svc: Service, source: str, files_base: str) -> list
         try:
             parse_duration(value)
         except ValueError:
-            err(
-                key,
-                "expected a duration like 30s, 100ms or 1m30s (at most 8760h), "
-                f"got {describe_value(value)}",
-            )
+            err(key, f"{DURATION_HELP}, got {describe_value(value)}")
     try:
         if parse_duration(ready.interval) < MIN_READY_INTERVAL:
             err(
@@ -359,7 +437,7 @@ def check_service(name: str, svc: Service, source: str, files_base: str) -> list
             )
     except ValueError:
         pass
-    if svc.restart.policy not in RESTART_POLICIES:
+    if svc.restart.policy is not None and svc.restart.policy not in RESTART_POLICIES:
         err(
             "restart.policy",
             f"expected one of {', '.join(RESTART_POLICIES)}, got {svc.restart.policy!r}",
@@ -430,6 +508,84 @@ def check_resources(res: Resources) -> list[str]:
     return errors
 
 
+DURATION_HELP = "expected a duration like 30s, 100ms or 1m30s (at most 8760h)"
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}s" if value >= 1 or value == 0 else f"{value * 1000:g}ms"
+
+
+def check_probe_command(
+    name: str, key: str, command: list[str], err: Any, sidecar: bool = False
+) -> None:
+    """A command run inside the container for the service (a probe, a drain); a sidecar's runs
+    in its own image, where any path is its own."""
+    if not command:
+        err(key, "expected a non-empty command")
+    elif any("\0" in arg for arg in command):
+        i = next(i for i, arg in enumerate(command) if "\0" in arg)
+        err(f"{key}[{i}]", f"contains a NUL byte, got {command[i]!r}")
+    elif sidecar:
+        return
+    elif command[0].startswith("/") and not _inside_files(name, command[0]):
+        err(f"{key}[0]", f"must be one of the service's own files, got {command[0]!r}")
+    elif not command[0] or ".." in command[0].split("/"):
+        err(f"{key}[0]", f"must be a path inside the service's files, got {command[0]!r}")
+
+
+def check_http_key(key: str, url: str, err: Any) -> None:
+    try:
+        parse_http_url(url)
+    except ValueError as e:
+        err(key, f"{e}, got {url!r}")
+
+
+def parse_http_url(url: str) -> tuple[str, int, str]:
+    """(address, port, path) of "http://ADDRESS[:PORT][/PATH]"; ValueError saying what is
+    wrong. The address is an IP literal (or localhost): it is reached from inside the container's
+    network namespace, where the host's resolver has no say."""
+    import ipaddress
+
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme != "http":
+        raise ValueError("expected a URL like http://127.0.0.1:8080/healthz (http only)")
+    hostport, slash, path = rest.partition("/")
+    path = slash + path if slash else "/"
+    if not path.isascii() or any(c.isspace() or ord(c) < 32 or c == "#" for c in path):
+        raise ValueError("expected a path of printable ASCII without spaces or '#'")
+    if "@" in hostport:
+        raise ValueError("expected no user name or password in the URL")
+    if hostport.startswith("["):
+        host, bracket, port_text = hostport[1:].partition("]")
+        if not bracket or (port_text and not port_text.startswith(":")):
+            raise ValueError("expected [IPv6]:PORT")
+        port_text = port_text[1:]
+    else:
+        host, _, port_text = hostport.partition(":")
+    if host == "localhost":
+        host = "127.0.0.1"
+    try:
+        address = str(ipaddress.ip_address(host))
+    except ValueError:
+        raise ValueError(
+            "expected an IP address or localhost as the host (no name lookups in the container)"
+        ) from None
+    if port_text == "":
+        port = 80
+    elif not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
+        raise ValueError("expected a port 1-65535")
+    else:
+        port = int(port_text)
+    return address, port, path
+
+
+def _exit_rules(entries: list[int | str]) -> tuple[list[int], list[int]]:
+    """Exit codes and signal numbers of a success_exit/prevent_exit list."""
+    codes = [e for e in entries if isinstance(e, int)]
+    sigs = [n for e in entries if isinstance(e, str) and (n := signal_number(e)) is not None]
+    return codes, sigs
+
+
 def check_graph(services: dict[str, Service], sources: dict[str, str]) -> list[str]:
     errors = []
     for name, svc in services.items():
@@ -497,6 +653,7 @@ def compile_resources(res: Resources) -> dict[str, Any]:
 def compile_service(name: str, svc: Service, files_base: str) -> CompiledService:
     """Plain data for the hot path and the supervisor (marshal-able)."""
     uid, gid = parse_user(svc.user)
+    sidecar = svc.placement == "container"
     ready = svc.ready
     target: Any
     if ready.tcp is not None:
@@ -507,9 +664,10 @@ def compile_service(name: str, svc: Service, files_base: str) -> CompiledService
         kind, target = "file", ready.file
     elif ready.notify:
         kind, target = "notify", None
+    elif ready.http is not None:
+        kind, target = "http", list(parse_http_url(ready.http))
     else:
         kind, target = "started", None
-    sidecar = svc.placement == "container"
     if sidecar:
         files, command = "", list(svc.command)
         if kind == "exec":
@@ -519,6 +677,21 @@ def compile_service(name: str, svc: Service, files_base: str) -> CompiledService
             svc.files if os.path.isabs(svc.files) else os.path.join(files_base, svc.files)
         )
         command = container_command(name, svc.command)
+    health = svc.health
+    health_kind: str | None = None
+    health_target: Any = None
+    if health is not None:
+        if health.exec is not None:
+            health_kind, health_target = "exec", (
+                list(health.exec) if sidecar else container_command(name, health.exec)
+            )
+        elif health.tcp is not None:
+            health_kind, health_target = "tcp", health.tcp
+        elif health.http is not None:
+            health_kind, health_target = "http", list(parse_http_url(health.http))
+    policy = svc.restart.policy or ("no" if svc.type == "oneshot" else "on-failure")
+    success_codes, success_signals = _exit_rules(svc.restart.success_exit)
+    prevent_codes, prevent_signals = _exit_rules(svc.restart.prevent_exit)
     stop_signal = signal_number(svc.stop.signal)
     assert stop_signal is not None  # check_service refuses every name it does not know
     return {
@@ -544,7 +717,23 @@ def compile_service(name: str, svc: Service, files_base: str) -> CompiledService
         "ready_target": target,
         "ready_timeout": parse_duration(ready.timeout),
         "ready_interval": parse_duration(ready.interval),
-        "restart": svc.restart.policy,
+        "type": svc.type,
+        "on_failure": svc.on_failure,
+        "health": health_kind,
+        "health_target": health_target,
+        "health_interval": parse_duration(health.interval) if health else 0.0,
+        "health_timeout": parse_duration(health.timeout) if health else 0.0,
+        "health_failures": health.failures if health else 0,
+        "restart": policy,
+        "success_exit": success_codes,
+        "success_signals": success_signals,
+        "prevent_exit": prevent_codes,
+        "prevent_signals": prevent_signals,
+        "stop_exec": (
+            None if not svc.stop.exec
+            else list(svc.stop.exec) if sidecar
+            else container_command(name, svc.stop.exec)
+        ),
         "restart_delay": parse_duration(svc.restart.delay),
         "restart_max_delay": parse_duration(svc.restart.max_delay),
         "restart_reset_after": parse_duration(svc.restart.reset_after),

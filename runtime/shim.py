@@ -173,6 +173,15 @@ def start_supervisor(
             processes[f"{svc['name']}.probe"] = execspec.process(
                 svc, spec, container_id, args=svc["ready_target"]
             )
+        # Run inside the container like the probe above, as the service's user.
+        if svc.get("health") == "exec":
+            processes[f"{svc['name']}.health"] = execspec.process(
+                svc, spec, container_id, args=svc["health_target"]
+            )
+        if svc.get("stop_exec"):
+            processes[f"{svc['name']}.drain"] = execspec.process(
+                svc, spec, container_id, args=svc["stop_exec"]
+            )
     try:
         # Where the supervisor's own cost is charged (beside the container's cgroup).
         cgroup = cgroups.for_container(spec, container_id, lower_globals(args), compiled)

@@ -58,6 +58,21 @@ REGISTRY = "/run/retinue/ids"
 MARKERS = "ids"  # its name in the default state_dir, which `retinue status` skips
 _ENTRY_VERSION = "1"
 
+# Beside each complete entry, `RECORDS/<root key>%<id>` holds the lower runtime alone, one line,
+# for the sh launcher: `state`, `exec`, `ps`... of a supervised container need no supervisor,
+# and engines call `state` often; the launcher reads this with the `read` builtin instead of
+# starting Python to read the entry. No root key contains `%` but in its escapes and no valid id
+# contains `%`, so the name is unambiguous; nor is `%lower` an id, so the records' directory
+# sits inside the registry, out of the default state directory's root keys. Root-only like the
+# registry, written atomically, removed before the entry; the launcher also checks the entry
+# itself and that the path is an absolute executable file, and goes to Python when anything is
+# missing.
+RECORDS = REGISTRY + "/%lower"
+
+
+def record_path(root_key_: str, container_id: str) -> str:
+    return os.path.join(RECORDS, f"{root_key_}%{container_id}")
+
 
 class Registered:
     """What a container was created with: its state directory, config file, lower runtime."""
@@ -115,6 +130,39 @@ def register(
     _, key, container_id = _split(container_dir)
     path = os.path.join(REGISTRY, container_id, key)
     _write_entry(path, [container_dir, config, "1" if explicit else "", lower, log_dir])
+    _write_record(key, container_id, lower)
+
+
+def _write_record(key: str, container_id: str, lower: str) -> None:
+    """The sh launcher's copy of the entry's lower runtime (see RECORDS); none when the path is
+    not one line it can read back exactly, or cannot be written (a name too long): without it
+    the launcher asks Python, which reads the entry."""
+    record = record_path(key, container_id)
+    if not lower.startswith("/") or "\n" in lower or "\0" in lower:
+        _unlink_record(record)
+        return
+    tmp = f"{record}.{os.getpid()}.tmp"
+    try:
+        try:
+            os.mkdir(RECORDS, 0o700)
+        except FileExistsError:
+            os.chmod(RECORDS, 0o700)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, (lower + "\n").encode("utf-8", "surrogateescape"))
+        finally:
+            os.close(fd)
+        os.replace(tmp, record)
+    except OSError:
+        _unlink_record(tmp)
+        _unlink_record(record)
+
+
+def _unlink_record(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def lookup(root: str, container_id: str) -> Registered | None:
@@ -137,6 +185,7 @@ def add_marker(container_dir: str) -> None:
     path = os.path.join(REGISTRY, container_id, key)
     found = _read_dir(path)
     if found != container_dir:
+        _unlink_record(record_path(key, container_id))  # a previous container's, if any
         _write_entry(path, [container_dir, "", "", "", ""])
 
 
@@ -314,6 +363,7 @@ def remove_marker(container_dir: str) -> None:
     path = os.path.join(directory, key)
     if _read_dir(path) != container_dir:
         return
+    _unlink_record(record_path(key, container_id))  # first: the launcher trusts it with the entry
     try:
         os.unlink(path)
         os.rmdir(directory)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from retinue import config, policy, statedir
+from retinue import config, policy
 
 # Not imported from conftest: several conftest modules share that name in one session.
 RUNC = shutil.which("runc") or "/usr/sbin/runc"
@@ -32,7 +32,6 @@ TIMEOUT = 60
 ATTACHED = "io.retinue.attached"
 # Which mounts retinue added, so a bundle reused for another container can have them replaced.
 MOUNTS = "io.retinue.mounts"
-HOOK_STAGES = ("createRuntime", "poststart", "poststop")
 
 
 @dataclass
@@ -83,14 +82,6 @@ def tools_config(make_config: ConfigFactory, tmp_path: Path) -> Path:
     tools.mkdir()
     (tools / "hello.txt").write_text("hello from the host\n")
     return cfg
-
-
-def expected_hooks(shim: str, root: str, cid: str, state_dir: str) -> dict[str, dict[str, Any]]:
-    hook = str(Path(shim).parent / "retinue-hook")
-    directory = statedir.container_dir(state_dir, root, cid)
-    return {
-        stage: {"path": hook, "args": ["retinue-hook", stage, directory]} for stage in HOOK_STAGES
-    }
 
 
 def bind(source: str, destination: str) -> dict[str, Any]:
@@ -189,12 +180,8 @@ def test_rule_edits_exactly_and_keeps_the_rest(
         *(("SHARED=from-admin" if e.startswith("SHARED=") else e) for e in env_before),
         "TOOLS_GREETING=héllo ✓",
     ]
-    hooks = expected_hooks(shim, runc_root, container_id, str(tmp_path / "state"))
-    assert after["hooks"] == {
-        "poststop": [{"path": "/bin/true", "args": ["true", "existing"]}, hooks["poststop"]],
-        "createRuntime": [hooks["createRuntime"]],
-        "poststart": [hooks["poststart"]],
-    }
+    # Nothing supervised (a mount and env): no hook of ours, the container's own kept.
+    assert after["hooks"] == {"poststop": [{"path": "/bin/true", "args": ["true", "existing"]}]}
     assert after["annotations"] == {
         **before["annotations"], ATTACHED: "tools", MOUNTS: "/retinue/tools"
     }
@@ -247,8 +234,7 @@ def test_retry_changes_nothing_more(
     assert destinations.count("/retinue/tools") == 1
     names = [e.partition("=")[0] for e in spec["process"]["env"]]
     assert len(names) == len(set(names))
-    for stage in HOOK_STAGES:
-        assert len(spec["hooks"][stage]) == 1
+    assert "hooks" not in spec  # nothing supervised: no hook of ours, however often retried
 
 
 def test_replaced_atomically_with_mode_and_owner(
@@ -378,11 +364,8 @@ env = { RETINUE_ATTACHED = "1" }
 
     assert after["mounts"] == [*(before.get("mounts") or []), bind("/usr/share", "/retinue/share")]
     assert after["process"]["env"] == [*(before["process"].get("env") or []), "RETINUE_ATTACHED=1"]
-    hooks = expected_hooks(shim, root, container_id, str(tmp_path / "state"))
-    for stage, entries in (before.get("hooks") or {}).items():
-        assert after["hooks"][stage][: len(entries)] == entries
-    for stage in HOOK_STAGES:
-        assert after["hooks"][stage][-1] == hooks[stage]
+    # Nothing supervised (a mount and env): the spec's hooks as they were, none of ours.
+    assert after.get("hooks") == before.get("hooks")
     assert after["annotations"] == {
         **(before.get("annotations") or {}), ATTACHED: "everyone", MOUNTS: "/retinue/share"
     }
@@ -392,7 +375,8 @@ env = { RETINUE_ATTACHED = "1" }
     assert cfg.exists()
 
 
-@pytest.mark.parametrize("key", ["mounts", "hooks", "annotations", "process.env"])
+# "hooks": only a supervised container gets hooks; tests/test_hook_edits.py fills a null one.
+@pytest.mark.parametrize("key", ["mounts", "annotations", "process.env"])
 def test_null_fields_are_filled_in_place(
     key: str, shim: str, make_config: ConfigFactory, tmp_path: Path, container_id: str
 ) -> None:

@@ -167,6 +167,21 @@ def test_hook_without_a_supervisor_skips_python(fast: dict[str, object], tmp_pat
     assert wrong.returncode == NO_PYTHON
 
 
+@pytest.mark.parametrize("tail", [b"\n", b"", b"\n\n  "])
+def test_hook_without_a_supervisor_reads_all_its_input(
+    fast: dict[str, object], tmp_path: Path, tail: bytes
+) -> None:
+    """More than a pipe holds, lines or none: the writer (runc) never meets a closed pipe."""
+    hook = str(Path(str(fast["bin"])) / "retinue-hook")
+    state = b'{"id": "x", "annotations": {"a": "' + b"x" * 200_000 + b'"}}' + tail
+    p = subprocess.Popen([hook, "createRuntime", str(tmp_path / "nothing")],
+                         stdin=subprocess.PIPE)
+    assert p.stdin is not None
+    p.stdin.write(state)  # BrokenPipeError if the hook stopped reading
+    p.stdin.close()
+    assert p.wait(timeout=30) == 0
+
+
 def test_an_empty_environment_skips_python(tmp_path: Path, make_config: ConfigFactory) -> None:
     """Podman calls kill, pause, resume and delete without PATH. dash's $PATH is then its
     default, which is the PATH Python uses for such callers too: the sh cache serves them, and

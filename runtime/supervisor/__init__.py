@@ -13,6 +13,8 @@ Where things are:
   runner     how a unit is run (the Runner interface; ExecRunner: the lower runtime's exec)
   notify     the sd_notify sockets, rate-limited
   readiness  the tcp/file/descendant checks a unit's readiness uses
+  probes     tcp/http probes in the container's network namespace (no process), and commands
+             run inside it (probe, health, drain) that are killed when they hang
   initlink   the channel with retinue-init, the container's PID 1
   control    the control socket's protocol; spawn: how the shim starts a supervisor
   procs      spawning and reaping children; logs: rotating service logs

@@ -17,11 +17,12 @@ import os
 import shutil
 import signal
 import stat
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import images, sidecar
 from ..errors import SpecError
-from . import procs
+from . import probes, procs
 from .runner import Run, StartFailed
 
 if TYPE_CHECKING:
@@ -225,6 +226,30 @@ class ContainerRunner:
         except TimeoutError:
             return 1
         return status
+
+    async def command(
+        self, unit: Unit, which: str, timeout: float, output: Callable[[bytes], None]
+    ) -> tuple[int | None, str]:
+        # Detached inside the sibling, as ExecRunner's: a hung command is ours to kill.
+        spec = unit.spec
+        argv = {
+            "probe": spec.get("ready_target"),
+            "health": spec.get("health_target"),
+            "drain": spec.get("stop_exec"),
+        }.get(which)
+        if not isinstance(argv, list) or not argv:
+            return None, f"no {which} command"
+        pid_file = os.path.join(self.ctx.dir, "sidecars", unit.name, f"{which}.pid")
+        return await probes.exec_inside(
+            self.ctx.reaper,
+            self._argv("exec", "--detach", "--pid-file", pid_file, "--user",
+                       f"{spec['uid']}:{spec['gid']}", self.sid(unit), *argv),
+            pid_file, timeout, output,
+        )
+
+    def netns(self, run: Run) -> int | None:
+        # The sibling's init is in the app's network namespace: a pidfd of it will do.
+        return run.pidfd
 
     def signal(self, run: Run, sig: int) -> None:
         if run.pidfd is None:

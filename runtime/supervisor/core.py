@@ -33,6 +33,14 @@ if TYPE_CHECKING:
     from ..compiled import Plan
 
 PF_EXITING = 0x4  # include/linux/sched.h
+# The container's exit code when a service with on_failure = "stop-container" failed for good
+# and the supervisor ended the main process (README: fate sharing). Above 128+64, so it is never
+# a signal's, and outside the ranges shells (126, 127) use.
+FATE_EXIT_CODE = 222
+# How long the main process has to exit after its SIGTERM before init gets SIGKILL.
+FATE_GRACE = 10.0
+# A control request's `by` (who stopped a service), as `retinue status` shows it.
+MAX_BY = 64
 
 # A control request's handler: the request in, the reply out.
 Op = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -101,7 +109,13 @@ class Supervisor:
             "stop": self.op_stop,
             "delete": self.op_delete,
             "hook": self.op_hook,
+            "stop-service": self.op_stop_service,
+            "start-service": self.op_start_service,
+            "restart": self.op_restart,
         }
+        self.ctx.failed = self.unit_failed
+        # Set once a failed service ended the container (fate sharing): init's exit code.
+        self.fate_code: int | None = None
         self.tg: asyncio.TaskGroup
         self.reaper: procs.Reaper
         self._watched: list[int] = []
@@ -356,6 +370,114 @@ class Supervisor:
             self.finish("the container is being deleted")
         return {"ok": True}
 
+    # -- one service by hand (retinue stop|start|restart) ----------------------------------------
+
+    def _control_target(self, request: dict[str, Any]) -> tuple[Unit | None, str, str]:
+        """(unit, who asks, error): the unit a service-control request names, or why not."""
+        name = request.get("service")
+        by = str(request.get("by") or "a control request")[:MAX_BY]
+        unit = self.services.get(name) if isinstance(name, str) else None
+        if unit is None:
+            known = ", ".join(self.order) or "none"
+            return None, by, f"container {self.id} has no service {name!r} (its services: {known})"
+        if self.stopping:
+            return None, by, f"container {self.id} is stopping"
+        if self.started is None or not self.started.done() or self.started.result():
+            return None, by, f"container {self.id} has not started (phase: {self.phase})"
+        return unit, by, ""
+
+    async def op_stop_service(self, request: dict[str, Any]) -> dict[str, Any]:
+        unit, by, error = self._control_target(request)
+        if unit is None:
+            return {"ok": False, "error": error}
+        async with unit.control:
+            await unit.manual_stop(by)
+        return {"ok": True, "state": unit.state}
+
+    async def op_start_service(self, request: dict[str, Any]) -> dict[str, Any]:
+        unit, by, error = self._control_target(request)
+        if unit is None:
+            return {"ok": False, "error": error}
+        async with unit.control:
+            if unit.task is None or unit.task.done():
+                unit.manual_start(by)
+            return await self._until_ready(unit)
+
+    async def op_restart(self, request: dict[str, Any]) -> dict[str, Any]:
+        unit, by, error = self._control_target(request)
+        if unit is None:
+            return {"ok": False, "error": error}
+        async with unit.control:
+            # Whatever it is doing (starting, backing off, ready): stopped as configured first.
+            await unit.manual_stop(by)
+            if self.stopping:
+                return {"ok": False, "error": f"container {self.id} is stopping"}
+            unit.manual_start(by)
+            return await self._until_ready(unit)
+
+    async def _until_ready(self, unit: Unit) -> dict[str, Any]:
+        """Wait until the unit is ready (or done), at most its start timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + unit.spec["ready_timeout"]
+        while unit.state not in ("ready", "done"):
+            if unit.state in ("failed", "exited", "stopped") or loop.time() > deadline:
+                why = unit.reason or unit.last_exit or unit.state
+                if unit.state not in ("failed", "exited", "stopped"):
+                    why = f"not ready after {unit.spec['ready_timeout']:g}s (still {unit.state})"
+                return {"ok": False, "error": f'service "{unit.name}": {why}',
+                        "state": unit.state}
+            await asyncio.sleep(0.02)
+        return {"ok": True, "state": unit.state}
+
+    # -- fate sharing -------------------------------------------------------------------------
+
+    def unit_failed(self, unit: Unit) -> None:
+        """A unit gave up for good. With on_failure = "stop-container", once the container has
+        started, the container ends: SIGTERM to the main process through init (which forwards
+        every signal), SIGKILL of init after FATE_GRACE; init exits with FATE_EXIT_CODE."""
+        if unit.spec.get("on_failure") != "stop-container" or self.stopping:
+            return
+        if self.started is None or not self.started.done() or self.started.result():
+            return  # before the entrypoint ran, the failure fails `start` instead
+        reason = (
+            f'service "{unit.name}" failed for good ({unit.reason}) and has on_failure = '
+            f'"stop-container": stopping the container'
+        )
+        unit.note("failed for good; on_failure = stop-container: stopping the container")
+        print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {self.id}: {reason}", file=sys.stderr,
+              flush=True)
+        if self.plan.get("init"):
+            self.fate_code = FATE_EXIT_CODE
+        if self.init_pidfd is None:
+            return
+        try:
+            signal.pidfd_send_signal(self.init_pidfd, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        self.tg.create_task(self._fate_grace())
+
+    async def _fate_grace(self) -> None:
+        await asyncio.sleep(FATE_GRACE)
+        if self.init_pidfd is not None and not self.init_exited() and self.phase != "stopping":
+            print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {self.id}: the main process is still "
+                  f"running {FATE_GRACE:g}s after its SIGTERM: SIGKILL", file=sys.stderr,
+                  flush=True)
+            main = _main_child(self.init_pid) if self.plan.get("init") else None
+            target = self.init_pidfd
+            if main is not None:
+                # The main process alone: init then still reports and exits with the fate code.
+                try:
+                    target = os.pidfd_open(main)
+                except ProcessLookupError:
+                    return
+            try:
+                signal.pidfd_send_signal(target, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            finally:
+                if target != self.init_pidfd:
+                    os.close(target)
+
     async def paused(self) -> bool:
         """Whether the container is frozen. A frozen process acts on no signal, and does not
         even die, until the container is resumed: waiting for the services then would hold the
@@ -434,7 +556,7 @@ class Supervisor:
             await self.kill_waiting_init()
             return {"ok": False, "error": error}
         if self.phase != "running":
-            self.phase = "running" if self.poststart_seen else "starting-main"
+            self.phase = "running"  # the shim runs the lower start now; poststart is not hooked
         return {"ok": True}
 
     async def kill_waiting_init(self) -> None:
@@ -488,6 +610,28 @@ class Supervisor:
         async with asyncio.TaskGroup() as tg:
             for unit in self.services.values():
                 tg.create_task(unit.stop(force))
+
+
+def _main_child(init_pid: int | None) -> int | None:
+    """retinue-init's main process: its oldest child (forked before any service existed; every
+    other child is an orphan re-parented to init later)."""
+    if init_pid is None:
+        return None
+    try:
+        with open(f"/proc/{init_pid}/task/{init_pid}/children") as f:
+            children = [int(p) for p in f.read().split()]
+    except (OSError, ValueError):
+        return None
+    oldest: tuple[int, int] | None = None
+    for child in children:
+        try:
+            with open(f"/proc/{child}/stat") as f:
+                started = int(f.read().rpartition(")")[2].split()[19])
+        except (OSError, ValueError, IndexError):
+            continue
+        if oldest is None or started < oldest[0]:
+            oldest = (started, child)
+    return None if oldest is None else oldest[1]
 
 
 class _Finished(Exception):

@@ -91,7 +91,10 @@ class InitLink:
             return
         self.main_exit = (time.monotonic(), int(code))
         await self.stop_after_main(int(code))
-        writer.write(b"ok\n")
+        # The supervisor ended the main process itself (fate sharing): the container's exit code
+        # says so, not the SIGTERM it got.
+        fate = getattr(self.sup, "fate_code", None)
+        writer.write(f"code {fate}\n".encode() if fate is not None else b"ok\n")
         await writer.drain()
 
     async def stop_after_main(self, code: int) -> None:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import cgroups
-from . import execerror, procs, readiness
+from . import execerror, probes, procs, readiness
 
 if TYPE_CHECKING:
     from .unit import Context, Unit
@@ -58,6 +59,19 @@ class Runner(Protocol):
 
     async def probe(self, unit: Unit, argv: list[str], timeout: float) -> int:
         """Run a readiness probe command where the unit runs; its wait status."""
+        ...
+
+    async def command(
+        self, unit: Unit, which: str, timeout: float, output: Callable[[bytes], None]
+    ) -> tuple[int | None, str]:
+        """Run one of the unit's commands where it runs ("probe": ready.exec, "health":
+        health.exec, "drain": stop.exec), for at most `timeout` seconds, then kill it and what it
+        started. (wait status, "") once it exited; (None, why) if it never started or hung."""
+        ...
+
+    def netns(self, run: Run) -> int | None:
+        """A descriptor of the run's network namespace for tcp/http probes (a pidfd will do);
+        None once the run has ended."""
         ...
 
     def signal(self, run: Run, sig: int) -> None:
@@ -133,15 +147,23 @@ class ExecRunner:
     async def probe(self, unit: Unit, argv: list[str], timeout: float) -> int:
         # `argv` is already in the probe's process file, written by the shim with the service's
         # user, env and capabilities; the command line only names that file.
+        status, _ = await self.command(unit, "probe", timeout, lambda data: None)
+        return 1 if status is None else status
+
+    async def command(
+        self, unit: Unit, which: str, timeout: float, output: Callable[[bytes], None]
+    ) -> tuple[int | None, str]:
+        # Detached, so that a command that hangs is ours to kill: killing a `runc exec` that
+        # waits for its process leaves the process running in the container.
         ctx = self.ctx
-        probe = os.path.join(ctx.dir, "process", f"{unit.name}.probe.json")
-        try:
-            status, _ = await procs.run(
-                ctx.reaper, [*ctx.lower, "exec", "--process", probe, ctx.id], timeout=timeout
-            )
-        except TimeoutError:
-            return 1
-        return status
+        pid_file = os.path.join(ctx.dir, "pids", f"{unit.name}.{which}.pid")
+        process = os.path.join(ctx.dir, "process", f"{unit.name}.{which}.json")
+        argv = [*ctx.lower, "exec", "--detach", "--pid-file", pid_file, "--process", process,
+                ctx.id]
+        return await probes.exec_inside(ctx.reaper, argv, pid_file, timeout, output)
+
+    def netns(self, run: Run) -> int | None:
+        return run.pidfd
 
     def signal(self, run: Run, sig: int) -> None:
         if run.pidfd is None:

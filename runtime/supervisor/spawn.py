@@ -23,6 +23,25 @@ if TYPE_CHECKING:
     from ..compiled import Plan
 
 READY_TIMEOUT_MS = 10_000
+# The supervisor's interpreter flags. -OO: every supervisor keeps its own unmarshalled copy of
+# the code of the ~130 modules it imports (asyncio alone pulls in inspect, typing, subprocess,
+# concurrent.futures...), and their docstrings are ~0.5 MB of its private memory (issue 12).
+# Nothing of retinue's reads a docstring or relies on an assert; seccomp handlers, which may be
+# anyone's plugins, might: a supervisor that loads them runs without it. The launcher's install
+# step writes the .opt-2.pyc files (launcher.warm_supervisor), so no create waits for a compile.
+PYTHON_FLAGS = ("-I", "-S", "-OO")
+PLAIN_FLAGS = ("-I", "-S")
+
+
+def python_flags(plan: dict[str, Any]) -> tuple[str, ...]:
+    return PLAIN_FLAGS if plan.get("seccomp") else PYTHON_FLAGS
+
+
+def supervisor_code(site: str) -> str:
+    return (
+        f"import sys; sys.path.insert(0, {site!r}); "
+        "from retinue.supervisor.__main__ import main; main()"
+    )
 
 
 def alive(container_dir: str) -> bool:
@@ -94,11 +113,13 @@ def _write_json(path: str, value: object) -> None:
 
 def spawn(container_dir: str, log_path: str) -> None:
     """Start the supervisor detached from the caller and wait until its socket is bound."""
+    try:
+        with open(os.path.join(container_dir, "plan.json")) as f:
+            flags = python_flags(json.load(f))
+    except (OSError, ValueError, AttributeError):
+        flags = PLAIN_FLAGS  # the supervisor reports what is wrong with its plan
     site = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    code = (
-        f"import sys; sys.path.insert(0, {site!r}); "
-        "from retinue.supervisor.__main__ import main; main()"
-    )
+    code = supervisor_code(site)
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - child
@@ -117,7 +138,7 @@ def spawn(container_dir: str, log_path: str) -> None:
             for sig in (_signal.SIGPIPE, _signal.SIGXFSZ):
                 _signal.signal(sig, _signal.SIG_DFL)
             os.execv(
-                sys.executable, [sys.executable, "-I", "-S", "-c", code, container_dir, str(w)]
+                sys.executable, [sys.executable, *flags, "-c", code, container_dir, str(w)]
             )
         finally:
             os._exit(127)

@@ -5,7 +5,14 @@ start, restarts by policy within its start limit, and stops (signal, SIGCONT, ti
 what is left) after its dependents. It sees the container only through a `Context`.
 
 States: waiting -> starting -> running -> ready, then backoff (between restarts), stopping,
-stopped, exited (ended cleanly, no restart) or failed (gave up; `reason` says why).
+stopped, exited (ended cleanly, no restart) or failed (gave up; `reason` says why). A one-shot
+(type = "oneshot") goes starting -> running -> done (exited successfully: its dependents start).
+
+Once ready, a unit with a liveness probe ([health]) is probed every interval, one probe at a
+time; after `failures` failures in a row its run is stopped (drain, signal) and counts as failed
+for the restart policy. A stop runs the drain command ([stop] exec) first, within the stop
+timeout. A unit can be stopped and started on its own (`retinue stop|start|restart`): a manual
+stop is not a failure, and nothing restarts the unit until it is started again.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import procs, readiness
+from . import probes, procs, readiness
 from .logs import RotatingLog
 from .runner import Run, Runner, StartFailed
 
@@ -48,6 +55,8 @@ class Context:
         # Polled when a run ends: the kernel ended it because the container's init died.
         self.init_exited = init_exited
         self.main_exited = main_exited
+        # Called when a unit has failed for good (fate sharing decides what that means).
+        self.failed: Callable[[Unit], None] = lambda unit: None
         # Both exist only once the supervisor's loop runs.
         self.tg: asyncio.TaskGroup
         self.reaper: procs.Reaper
@@ -96,6 +105,19 @@ class Unit:
         self.drain_output: Callable[[], None] = lambda: None
         # The readiness file as it was before the current run (None: absent).
         self.file_before: os.stat_result | None = None
+        # Liveness: None (no probe, or not ready yet), "healthy" or "unhealthy N/M", and what
+        # the last probe said.
+        self.health: str | None = None
+        self.probe_result: str | None = None
+        # Set when the current run was stopped for failing its health checks: its exit, by the
+        # stop signal, is a failure all the same.
+        self.unhealthy_stop = False
+        # A manual stop: nothing restarts the unit until it is started again; who asked.
+        self.held = False
+        self.stopped_by: str | None = None
+        # Serializes manual stop/start/restart requests.
+        self.control = asyncio.Lock()
+        self.terminating: asyncio.Task[None] | None = None
 
     # -- what it says -------------------------------------------------------------------------
 
@@ -127,6 +149,10 @@ class Unit:
             "reason": self.reason,
             "placement": self.spec.get("placement", "exec"),
             **self.runner.describe(self),
+            "type": self.spec.get("type", "simple"),
+            "health": self.health,
+            "probe": self.probe_result,
+            "stopped_by": self.stopped_by if self.state == "stopped" else None,
         }
 
     def fail(self, reason: str, error: str) -> None:
@@ -136,6 +162,23 @@ class Unit:
         self.reason = reason
         self.note(reason)
         self.settle(error)
+        self.ctx.failed(self)
+
+    def succeeded(self, status: int) -> bool:
+        """A clean exit: 0, a clean signal, or one of the service's success_exit statuses."""
+        if self.unhealthy_stop:
+            return False
+        if is_clean(status):
+            return True
+        if os.WIFSIGNALED(status):
+            return os.WTERMSIG(status) in self.spec.get("success_signals", [])
+        return os.waitstatus_to_exitcode(status) in self.spec.get("success_exit", [])
+
+    def prevented(self, status: int) -> bool:
+        """One of the service's prevent_exit statuses: never restarted."""
+        if os.WIFSIGNALED(status):
+            return os.WTERMSIG(status) in self.spec.get("prevent_signals", [])
+        return os.waitstatus_to_exitcode(status) in self.spec.get("prevent_exit", [])
 
     # -- supervise ----------------------------------------------------------------------------
 
@@ -167,10 +210,12 @@ class Unit:
         self.drain_output()
         self.gave_up = True
         self.state = "failed"
-        self.reason = f"not ready after {seconds(timeout)}"
+        # A one-shot that is still running has not hung "before ready": it did not finish.
+        what = "not done" if self.spec.get("type") == "oneshot" else "not ready"
+        self.reason = f"{what} after {seconds(timeout)}"
         self.note(f"{self.reason}: {why}")
         self.settle(
-            f'service "{self.name}" not ready after {seconds(timeout)}: {why}; '
+            f'service "{self.name}" {self.reason}: {why}; '
             f"last output: {self.last_output()}"
         )
         self.kill()
@@ -182,15 +227,14 @@ class Unit:
             while self.starts and self.starts[0] < now - spec["restart_interval"]:
                 self.starts.popleft()
             if len(self.starts) >= spec["restart_burst"]:
-                self.state = "failed"
-                self.reason = (
+                reason = (
                     f"start limit hit: {spec['restart_burst']} starts within "
                     f"{seconds(spec['restart_interval'])}"
                 )
-                self.note(self.reason)
-                self.settle(
-                    f'service "{self.name}" failed: {self.last_exit}; {self.reason}; '
-                    f"last output: {self.last_output()}"
+                self.fail(
+                    reason,
+                    f'service "{self.name}" failed: {self.last_exit}; {reason}; '
+                    f"last output: {self.last_output()}",
                 )
                 return
             if self.starts or self.last_exit:
@@ -205,18 +249,42 @@ class Unit:
                 self.note(
                     "the container's main process exited; the kernel ended the service with it"
                 )
-            if self.stopping or self.gave_up:
+            if self.stopping or self.gave_up or self.held:
                 break
-            clean = is_clean(status)
+            clean = self.succeeded(status)
             policy = spec["restart"]
+            oneshot = spec.get("type") == "oneshot"
+            if clean and oneshot:
+                self.state = "done"
+                self.reason = None
+                self.note("done")
+                self.settle(None)
+                return
+            if not clean and self.prevented(status):
+                self.fail(
+                    f"{self.last_exit}: in prevent_exit, not restarted",
+                    f'service "{self.name}" {self.last_exit} (in prevent_exit, not restarted); '
+                    f"last output: {self.last_output()}",
+                )
+                return
             if policy == "no" or (policy == "on-failure" and clean):
-                self.state = "exited" if clean else "failed"
-                self.reason = None if clean else self.last_exit
-                self.settle(
-                    None
-                    if clean and self.ready_since
-                    else f'service "{self.name}" {self.last_exit} before it was ready; '
+                if clean:
+                    self.state = "exited"
+                    self.reason = None
+                    self.settle(
+                        None
+                        if self.ready_since
+                        else f'service "{self.name}" {self.last_exit} before it was ready; '
+                        f"last output: {self.last_output()}"
+                    )
+                    return
+                why = "failed its health checks" if self.unhealthy_stop else self.last_exit
+                self.fail(
+                    str(why),
+                    f'service "{self.name}" {why} before it was ready; '
                     f"last output: {self.last_output()}"
+                    if not self.settled.done()
+                    else f'service "{self.name}" {why}',
                 )
                 return
             healthy_for = time.monotonic() - (self.started_at or time.monotonic())
@@ -227,13 +295,15 @@ class Unit:
             self.state = "backoff"
             self.note(f"restarting in {seconds(delay)}")
             await asyncio.sleep(delay)
-        if self.stopping and self.state not in ("failed", "exited"):
+        if (self.stopping or self.held) and self.state not in ("failed", "exited", "done"):
             self.state = "stopped"
 
     async def run_once(self) -> int:
         """Start the service once and wait for it to exit; returns its wait status."""
         self.state = "starting"
         self.ready_since = None
+        self.health = None
+        self.unhealthy_stop = False
         self.notified.clear()
         if self.spec["ready"] == "file":
             # What the readiness file is before this run: only a file this run makes counts.
@@ -258,11 +328,15 @@ class Unit:
             self.exit_future = run.exit
         finally:
             self.launched.set()
-        check = self.ctx.tg.create_task(self.check_ready())
+        # A one-shot is ready when it has exited 0: nothing to check while it runs.
+        check = None
+        if self.spec.get("type") != "oneshot":
+            check = self.ctx.tg.create_task(self.check_ready_then_health(run))
         try:
             status = await asyncio.shield(run.exit)
         finally:
-            check.cancel()
+            if check is not None:
+                check.cancel()
         self.pid = None
         run.close()
         # What the service left behind (a daemon it forked) ends with it, as with systemd's
@@ -328,10 +402,70 @@ class Unit:
         elif kind == "exec":
             while await self.runner.probe(self, target, max(interval, 5.0)) != 0:
                 await asyncio.sleep(interval)
+        elif kind == "http":
+            address, port, path = target
+            while True:
+                ns = self.runner.netns(self.current)
+                if ns is not None and (
+                    await probes.http_get(ns, address, port, path, max(interval, 1.0))
+                )[0]:
+                    break
+                await asyncio.sleep(interval)
         self.state = "ready"
         self.ready_since = time.time()
         self.note("ready")
         self.settle(None)
+
+    async def check_ready_then_health(self, run: Run) -> None:
+        await self.check_ready()
+        if self.spec.get("health"):
+            await self.watch_health(run)
+
+    async def watch_health(self, run: Run) -> None:
+        """Probe every interval, one probe at a time; stop the run after `failures` failures in
+        a row (the restart policy then decides)."""
+        spec = self.spec
+        interval, timeout = spec["health_interval"], spec["health_timeout"]
+        threshold = spec["health_failures"]
+        failed = 0
+        while True:
+            # The first probe right away: "healthy" is never said before a probe said so.
+            ok, said = await self.health_probe(run, timeout)
+            self.probe_result = said
+            if ok:
+                if failed:
+                    self.note(f"health check passed again ({said})")
+                failed = 0
+                self.health = "healthy"
+                await asyncio.sleep(interval)
+                continue
+            failed += 1
+            self.health = f"unhealthy {failed}/{threshold}"
+            self.note(f"health check failed ({failed}/{threshold}): {said}")
+            if failed >= threshold:
+                break
+            await asyncio.sleep(interval)
+        self.note(f"health check failed {failed} times in a row ({said}): restarting")
+        self.unhealthy_stop = True
+        await self.terminate()
+
+    async def health_probe(self, run: Run, timeout: float) -> tuple[bool, str]:
+        kind, target = self.spec["health"], self.spec["health_target"]
+        if kind == "exec":
+            out: list[bytes] = []
+            status, why = await self.runner.command(self, "health", timeout, out.append)
+            last = b"".join(out).decode("utf-8", "replace").strip().splitlines()
+            detail = f": {last[-1][:120]}" if last else ""
+            if status is None:
+                return False, why
+            return status == 0, procs.describe_status(status) + detail
+        ns = self.runner.netns(run)
+        if ns is None:
+            return False, "not running"
+        if kind == "tcp":
+            return await probes.tcp_connect(ns, "127.0.0.1", int(target), timeout)
+        address, port, path = target
+        return await probes.http_get(ns, address, port, path, timeout)
 
     # -- stop -----------------------------------------------------------------------------------
 
@@ -353,33 +487,118 @@ class Unit:
             if self.pid is not None and self.exit_future is not None:
                 if self.state != "failed":  # keep why a service that gave up failed
                     self.state = "stopping"
-                spec = self.spec
                 if force:
                     self.kill()
-                else:
-                    self.note(f"stopping with {signal.Signals(spec['stop_signal']).name}")
-                    self.signal(spec["stop_signal"])
-                    self.signal(signal.SIGCONT)
-                try:
-                    await asyncio.wait_for(asyncio.shield(self.exit_future), spec["stop_timeout"])
-                except TimeoutError:
-                    self.note(f"still running after {seconds(spec['stop_timeout'])}: SIGKILL")
-                    self.kill()
                     await asyncio.shield(self.exit_future)
+                else:
+                    await self.terminate()
                 # Its forked daemons too (run_once does it as well, once it sees the exit).
                 self.kill()
+            if self.stopped_by is None:
+                self.stopped_by = "the container's stop"
             if self.task is not None and not self.task.done():
                 self.task.cancel()
                 try:
                     await self.task
                 except asyncio.CancelledError:
                     pass
-            if self.state not in ("failed", "exited"):
+            if self.state not in ("failed", "exited", "done"):
                 self.state = "stopped"
             self.settle(f'service "{self.name}" stopped before it was ready')
             await self.runner.cleanup(self)
         finally:
             self.stopped.set()
+
+    async def terminate(self) -> None:
+        """Stop the current run gracefully, once however many ask at the same time (the
+        container's stop, a manual stop, a failed health check); see _terminate."""
+        if self.terminating is None or self.terminating.done():
+            self.terminating = self.ctx.tg.create_task(self._terminate())
+        await asyncio.shield(self.terminating)
+
+    async def _terminate(self) -> None:
+        """Stop the current run gracefully: the drain command, then the stop signal (and
+        SIGCONT), SIGKILL of what is left once the stop timeout is spent. The drain and the wait
+        share the timeout; a drain that outlives it is killed, and the signal still gets
+        GRACE_AFTER_DRAIN (at most the timeout) before the SIGKILL."""
+        exit_future = self.exit_future
+        if self.pid is None or exit_future is None or exit_future.done():
+            return
+        spec = self.spec
+        timeout = spec["stop_timeout"]
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        if self.state not in ("failed",):  # keep why a service that gave up failed
+            self.state = "stopping"
+        stop_exec = spec.get("stop_exec")
+        if stop_exec:
+            self.note(f"draining: {' '.join(stop_exec)}")
+            drain = self.ctx.tg.create_task(
+                self.runner.command(self, "drain", timeout, self.log.write)
+            )
+            # The service may exit during its drain: then the drain is not waited for.
+            try:
+                either: set[asyncio.Future[Any]] = {drain, exit_future}
+                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not drain.done():
+                    drain.cancel()  # its process is killed on the way out
+            if drain.done() and not drain.cancelled():
+                status, why = drain.result()
+                self.note(
+                    f"drain {why}" if status is None else f"drain {procs.describe_status(status)}"
+                )
+        left = max(timeout - (loop.time() - began), min(GRACE_AFTER_DRAIN, timeout))
+        if not exit_future.done():
+            self.note(f"stopping with {signal.Signals(spec['stop_signal']).name}")
+            self.signal(spec["stop_signal"])
+            self.signal(signal.SIGCONT)
+        try:
+            await asyncio.wait_for(asyncio.shield(exit_future), left)
+        except TimeoutError:
+            spent = timeout if not spec.get("stop_exec") else loop.time() - began
+            self.note(f"still running after {seconds(round(spent, 3))}: SIGKILL")
+            self.kill()
+            await asyncio.shield(exit_future)
+
+    # -- manual control (retinue stop|start|restart) ---------------------------------------------
+
+    async def manual_stop(self, by: str) -> None:
+        """Stop this unit alone, as configured; nothing restarts it until manual_start. Its
+        dependents are left running: an operator stopping a proxy for a moment does not want
+        the app's other services torn down."""
+        self.held = True
+        await self.launched.wait()
+        if self.pid is not None:
+            await self.terminate()
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+            try:
+                await self.task
+            except asyncio.CancelledError:
+                pass
+        self.kill()
+        self.health = None
+        self.stopped_by = by
+        self.state = "stopped"
+        self.note(f"stopped by {by}")
+
+    def manual_start(self, by: str) -> None:
+        """Start again, with a fresh start limit (a failed unit included)."""
+        self.held = False
+        self.gave_up = False
+        self.starts.clear()
+        self.failures = 0
+        self.reason = None
+        self.stopped_by = None
+        self.note(f"started by {by}")
+        self.state = "waiting"
+        self.task = self.ctx.tg.create_task(self.run())
+
+
+# After a drain that used up the stop timeout, the stop signal still gets this long (Kubernetes
+# likewise gives SIGTERM 2 s after a preStop hook that used up the grace period).
+GRACE_AFTER_DRAIN = 2.0
 
 
 def is_clean(status: int) -> bool:

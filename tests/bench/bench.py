@@ -9,8 +9,9 @@ Sections (all by default; about 2 minutes on a 2-vCPU VM, --quick about 20 s):
                whose rule does not select them, retinue-runtime with an empty policy.
   create       `create` of a Docker-sized config.json (Docker's default seccomp profile): runc,
                retinue with an empty policy, with no rule selecting it, and editing it (mount +
-               env + hooks); runc creating the spec retinue wrote, with and without its hooks,
-               so that the shim's own cost, the hooks' and the mount's show separately.
+               env: no supervisor, so no hooks); runc creating the spec retinue wrote, with and
+               without hooks, so that the shim's own cost, the hooks' and the mount's show
+               separately.
   docker       `docker run --rm --network none IMAGE true` through a private dockerd
                (tests/engines.py), with runtime runc, retinue (nothing attached) and the wrapper.
   profile      where one cold shim call spends its time: interpreter, imports, our code.
@@ -87,7 +88,7 @@ C_EMPTY = "retinue, empty policy"
 C_NOMATCH = "retinue, no rule selects it"
 C_RUNC_EDITED = "runc, pre-edited spec"
 C_RUNC_NOHOOKS = "runc, pre-edited spec, no hooks"
-C_EDITS = "retinue, edits (mount+env+hooks)"
+C_EDITS = "retinue, edits (mount+env)"
 C_SH = "sh wrapper"
 C_PY_FLOOR = "python -IS exec runc, pre-edited spec"
 
@@ -141,6 +142,7 @@ class Bench:
         self.config_empty = self._config("etc-empty", "")
         self.roots: list[str] = []
         self._ids = 0
+        self.supervised_state: Table | None = None
 
     def _script(self, name: str, body: str) -> str:
         path = self.bin / name
@@ -425,8 +427,8 @@ def bench_create(b: Bench) -> Table:
     mounts = table.delta(C_RUNC_NOHOOKS)
     table.notes.append(
         f"edits, wall: shim {shim_own:+.2f} ms (vs runc on the pre-edited spec) + hooks "
-        f"{hooks:+.2f} ms (runc 1.1 runs retinue-hook twice in create: createRuntime and "
-        f"poststart) + mount and env {mounts:+.2f} ms"
+        f"{hooks:+.2f} ms (none here: only a supervised container gets retinue-hook, at "
+        f"createRuntime and poststop) + mount and env {mounts:+.2f} ms"
     )
     table.notes.append(
         f"edits, floor: python -IS exec runc adds {table.delta(C_PY_FLOOR, C_RUNC_EDITED):+.2f} "
@@ -492,11 +494,31 @@ def bench_supervisor(b: Bench) -> Table:
             mem = smaps_rollup(pids[0])
             for key, name in (("Uss", "USS (private)"), ("Pss", "PSS"), ("Rss", "RSS")):
                 table.add(name, Sample(mem[key] / 1024, None))
+        b.supervised_state = _state_supervised(b, root, ids[:2], env)
     finally:
         for cid in ids:
             subprocess.run([b.shim, "--root", root, "delete", "--force", cid], env=env,
                            capture_output=True)
     return table
+
+
+S_RECORD = "retinue (the registry's record, sh)"
+S_PYTHON = "retinue (no record: Python, as before)"
+
+
+def _state_supervised(b: Bench, root: str, ids: list[str], env: dict[str, str]) -> Table:
+    """`state` of a running supervised container, as containerd calls it: from the registry's
+    record in sh, against the same call that goes to Python (the second container's record
+    removed, which is what every such call did before the record existed)."""
+    record = statedir.record_path(statedir.root_key(root), ids[1])
+    os.unlink(record)
+    log = str(b.work / "state-svc.log")
+    table = Table("state of a supervised container (containerd's argv)", V_RUNC)
+    return interleave(table, b.rounds.state, {
+        V_RUNC: _timer(containerd_argv(RUNC, root, log, "state", ids[0]), env),
+        S_RECORD: _timer(containerd_argv(b.shim, root, log, "state", ids[0]), env),
+        S_PYTHON: _timer(containerd_argv(b.shim, root, log, "state", ids[1]), env),
+    })
 
 
 def bench_supervisor_start(b: Bench) -> Table:
@@ -799,6 +821,12 @@ def targets(tables: dict[str, Table]) -> list[tuple[str, str, bool]]:
                 f"{d:+.2f} ms{_cpu_delta(t, name)}",
                 d <= PASSTHROUGH_TARGET_MS,
             ))
+    ss = tables.get("state supervised")
+    if ss is not None:
+        d = ss.delta(S_RECORD)
+        out.append((f"state of a supervised container adds ≤ {PASSTHROUGH_TARGET_MS:g} ms to runc",
+                    f"{d:+.2f} ms{_cpu_delta(ss, S_RECORD)}; through Python "
+                    f"{ss.delta(S_PYTHON):+.2f} ms", d <= PASSTHROUGH_TARGET_MS))
     c = tables.get("create")
     if c is not None:
         for name in (C_NOMATCH, C_EMPTY):
@@ -904,6 +932,8 @@ def main(argv: list[str] | None = None) -> int:
         if "supervisor" in sections:
             tables["supervisor"] = bench_supervisor(b)
             print(render_memory(tables["supervisor"]) + "\n", flush=True)
+            if b.supervised_state is not None:
+                show("state supervised", b.supervised_state)
             show("supervisor start", bench_supervisor_start(b))
         if "docker" in sections:
             result = bench_docker(b)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import sys
 import sysconfig
@@ -40,11 +41,28 @@ POLICY = (
 )
 
 
+def _trace(script: Path, trace: str) -> None:
+    """Log each call and, when it starts Python, that too (the launcher's `slow`)."""
+    text = script.read_text()
+    log = f'printf "%s %s\\n" "$1" "$*" >> {shlex.quote(trace)}'
+    text = text.replace("slow() {\n", "slow() {\n\t" + log.replace('"$1"', "python") + "\n", 1)
+    text = text.replace("\nexec \"$lower\" \"$@\"\n", "\n" + log.replace('"$1"', "sh") +
+                        '\nexec "$lower" "$@"\n')
+    text = text.replace('\texec "$lower" "$@"\n}', "\t" + log.replace('"$1"', "sh-record") +
+                        '\n\texec "$lower" "$@"\n}')
+    text = text.replace('create_passes "$bundle/config.json" && exec', 'create_passes '
+                        '"$bundle/config.json" && ' + log.replace('"$1"', "sh-create") + ' && exec')
+    script.write_text(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--quick", action="store_true", help="3 rounds: a smoke run")
     ap.add_argument("--json", metavar="FILE", help="write the tables here")
+    ap.add_argument("--trace", metavar="FILE",
+                    help="append every runtime call containerd makes through retinue to FILE, "
+                         "`sh` or `python` first: which path each took (costs a printf each)")
     ns = ap.parse_args(argv)
     rounds = 3 if ns.quick else ns.rounds
     reason = engines.available(engines.CONTAINERD, engines.CTR, engines.RUNC)
@@ -60,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     bin_dir = work / "bin"
     launcher.write(str(bin_dir), os.path.join(sys.prefix, "bin", "python3"),
                    sysconfig.get_paths()["purelib"])
+    if ns.trace:
+        _trace(bin_dir / "retinue-runtime", ns.trace)
     tree = Path(rootfs.build(str(work / "rootfs")))
     pods = Table("CRI RunPodSandbox (pause container, node network)", "runc")
     starts = Table("CRI CreateContainer + StartContainer (one app container)", "runc")

@@ -116,6 +116,25 @@ SERVICES: dict[str, tuple[str, str]] = {
         'sleep 0.3\nln -sf "$NOTIFY_SOCKET" /dev/log\nev ntf-ready\n'
         'logger "$(printf "x\\nREADY=1")" & exec sleep 1000\n',
     ),
+    # A one-shot task (issue 10): done before the services after it and the entrypoint.
+    "setup": (
+        'type = "oneshot"\n',
+        "ev setup-start\nsleep 0.2\nev setup-done\n",
+    ),
+    # Fails for good once /shared/die exists and takes the container with it (exit 222).
+    "fatal": (
+        'after = ["setup"]\non_failure = "stop-container"\n[restart]\npolicy = "no"\n'
+        '[stop]\ntimeout = "1s"\n',
+        "ev fatal-start\nwhile [ ! -e /shared/die ]; do sleep 0.05; done\n"
+        'echo "fatal: lost the upstream"\nexit 1\n',
+    ),
+    # Drained before its SIGTERM ([stop] exec runs `run.sh drain` inside the container).
+    "drainer": (
+        '[stop]\nexec = ["run.sh", "drain"]\ntimeout = "5s"\n',
+        'if [ "$1" = drain ]; then ev drain-start; sleep 0.2; ev drain-done; exit 0; fi\n'
+        "sleep 1000 & pid=$!\n"
+        "trap 'ev drainer-term; kill $pid; exit 0' TERM\nev drainer-start\nwait\n",
+    ),
     # Never ready: misses its start timeout.
     "stuck": (
         '[ready]\ntcp = 9999\ntimeout = "1s"\n',

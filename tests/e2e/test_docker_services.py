@@ -147,6 +147,47 @@ def test_docker_stop_keeps_its_grace_period_whatever_a_service_does(
     docker.docker("rm", docker_name)
 
 
+def test_a_oneshot_then_fate_sharing_under_docker(
+    docker: engines.Dockerd, docker_name: str, shared: Path
+) -> None:
+    """Issue 10 under Docker: the one-shot `setup` is done before the entrypoint; when `fatal`
+    (on_failure = "stop-container") fails for good, the main process gets SIGTERM through
+    retinue-init and the container exits with 222, which `docker inspect` shows."""
+    main = 'trap "ev main-term; exit 0" TERM; ev main-start; sleep 1000 & wait'
+    docker.docker("run", "-d", "--name", docker_name, *_run_args(shared, "setup,fatal"),
+                  docker.image, *main_command(main))
+    deadline = time.monotonic() + 10
+    while "main-start" not in [w for _, w in read_events(shared)]:
+        assert time.monotonic() < deadline, read_events(shared)
+        time.sleep(0.05)
+    words = [w for _, w in read_events(shared)]
+    assert words.index("setup-done") < words.index("main-start"), words
+    (shared / "die").touch()
+    waited = docker.docker("wait", docker_name, timeout=30)
+    assert waited.stdout.strip() == "222", waited
+    assert _state(docker, docker_name)["ExitCode"] == 222
+    assert "main-term" in [w for _, w in read_events(shared)]
+    docker.docker("rm", docker_name)
+
+
+def test_docker_stop_drains_a_service_before_its_sigterm(
+    docker: engines.Dockerd, docker_name: str, shared: Path
+) -> None:
+    main = 'trap "ev main-term; exit 0" TERM; ev main-start; sleep 1000 & wait'
+    docker.docker("run", "-d", "--name", docker_name, *_run_args(shared, "drainer"),
+                  docker.image, *main_command(main))
+    deadline = time.monotonic() + 10
+    while "main-start" not in [w for _, w in read_events(shared)]:
+        assert time.monotonic() < deadline, read_events(shared)
+        time.sleep(0.05)
+    docker.docker("stop", docker_name, timeout=30)
+    words = [w for _, w in read_events(shared)]
+    assert (words.index("main-term") < words.index("drain-start") < words.index("drain-done")
+            < words.index("drainer-term")), words
+    assert _state(docker, docker_name)["ExitCode"] == 0
+    docker.docker("rm", docker_name)
+
+
 def test_stop_and_rm_of_a_paused_container(
     docker: engines.Dockerd, docker_name: str, shared: Path
 ) -> None:

@@ -353,3 +353,90 @@ def test_a_broken_configuration_is_not_cached(rig: Rig, container_id: str) -> No
     assert r.returncode == 0, r.stderr
     assert rig.state(container_id) is not None
     assert Path(rig.container_dir(container_id)).is_dir()
+
+
+# -- issue 10: one-shots, drain, health, fate sharing, exit-code rules ---------------------------
+
+
+def test_the_new_keys_pass_and_are_shown(rig: Rig) -> None:
+    rig.service("migrate", OK_SCRIPT, 'type = "oneshot"\n[ready]\ntimeout = "5m"\n')
+    rig.service(
+        "proxy",
+        OK_SCRIPT,
+        'on_failure = "stop-container"\nrequires = ["migrate"]\n'
+        '[ready]\nhttp = "http://127.0.0.1:8080/ready"\n'
+        '[health]\nhttp = "http://[::1]:8080/healthz?full=1"\ninterval = "5s"\ntimeout = "500ms"\n'
+        "failures = 2\n"
+        '[restart]\nsuccess_exit = [3, "SIGUSR1"]\nprevent_exit = [78]\n'
+        '[stop]\nexec = ["run.sh", "drain"]\ntimeout = "20s"\n',
+    )
+    rig.service("agent", OK_SCRIPT, "[health]\ntcp = 9100\n")
+    rig.service("probe", OK_SCRIPT, '[health]\nexec = ["run.sh", "ping"]\n'
+                '[ready]\nhttp = "http://localhost/"\n')
+    code, out = check(rig)
+    assert code == 0, out
+    assert "migrate: required, oneshot" in out
+    assert "proxy: required, on failure stop-container, health http, drain; requires migrate" in out
+    assert "agent: required, health tcp" in out
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('type = "forking"\n', "type: expected one of simple, oneshot, got 'forking'"),
+        ('on_failure = "restart"\n',
+         "on_failure: expected one of ignore, stop-container, got 'restart'"),
+        ('type = "oneshot"\n[ready]\ntcp = 80\n',
+         "ready.tcp: a oneshot service is ready when it exits 0; remove the check"),
+        ('type = "oneshot"\n[ready]\nnotify = true\n',
+         "ready.notify: a oneshot service is ready when it exits 0; remove the check"),
+        ('type = "oneshot"\n[health]\ntcp = 80\n',
+         "health: a oneshot service runs to completion: it has no liveness probe"),
+        ('type = "oneshot"\n[restart]\npolicy = "always"\n',
+         "restart.policy: a oneshot service runs to completion: 'always' would run it again"),
+        ('[ready]\nhttp = "https://127.0.0.1/"\n',
+         "ready.http: expected a URL like http://127.0.0.1:8080/healthz (http only), "
+         "got 'https://127.0.0.1/'"),
+        ('[ready]\nhttp = "http://db.local:80/"\n',
+         "ready.http: expected an IP address or localhost as the host (no name lookups in the "
+         "container), got 'http://db.local:80/'"),
+        ('[ready]\nhttp = "http://127.0.0.1:0/"\n',
+         "ready.http: expected a port 1-65535, got 'http://127.0.0.1:0/'"),
+        ('[ready]\nhttp = "http://127.0.0.1/a b"\n',
+         "ready.http: expected a path of printable ASCII without spaces or '#', "
+         "got 'http://127.0.0.1/a b'"),
+        ('[ready]\nhttp = "http://u:p@127.0.0.1/"\n',
+         "ready.http: expected no user name or password in the URL"),
+        ('[ready]\ntcp = 80\nhttp = "http://127.0.0.1/"\n',
+         "ready: give at most one of tcp, exec, file, notify, http; got tcp, http"),
+        ("[health]\ninterval = \"5s\"\n", "health: give exactly one of exec, tcp, http; got none"),
+        ('[health]\ntcp = 80\nhttp = "http://127.0.0.1/"\n',
+         "health: give exactly one of exec, tcp, http; got tcp, http"),
+        ("[health]\ntcp = 0\n", "health.tcp: expected a port 1-65535, got 0"),
+        ('[health]\nhttp = "ftp://x/"\n', "health.http: expected a URL like"),
+        ("[health]\ntcp = 80\nfailures = 0\n", "health.failures: expected at least 1, got 0"),
+        ('[health]\ntcp = 80\ninterval = "1ms"\n',
+         "health.interval: expected at least 100ms, got a string: '1ms'"),
+        ('[health]\ntcp = 80\ntimeout = "soon"\n',
+         "health.timeout: expected a duration like 30s, 100ms or 1m30s (at most 8760h), "
+         "got a string: 'soon'"),
+        ('[health]\nexec = ["/bin/true"]\n',
+         "health.exec[0]: must be one of the service's own files, got '/bin/true'"),
+        ("[health]\nexec = []\n", "health.exec: expected a non-empty command"),
+        ('[stop]\nexec = ["/bin/sh", "-c", "sleep 1"]\n',
+         "stop.exec[0]: must be one of the service's own files, got '/bin/sh'"),
+        ('[stop]\nexec = ["../../bin/sh"]\n',
+         "stop.exec[0]: must be a path inside the service's files, got '../../bin/sh'"),
+        ('[stop]\nexec = ["run.sh", "a\\u0000"]\n', "stop.exec[1]: contains a NUL byte"),
+        ("[restart]\nsuccess_exit = [256]\n",
+         "restart.success_exit[0]: expected an exit code 0-255 or a signal name like SIGTERM, "
+         "got an integer: 256"),
+        ('[restart]\nprevent_exit = [1, "TERM"]\n',
+         "restart.prevent_exit[1]: expected an exit code 0-255 or a signal name like SIGTERM, "
+         "got a string: 'TERM'"),
+        ("[restart]\nprevent_exit = [true]\n", "restart.prevent_exit[0]:"),
+    ],
+)
+def test_new_keys_refused(rig: Rig, toml: str, message: str) -> None:
+    rig.service("svc", OK_SCRIPT, toml)
+    assert_reports(rig, f"{rig.etc}/services/svc.toml: {message}")
