@@ -369,3 +369,22 @@ def test_a_sidecar_joins_the_user_namespace_of_an_app_that_has_one(
     assert Path(f"/proc/{side_pid}/uid_map").read_text().split() == ["0", "200000", "65536"]
     assert rig.rt("delete", "--force", container_id).returncode == 0
     assert siblings(rig) == []
+
+
+def test_a_sidecar_health_probe_runs_inside_it_and_restarts_it(
+    rig: Rig, container_id: str, layouts: dict[str, Path]
+) -> None:
+    setup(rig, layouts, "busybox")
+    sidecar(rig, "flaky", 'placement = "container"\nimage = "busybox"\n'
+            'command = ["sh", "-c", "echo > /tmp/ok; sleep 0.5; rm /tmp/ok; sleep 1000"]\n'
+            '[health]\nexec = ["sh", "-c", "test -f /tmp/ok"]\ninterval = "100ms"\n'
+            'failures = 2\n[restart]\ndelay = "100ms"\n')
+    bundle = rig.bundle(main_args(FOREVER), env=["RETINUE_SERVICES=flaky"])
+    assert rig.create(container_id, bundle).returncode == 0, rig.log_entries()
+    assert rig.rt("start", container_id).returncode == 0, rig.log_entries()
+    wait_for(lambda: rig.service_status(container_id, "flaky")["restarts"] >= 1, timeout=20)
+    log = rig.service_log(container_id, "flaky")
+    assert "health check failed 2 times in a row" in log, log
+    assert rig.runc_status(container_id) == "running"
+    assert rig.rt("delete", "--force", container_id).returncode == 0
+    assert siblings(rig) == []
