@@ -3,7 +3,7 @@
 PYTHON   ?= /usr/bin/python3.11
 VENV     ?= $(CURDIR)/.venv
 PREFIX   ?= /usr/local
-DEB_PKGS := runc crun busybox-static docker.io containerd podman python3-venv iproute2 gcc libc6-dev musl-tools
+DEB_PKGS := runc crun busybox-static docker.io containerd podman python3-venv iproute2 gcc libc6-dev musl-tools skopeo umoci nginx-light
 export RETINUE_CONFIG ?= $(CURDIR)/configs/config.toml
 
 .PHONY: all deps venv demo test bench lint install clean
@@ -41,6 +41,7 @@ bench: venv
 	$(VENV)/bin/python tests/bench/seccomp_bench.py
 	$(VENV)/bin/python tests/bench/cri_bench.py
 	$(VENV)/bin/python tests/bench/init_bench.py
+	$(VENV)/bin/python tests/bench/sidecar_bench.py
 
 # Put the launchers where engines expect them and register nothing: see `retinue install`.
 install: venv

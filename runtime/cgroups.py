@@ -362,6 +362,35 @@ def make_service_cgroup(dirs: dict[str, str], name: str) -> None:
                     _write(f"{sub}/{key}", f.read().strip())
 
 
+def limit_files(resources: dict[str, Any]) -> list[tuple[str, str]]:
+    """(file, value) of a service's [resources] in whichever hierarchy has the file: v1 and v2
+    names both (each exists in one kind of hierarchy only); empty for no limits."""
+    out: list[tuple[str, str]] = []
+    if resources.get("memory"):
+        out += [("memory.limit_in_bytes", str(resources["memory"])),
+                ("memory.max", str(resources["memory"]))]
+    if resources.get("pids"):
+        out += [("pids.max", str(resources["pids"]))]
+    if resources.get("cpu"):
+        quota = cfs_quota(float(resources["cpu"]))
+        out += [("cpu.cfs_period_us", str(CFS_PERIOD_US)), ("cpu.cfs_quota_us", str(quota)),
+                ("cpu.max", f"{quota} {CFS_PERIOD_US}")]
+    return out
+
+
+def limit_service_cgroup(dirs: dict[str, str], name: str, resources: dict[str, Any]) -> int:
+    """Apply an exec service's limits to its sub-cgroup; how many files were written (0 where
+    the container's hierarchies have none of the controllers)."""
+    written = 0
+    for d in dirs.values():
+        sub = f"{d}/{SUB_PREFIX}{name}"
+        for key, value in limit_files(resources):
+            if os.path.exists(f"{sub}/{key}"):
+                _write(f"{sub}/{key}", value)
+                written += 1
+    return written
+
+
 def service_procs(dirs: dict[str, str], name: str) -> list[int]:
     for d in dirs.values():
         try:

@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from . import attach, bundle, confcache, config, lower, policy, statedir
+from . import attach, bundle, confcache, config, images, lower, policy, statedir
 from .errors import RetinueError
 
 
@@ -59,6 +59,7 @@ def check(config_path: str | None) -> None:
         extra += ", pod sandboxes only" if rule.when.sandbox else ""
         click.echo(f"  {rule.name}: {len(rule.mounts)} mounts, {len(rule.env)} env{extra}")
     click.echo(f"services: {cfg.services_dir or '(none)'} ({len(cfg.services)} defined)")
+    problems: list[str] = []
     for name, svc in sorted(cfg.services.items()):
         kind = "required" if svc.required else "optional"
         if svc.type == "oneshot":
@@ -75,7 +76,20 @@ def check(config_path: str | None) -> None:
             for k in ("requires", "wants", "after")
             if getattr(svc, k)
         ]
-        click.echo(f"  {name}: {kind}{'; ' + '; '.join(deps) if deps else ''}")
+        where = ""
+        if svc.placement == "container":
+            where = f"; container from image {svc.image}"
+            try:
+                found_image = images.resolve(cfg.settings.image_dir, svc.image)
+            except RetinueError as e:
+                problems.append(f"{cfg.services_dir}/{name}.toml: image: {e}")
+            else:
+                where += f" ({found_image['digest'][:19]})"
+        click.echo(f"  {name}: {kind}{where}{'; ' + '; '.join(deps) if deps else ''}")
+    if problems:
+        for problem in problems:
+            click.echo(f"retinue: {problem}", err=True)
+        sys.exit(1)
     click.echo("ok")
 
 
@@ -133,6 +147,52 @@ def plan(config_path: str | None, container_id: str, root: str, bundle_dir: str)
     after[-1] += "\n"
     shown = path.lstrip("/")
     sys.stdout.writelines(difflib.unified_diff(before, after, f"a/{shown}", f"b/{shown}"))
+    for svc in found.services:
+        if svc.get("placement") == "container":
+            _plan_sibling(
+                cfg, edited, dict(svc), container_id, found.container_dir, compiled["init"],
+                os.path.abspath(bundle_dir),
+            )
+
+
+def _plan_sibling(
+    cfg: config.Config,
+    app: dict[str, object],
+    svc: dict[str, object],
+    app_id: str,
+    cdir: str,
+    init: str,
+    bundle_dir: str,
+) -> None:
+    """The sibling container's spec, with the app's init pid not known yet."""
+    from . import cgroups, sidecar
+
+    name = str(svc["name"])
+    try:
+        image = images.resolve(cfg.settings.image_dir, str(svc["image"]))
+    except RetinueError as e:
+        click.echo(f"# sidecar {name}: {e}")
+        return
+    linux = app.get("linux")
+    cgroups_path = linux.get("cgroupsPath") if isinstance(linux, dict) else None
+    share = svc.get("share")
+    share = share if isinstance(share, list) else []
+    try:
+        app_cgroup = cgroups.container_path(
+            cgroups_path if isinstance(cgroups_path, str) else "", app_id, False, "/"
+        )
+        spec = sidecar.sibling_spec(
+            app, svc, image, app_id=app_id, app_proc="/proc/<app init pid>",
+            app_cgroup=app_cgroup, container_dir=cdir, init=init,
+            shared={str(p): sidecar.host_path(app, bundle_dir, str(p)) for p in share},
+        )
+    except (RetinueError, cgroups.CgroupError) as e:
+        click.echo(f"# sidecar {name}: {e}")
+        return
+    click.echo(
+        f"# sidecar {name}: container {sidecar.sidecar_id(app_id, name)} from {image['digest']}"
+    )
+    click.echo(json.dumps(spec, indent=2, ensure_ascii=False))
 
 
 @main.command()
@@ -180,7 +240,7 @@ def _containers(state_dir: str) -> list[dict[str, str]]:
         return []
     for key in roots:
         root_dir = os.path.join(state_dir, key)
-        if key in ("cache", "seccomp", statedir.MARKERS) or not os.path.isdir(root_dir):
+        if key in ("cache", "seccomp", "sidecars", statedir.MARKERS) or not os.path.isdir(root_dir):
             continue
         root = statedir.root_from_key(key)
         for cid in sorted(os.listdir(root_dir)):
@@ -292,6 +352,10 @@ def status(config_path: str | None, as_json: bool, container_id: str | None) -> 
             rows.append((*first, "-", c["phase"], "-", "-", "-", "-"))
         for s in c["services"]:
             state = s["state"] + ("" if s["required"] else " (optional)")
+            name = s["name"]
+            if s.get("placement") == "container":
+                # A sidecar: the digest it runs (short, as docker shows image ids).
+                name += f" (sidecar {str(s.get('image') or '')[7:19] or '?'})"
             if s.get("stopped_by") and s["state"] == "stopped":
                 state += f" by {s['stopped_by']}"
             if s.get("health") and s["state"] in ("ready", "running"):
@@ -301,7 +365,7 @@ def status(config_path: str | None, as_json: bool, container_id: str | None) -> 
             rows.append(
                 (
                     *first,
-                    s["name"],
+                    name,
                     state,
                     str(s["pid"] or "-"),
                     str(s["restarts"]),
@@ -379,6 +443,93 @@ def _log_container(log_dir: str, state_dir: str, wanted: str) -> str:
     # A name matches every run of that container: the living one, else the newest.
     matched.sort(key=lambda c: (c["alive"], float(c["created"])))
     return matched[-1]["id"]
+
+
+@main.group()
+def image() -> None:
+    """Service images: import (from local files only), list, remove."""
+
+
+@image.command("import")
+@config_option
+@click.argument("name")
+@click.argument("source")
+def image_import(config_path: str | None, name: str, source: str) -> None:
+    """Import SOURCE (an OCI layout directory, an OCI archive or a `docker save` archive; or
+    oci:PATH, oci-archive:PATH, docker-archive:PATH) as NAME. Never reaches a registry."""
+    cfg = _load(config_path)
+    try:
+        record = images.import_image(cfg.settings.image_dir, name, source)
+    except (RetinueError, OSError) as e:
+        _fail(e if isinstance(e, RetinueError) else RetinueError(f"{source}: {e}"))
+        raise
+    click.echo(f"{record['name']} {record['digest']}")
+
+
+def _sidecar_users(cfg: config.Config) -> dict[str, list[str]]:
+    from . import siblings
+
+    try:
+        runtime = lower.resolve(cfg.settings.runtime, os.environ.get("PATH", ""), "")
+    except RetinueError:
+        return {}
+    return siblings.in_use(runtime, siblings.runtime_root(cfg.settings.state_dir))
+
+
+@image.command("ls")
+@config_option
+def image_ls(config_path: str | None) -> None:
+    """List imported images: name, digest, size, the sibling containers using it."""
+    cfg = _load(config_path)
+    store = cfg.settings.image_dir
+    users = _sidecar_users(cfg)
+    rows = [("NAME", "DIGEST", "SIZE", "IN USE")]
+    named = set()
+    for record in images.names(store):
+        digest = str(record.get("digest"))
+        named.add(digest)
+        size = images.size(images.image_path(store, digest)) >> 20
+        used = str(len(users.get(digest, [])))
+        rows.append((str(record.get("name")), digest[:19], f"{size}M", used))
+    for digest in images.digests(store):
+        if digest not in named:
+            size = images.size(images.image_path(store, digest)) >> 20
+            rows.append(("-", digest[:19], f"{size}M", str(len(users.get(digest, [])))))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for r in rows:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=False)) + "  " + r[-1])
+
+
+@image.command("rm")
+@config_option
+@click.argument("ref")
+def image_rm(config_path: str | None, ref: str) -> None:
+    """Remove an image name (its unpacked copy too once no name has it) or a digest.
+    Refuses an image a sibling container runs."""
+    cfg = _load(config_path)
+    try:
+        removed = images.remove(cfg.settings.image_dir, ref, _sidecar_users(cfg))
+    except RetinueError as e:
+        _fail(e)
+        raise
+    for item in removed:
+        click.echo(f"removed {item}")
+
+
+@main.command()
+@config_option
+def gc(config_path: str | None) -> None:
+    """Remove sibling containers whose app's supervisor is gone."""
+    from . import siblings
+
+    cfg = _load(config_path)
+    try:
+        runtime = lower.resolve(cfg.settings.runtime, os.environ.get("PATH", ""), "")
+    except RetinueError as e:
+        _fail(e)
+        raise
+    for sid in siblings.collect(runtime, siblings.runtime_root(cfg.settings.state_dir)):
+        click.echo(f"removed sidecar {sid}")
 
 
 def _control_service(config_path: str | None, container_id: str, service: str, op: str) -> None:

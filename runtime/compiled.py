@@ -88,6 +88,13 @@ class CompiledService(TypedDict):
     seccomp: list[CompiledSeccompRule]
     # Which Runner runs it (supervisor/runner.py); absent means "exec".
     placement: NotRequired[str]
+    # placement = "container": the image (NAME, sha256:HEX or NAME@sha256:HEX), the app's paths
+    # it sees read-only, whose confinement it takes ("app" or "none"), and its cgroup's limits
+    # ({"memory": bytes, "cpu": CPUs, "pids": count}; 0: none).
+    image: NotRequired[str]
+    share: NotRequired[list[str]]
+    confinement: NotRequired[str]
+    resources: NotRequired[dict[str, Any]]
 
 
 class Compiled(TypedDict):
@@ -98,6 +105,7 @@ class Compiled(TypedDict):
     init: str  # retinue-init's path
     stop_budget: float
     state_dir: str
+    image_dir: str
     log_dir: str
     log_max_bytes: int
     log_keep: int
@@ -141,3 +149,5 @@ class Plan(CriNames):
     init: bool  # retinue-init is PID 1 and talks to the supervisor
     stop_budget: float
     cgroup: dict[str, Any] | None  # where the supervisor's own cost is charged
+    image_dir: NotRequired[str]  # service images (images.py)
+    sidecar_root: NotRequired[str]  # the lower runtime's --root for sibling containers

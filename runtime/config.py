@@ -93,6 +93,8 @@ class Settings:
     policy: str = "policy.toml"
     services: str = "services"
     state_dir: str = "/run/retinue"
+    # Service images (`retinue image import`), unpacked once per digest.
+    image_dir: str = "/var/lib/retinue/images"
     log_dir: str = "/var/log/retinue"
     # Each service's log rotates at this size, keeping this many older files (SERVICE.log.N).
     log_max_bytes: int = 8 << 20
@@ -138,7 +140,7 @@ class Config:
 
 def check_settings(s: Settings, source: str) -> list[str]:
     errors = []
-    for key in ("state_dir", "log_dir"):
+    for key in ("state_dir", "log_dir", "image_dir"):
         errors += check_abs(key, getattr(s, key), "directory")
     if s.hook:
         errors += check_abs("hook", s.hook, "path")
@@ -354,6 +356,7 @@ def compile_config(cfg: Config, runtime: str, hook: str) -> Compiled:
         "init": os.path.join(os.path.dirname(os.path.abspath(__file__)), "libexec", "retinue-init"),
         "stop_budget": services_module.parse_duration(s.stop_budget),
         "state_dir": s.state_dir,
+        "image_dir": s.image_dir,
         "log_dir": s.log_dir,
         "log_max_bytes": s.log_max_bytes,
         "log_keep": s.log_keep,

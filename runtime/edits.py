@@ -132,6 +132,8 @@ def service_mounts(services: list[CompiledService], container_dir: str) -> list[
     to the mount): the container gets nothing of the host's state directory that it could fill
     or shape, and never the control socket beside them.
     """
+    # A sibling-placed service has no files in the app: its image is its own root.
+    services = [s for s in services if s.get("placement", "exec") == "exec"]
     mounts = [bind_mount(s["files"], f"{SERVICE_PREFIX}/{s['name']}") for s in services]
     for s in services:
         if s["ready"] == "notify":

@@ -104,6 +104,10 @@ CAPABILITIES = frozenset(
     ]
 )
 RESTART_POLICIES = ("no", "on-failure", "always")
+PLACEMENTS = ("exec", "container")
+CONFINEMENTS = ("app", "none")
+# Below this, runc 1.1 cannot even start the sibling's init in its cgroup.
+MIN_MEMORY = 4 << 20
 TYPES = ("simple", "oneshot")
 ON_FAILURE = ("ignore", "stop-container")
 # A liveness probe runs this often at most, and gets at least this long.
@@ -162,9 +166,19 @@ class Stop:
 
 
 @attrs.frozen
+class Resources:
+    """Limits of the service's own cgroup (placement = "container"); 0 or "" means none."""
+
+    memory: str = ""
+    cpu: float = 0.0
+    pids: int = 0
+
+
+@attrs.frozen
 class Service:
-    files: str
-    command: list[str]
+    # With placement = "exec" (the default): a host directory and a command inside it.
+    files: str = ""
+    command: list[str] = attrs.field(factory=list)
     description: str = ""
     type: str = "simple"
     on_failure: str = "ignore"
@@ -183,6 +197,14 @@ class Service:
     stop: Stop = attrs.field(factory=Stop)
     # Seccomp handlers every container with this service gets (a broker the service relies on).
     seccomp: list[SeccompRule] = attrs.field(factory=list)
+    # "exec": run inside the app container; "container": a sibling container from `image`.
+    placement: str = "exec"
+    image: str = ""
+    # Paths of the app container a sibling sees read-only at the same place.
+    share: list[str] = attrs.field(factory=list)
+    # "app": a sibling gets the app's seccomp, AppArmor and SELinux confinement; "none": not.
+    confinement: str = "app"
+    resources: Resources = attrs.field(factory=Resources)
 
 
 # A year: longer is a typo, and the supervisor's timers, sleeps and `runc` calls take it as is.
@@ -266,33 +288,45 @@ def check_service(name: str, svc: Service, source: str, files_base: str) -> list
 
     if not SERVICE_NAME.match(name):
         err("(file name)", f"service names are lowercase letters, digits, '_' or '-', got {name!r}")
-    files = svc.files if os.path.isabs(svc.files) else os.path.join(files_base, svc.files)
-    if not svc.files or ".." in svc.files.split("/"):
-        err("files", f"expected a host directory without '..', got {svc.files!r}")
-    elif not os.path.isdir(files):
-        err("files", f"{files}: no such directory")
-    if not svc.command:
-        err("command", "expected a non-empty list of strings, got an empty list")
-    elif any("\0" in arg for arg in svc.command):
-        i = next(i for i, arg in enumerate(svc.command) if "\0" in arg)
-        err(f"command[{i}]", f"contains a NUL byte, got {svc.command[i]!r}")
+    errors += [f"{source}: {e}" for e in check_resources(svc.resources)]
+    sidecar = svc.placement == "container"
+    if svc.placement not in PLACEMENTS:
+        err("placement", f"expected one of {', '.join(PLACEMENTS)}, got {svc.placement!r}")
+    elif svc.placement == "container":
+        errors += [f"{source}: {e}" for e in check_container(svc)]
     else:
-        first = svc.command[0]
-        if first.startswith("/") and not _inside_files(name, first):
-            err(
-                "command[0]",
-                f"must be one of the service's own files (relative to `files`, or under "
-                f"{mount_point(name)}/), got {first!r}",
-            )
-        elif not first or ".." in first.split("/"):
-            err("command[0]", f"must be a path inside the service's files, got {first!r}")
-        elif os.path.isdir(files):
-            rel = first[len(mount_point(name)) + 1 :] if first.startswith("/") else first
-            host = os.path.join(files, rel)
-            if not os.path.isfile(host):
-                err("command[0]", f"{first!r}: no such file in {files}")
-            elif not os.access(host, os.X_OK):
-                err("command[0]", f"{first!r}: {host} is not executable")
+        for key in ("image", "share"):
+            if getattr(svc, key):
+                err(key, f'only with placement = "container", got {getattr(svc, key)!r}')
+        files = svc.files if os.path.isabs(svc.files) else os.path.join(files_base, svc.files)
+        if not svc.files:
+            err("files", 'missing (required with placement = "exec": a host directory)')
+        elif ".." in svc.files.split("/"):
+            err("files", f"expected a host directory without '..', got {svc.files!r}")
+        elif not os.path.isdir(files):
+            err("files", f"{files}: no such directory")
+        if not svc.command:
+            err("command", "expected a non-empty list of strings, got an empty list")
+        elif any("\0" in arg for arg in svc.command):
+            i = next(i for i, arg in enumerate(svc.command) if "\0" in arg)
+            err(f"command[{i}]", f"contains a NUL byte, got {svc.command[i]!r}")
+        else:
+            first = svc.command[0]
+            if first.startswith("/") and not _inside_files(name, first):
+                err(
+                    "command[0]",
+                    f"must be one of the service's own files (relative to `files`, or under "
+                    f"{mount_point(name)}/), got {first!r}",
+                )
+            elif not first or ".." in first.split("/"):
+                err("command[0]", f"must be a path inside the service's files, got {first!r}")
+            elif os.path.isdir(files):
+                rel = first[len(mount_point(name)) + 1 :] if first.startswith("/") else first
+                host = os.path.join(files, rel)
+                if not os.path.isfile(host):
+                    err("command[0]", f"{first!r}: no such file in {files}")
+                elif not os.access(host, os.X_OK):
+                    err("command[0]", f"{first!r}: {host} is not executable")
     try:
         parse_user(svc.user)
     except ValueError:
@@ -326,7 +360,7 @@ def check_service(name: str, svc: Service, source: str, files_base: str) -> list
     elif ready.file is not None:
         errors += [f"{source}: {e}" for e in check_abs("ready.file", ready.file, "path")]
     if ready.exec is not None:
-        check_probe_command(name, "ready.exec", ready.exec, err)
+        check_probe_command(name, "ready.exec", ready.exec, err, sidecar)
     if ready.http is not None:
         check_http_key("ready.http", ready.http, err)
     health = svc.health
@@ -336,7 +370,7 @@ def check_service(name: str, svc: Service, source: str, files_base: str) -> list
             got = ", ".join(kinds) if kinds else "none"
             err("health", f"give exactly one of exec, tcp, http; got {got}")
         if health.exec is not None:
-            check_probe_command(name, "health.exec", health.exec, err)
+            check_probe_command(name, "health.exec", health.exec, err, sidecar)
         if health.tcp is not None and not 0 < health.tcp < 65536:
             err("health.tcp", f"expected a port 1-65535, got {health.tcp}")
         if health.http is not None:
@@ -353,7 +387,7 @@ def check_service(name: str, svc: Service, source: str, files_base: str) -> list
             except ValueError:
                 err(key, f"{DURATION_HELP}, got {describe_value(value)}")
     if svc.stop.exec is not None:
-        check_probe_command(name, "stop.exec", svc.stop.exec, err)
+        check_probe_command(name, "stop.exec", svc.stop.exec, err, sidecar)
     if svc.type not in TYPES:
         err("type", f"expected one of {', '.join(TYPES)}, got {svc.type!r}")
     elif svc.type == "oneshot":
@@ -418,6 +452,62 @@ def check_service(name: str, svc: Service, source: str, files_base: str) -> list
     return errors
 
 
+def check_container(svc: Service) -> list[str]:
+    """Checks of the keys of a sibling-placed service; the image's presence is the CLI's."""
+    from .images import check_reference
+
+    errors: list[str] = []
+    if svc.files:
+        errors.append(
+            f'files: not used with placement = "container" (the image is the service\'s files), '
+            f"got {svc.files!r}"
+        )
+    if not svc.image:
+        errors.append('image: required with placement = "container"')
+    elif (problem := check_reference(svc.image)) is not None:
+        errors.append(f"image: {problem}")
+    for i, arg in enumerate(svc.command):
+        if "\0" in arg:
+            errors.append(f"command[{i}]: contains a NUL byte, got {arg!r}")
+    if svc.ready.file is not None or svc.ready.notify:
+        kind = "file" if svc.ready.file is not None else "notify"
+        errors.append(
+            f'ready.{kind}: not available with placement = "container" (use tcp or exec)'
+        )
+    for i, path in enumerate(svc.share):
+        found = check_abs(f"share[{i}]", path, "path")
+        if not found and path == "/":
+            found = [f"share[{i}]: sharing the app's whole root is not allowed, got '/'"]
+        if not found and path in svc.share[:i]:
+            found = [f"share[{i}]: {path} is listed twice"]
+        errors += found
+    if svc.confinement not in CONFINEMENTS:
+        errors.append(
+            f"confinement: expected one of {', '.join(CONFINEMENTS)}, got {svc.confinement!r}"
+        )
+    return errors
+
+
+def check_resources(res: Resources) -> list[str]:
+    from .cgroups import parse_size
+
+    errors: list[str] = []
+    if res.memory:
+        size = parse_size(res.memory)
+        if size is None or size < MIN_MEMORY:
+            errors.append(
+                f"resources.memory: expected a size like 64M or 1G, at least 4M, "
+                f"got {res.memory!r}"
+            )
+    if not 0 <= res.cpu <= 1024:
+        errors.append(f"resources.cpu: expected a number of CPUs (0: no limit), got {res.cpu}")
+    if not 0 <= res.pids < (1 << 31):
+        errors.append(
+            f"resources.pids: expected a number of processes (0: no limit), got {res.pids}"
+        )
+    return errors
+
+
 DURATION_HELP = "expected a duration like 30s, 100ms or 1m30s (at most 8760h)"
 
 
@@ -425,13 +515,18 @@ def _seconds(value: float) -> str:
     return f"{value:g}s" if value >= 1 or value == 0 else f"{value * 1000:g}ms"
 
 
-def check_probe_command(name: str, key: str, command: list[str], err: Any) -> None:
-    """A command run inside the container for the service (a probe, a drain)."""
+def check_probe_command(
+    name: str, key: str, command: list[str], err: Any, sidecar: bool = False
+) -> None:
+    """A command run inside the container for the service (a probe, a drain); a sidecar's runs
+    in its own image, where any path is its own."""
     if not command:
         err(key, "expected a non-empty command")
     elif any("\0" in arg for arg in command):
         i = next(i for i, arg in enumerate(command) if "\0" in arg)
         err(f"{key}[{i}]", f"contains a NUL byte, got {command[i]!r}")
+    elif sidecar:
+        return
     elif command[0].startswith("/") and not _inside_files(name, command[0]):
         err(f"{key}[0]", f"must be one of the service's own files, got {command[0]!r}")
     elif not command[0] or ".." in command[0].split("/"):
@@ -545,9 +640,20 @@ def load_dir(directory: str, files_base: str | None = None) -> tuple[dict[str, S
     return services, files
 
 
+def compile_resources(res: Resources) -> dict[str, Any]:
+    from .cgroups import parse_size
+
+    return {
+        "memory": (parse_size(res.memory) or 0) if res.memory else 0,
+        "cpu": float(res.cpu),
+        "pids": res.pids,
+    }
+
+
 def compile_service(name: str, svc: Service, files_base: str) -> CompiledService:
     """Plain data for the hot path and the supervisor (marshal-able)."""
     uid, gid = parse_user(svc.user)
+    sidecar = svc.placement == "container"
     ready = svc.ready
     target: Any
     if ready.tcp is not None:
@@ -562,12 +668,23 @@ def compile_service(name: str, svc: Service, files_base: str) -> CompiledService
         kind, target = "http", list(parse_http_url(ready.http))
     else:
         kind, target = "started", None
+    if sidecar:
+        files, command = "", list(svc.command)
+        if kind == "exec":
+            target = list(ready.exec or [])
+    else:
+        files = os.path.normpath(
+            svc.files if os.path.isabs(svc.files) else os.path.join(files_base, svc.files)
+        )
+        command = container_command(name, svc.command)
     health = svc.health
     health_kind: str | None = None
     health_target: Any = None
     if health is not None:
         if health.exec is not None:
-            health_kind, health_target = "exec", container_command(name, health.exec)
+            health_kind, health_target = "exec", (
+                list(health.exec) if sidecar else container_command(name, health.exec)
+            )
         elif health.tcp is not None:
             health_kind, health_target = "tcp", health.tcp
         elif health.http is not None:
@@ -575,13 +692,17 @@ def compile_service(name: str, svc: Service, files_base: str) -> CompiledService
     policy = svc.restart.policy or ("no" if svc.type == "oneshot" else "on-failure")
     success_codes, success_signals = _exit_rules(svc.restart.success_exit)
     prevent_codes, prevent_signals = _exit_rules(svc.restart.prevent_exit)
-    files = svc.files if os.path.isabs(svc.files) else os.path.join(files_base, svc.files)
     stop_signal = signal_number(svc.stop.signal)
     assert stop_signal is not None  # check_service refuses every name it does not know
     return {
         "name": name,
-        "files": os.path.normpath(files),
-        "command": container_command(name, svc.command),
+        "placement": svc.placement,
+        "image": svc.image,
+        "share": list(svc.share),
+        "confinement": svc.confinement,
+        "resources": compile_resources(svc.resources),
+        "files": files,
+        "command": command,
         "uid": uid,
         "gid": gid,
         "capabilities": list(svc.capabilities),
@@ -608,7 +729,11 @@ def compile_service(name: str, svc: Service, files_base: str) -> CompiledService
         "success_signals": success_signals,
         "prevent_exit": prevent_codes,
         "prevent_signals": prevent_signals,
-        "stop_exec": container_command(name, svc.stop.exec) if svc.stop.exec else None,
+        "stop_exec": (
+            None if not svc.stop.exec
+            else list(svc.stop.exec) if sidecar
+            else container_command(name, svc.stop.exec)
+        ),
         "restart_delay": parse_duration(svc.restart.delay),
         "restart_max_delay": parse_duration(svc.restart.max_delay),
         "restart_reset_after": parse_duration(svc.restart.reset_after),

@@ -211,6 +211,9 @@ def start_supervisor(
         "init": bool(found.init and found.init["supervised"]),
         "stop_budget": found.stop_budget,
         "cgroup": cgroup,
+        # Sidecar-placed services: their images, and the runtime root of their containers.
+        "image_dir": compiled.get("image_dir", "/var/lib/retinue/images"),
+        "sidecar_root": os.path.join(compiled["state_dir"], "sidecars"),
     }
     try:
         if spawn.prepare(container_dir, plan, processes):
@@ -317,6 +320,7 @@ def supervised(args: runc_argv.RuncArgs, runtime: str, log_dir: str, container_d
             # delete --force then kills what is left.
             _request(container_dir, {"op": "delete", "force": False})
         except SupervisorGone:
+            _remove_siblings(plan, runtime, container_id)
             # With retinue-init the supervisor ends by itself right after the container stops,
             # and engines delete at once: it may be removing its state this very moment.
             if not _vanishes(container_dir):
@@ -326,6 +330,23 @@ def supervised(args: runc_argv.RuncArgs, runtime: str, log_dir: str, container_d
                     )
                 statedir.remove(container_dir)
     return runtime
+
+
+def _remove_siblings(plan: dict[str, Any], runtime: str, container_id: str) -> None:
+    """The sidecar containers a supervisor that is gone (killed) left behind."""
+    root = plan.get("sidecar_root")
+    names = [
+        s.get("name") for s in plan.get("services") or [] if s.get("placement") == "container"
+    ]
+    if not isinstance(root, str) or not names:
+        return
+    import subprocess
+
+    for name in names:
+        subprocess.run(
+            [runtime, "--root", root, "delete", "--force", f"{container_id}.{name}"],
+            stdin=subprocess.DEVNULL, capture_output=True, timeout=30, check=False,
+        )
 
 
 def _vanishes(path: str, seconds: float = 1.0) -> bool:

@@ -285,7 +285,7 @@ def refuse_removal(container_dir: str) -> str | None:
     if not os.path.isabs(container_dir) or os.path.normpath(container_dir) != container_dir:
         return "not a normalized absolute path"
     state_dir, key, container_id = _split(container_dir)
-    if not valid_id(container_id) or key in ("", MARKERS, "cache", "seccomp"):
+    if not valid_id(container_id) or key in ("", MARKERS, "cache", "seccomp", "sidecars"):
         return "not STATE_DIR/ROOT/ID"
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
     fds: list[int] = []

@@ -75,6 +75,10 @@ class Supervisor:
         self.exec_runner = ExecRunner(self.ctx)
         # Where a unit runs, by its compiled "placement" (issue 11 adds "container").
         self.runners: dict[str, Runner] = {"exec": self.exec_runner}
+        if any(s.get("placement") == "container" for s in plan["services"]):
+            from .containerrunner import ContainerRunner
+
+            self.runners["container"] = ContainerRunner(self.ctx, plan)
         log_dir = os.path.join(plan["log_dir"], self.id)
         self.services: dict[str, Unit] = {
             s["name"]: Unit(

@@ -12,7 +12,7 @@ import asyncio
 import os
 import signal
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import cgroups
 from . import execerror, probes, procs, readiness
@@ -86,6 +86,10 @@ class Runner(Protocol):
         """After the unit's last run."""
         ...
 
+    def describe(self, unit: Unit) -> dict[str, Any]:
+        """What `retinue status` shows of where the unit runs, beyond its state."""
+        ...
+
 
 class ExecRunner:
     """`runc exec --detach --process process/NAME.json --cgroup retinue-NAME ID`.
@@ -115,7 +119,7 @@ class ExecRunner:
             pid_file,
             "--process",
             process_file,
-            *self.cgroup_args(unit.name),
+            *self.cgroup_args(unit),
             ctx.id,
         ]
         wfd = unit.open_output()
@@ -182,6 +186,9 @@ class ExecRunner:
         # The sub-cgroups go all at once, after the state directory (see remove_cgroups).
         return None
 
+    def describe(self, unit: Unit) -> dict[str, Any]:
+        return {}
+
     def remove_cgroups(self, names: list[str]) -> None:
         if self.cgroups:
             cgroups.remove_service_cgroups(self.cgroups, names)
@@ -198,7 +205,7 @@ class ExecRunner:
             return None
         return pidfd
 
-    def cgroup_args(self, name: str) -> list[str]:
+    def cgroup_args(self, unit: Unit) -> list[str]:
         """`--cgroup retinue-NAME`: the service runs in its own sub-cgroup of the container's,
         so that whatever it forks (a daemon that left its process tree) is found at its stop.
         Empty where the container's cgroups are unknown; raises StartFailed on error."""
@@ -210,10 +217,22 @@ class ExecRunner:
                     self.cgroups = cgroups.container_dirs(init_pid)
                 except OSError:
                     pass
+        name = unit.name
+        limits = unit.spec.get("resources") or {}
         if not self.cgroups:
+            if any(limits.values()):
+                unit.note("[resources] not applied: the container's cgroups are not known")
             return []
         try:
             cgroups.make_service_cgroup(self.cgroups, name)
+            # Its own limits, inside the container's (which still bound it, as they bound the
+            # container's own processes).
+            if any(limits.values()) and not cgroups.limit_service_cgroup(
+                self.cgroups, name, limits
+            ):
+                # cgroup v2: the container's cgroup holds processes, so it cannot delegate
+                # controllers to a child (no internal processes).
+                unit.note("[resources] not applied: no controller in the service's sub-cgroup")
         except (cgroups.CgroupError, OSError) as e:
             raise StartFailed(
                 1 << 8, f"could not be started (cannot create its cgroup: {e})"

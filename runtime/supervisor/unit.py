@@ -147,6 +147,8 @@ class Unit:
             "ready_since": self.ready_since if self.state == "ready" else None,
             "last_exit": self.last_exit,
             "reason": self.reason,
+            "placement": self.spec.get("placement", "exec"),
+            **self.runner.describe(self),
             "type": self.spec.get("type", "simple"),
             "health": self.health,
             "probe": self.probe_result,

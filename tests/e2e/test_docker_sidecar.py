@@ -1,0 +1,71 @@
+"""Issue 11 through a private dockerd: a sidecar-placed nginx, from an image retinue imported,
+gates a Docker container and serves it on localhost; `docker rm -f` leaves nothing of it."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import engines
+import imagekit
+import pytest
+from conftest import service_status
+from support import config_text
+
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("no_leftovers")]
+
+PORT = 8080
+
+
+def test_a_docker_app_is_gated_on_and_served_by_an_nginx_sidecar(
+    docker: engines.Dockerd,
+    docker_name: str,
+    e2e_dir: Path,
+    retinue_config: Path,
+    swap_config: Callable[[str], None],
+    retinue_admin: Callable[..., subprocess.CompletedProcess[str]],
+    tmp_path: Path,
+) -> None:
+    images = e2e_dir / "images"
+    swap_config(config_text(e2e_dir) + f'image_dir = "{images}"\n')
+    layout = imagekit.oci_layout(
+        imagekit.nginx_rootfs(tmp_path / "nginx", PORT), tmp_path / "layout",
+        ["/usr/sbin/nginx", "-e", "stderr", "-c", "/etc/nginx/nginx.conf"],
+    )
+    r = retinue_admin("image", "import", "nginx-e2e", str(layout))
+    assert r.returncode == 0, r.stderr
+    service = retinue_config.parent / "services" / "nginx-sc.toml"
+    service.write_text(
+        'placement = "container"\nimage = "nginx-e2e"\nuser = "65534:65534"\n'
+        f'[ready]\ntcp = {PORT}\n[resources]\nmemory = "64M"\n'
+    )
+    try:
+        cid = docker.docker(
+            "run", "-d", "--name", docker_name, "--runtime", "retinue", "--network", "none",
+            "-e", "RETINUE_SERVICES=nginx-sc", docker.image,
+            "sh", "-c", f"wget -q -O- http://127.0.0.1:{PORT}/ && sleep 1000",
+        ).stdout.strip()
+        deadline = time.monotonic() + 10
+        while "hello" not in docker.docker("logs", docker_name).stdout:
+            assert time.monotonic() < deadline, docker.docker("logs", docker_name)
+            time.sleep(0.1)
+        assert docker.docker("logs", docker_name).stdout == "hello from the nginx sidecar\n"
+        status = service_status(retinue_admin, cid)["by_name"]["nginx-sc"]
+        assert status["state"] == "ready" and status["placement"] == "container"
+        assert status["container"] == f"{cid}.nginx-sc"
+        sidecars = e2e_dir / "state" / "sidecars"
+        listed = subprocess.run([engines.RUNC, "--root", str(sidecars), "list", "-q"],
+                                capture_output=True, text=True).stdout.split()
+        assert listed == [f"{cid}.nginx-sc"]
+        docker.docker("rm", "-f", docker_name)
+        deadline = time.monotonic() + 10
+        while subprocess.run([engines.RUNC, "--root", str(sidecars), "list", "-q"],
+                             capture_output=True, text=True).stdout.split():
+            assert time.monotonic() < deadline, "the sidecar outlived docker rm -f"
+            time.sleep(0.1)
+    finally:
+        service.unlink()
+        shutil.rmtree(images, ignore_errors=True)

@@ -1,0 +1,390 @@
+"""Issue 11 on real runc: a service from its own image, in its own container, in the app's
+network namespace.
+
+The images are built here from this machine's own Debian programs (tests/imagekit.py): nginx
+with its shared libraries (a program a scratch app could never run inside itself) and
+busybox-static; `retinue image import` takes them as OCI layouts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import imagekit
+import pytest
+from conftest import FOREVER, RUNC, Rig, main_args, wait_for
+
+PORT = 8080
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("sidecar-images")
+    nginx = imagekit.nginx_rootfs(base / "nginx", PORT)
+    busybox = imagekit.busybox_rootfs(base / "busybox")
+    return {
+        "nginx": imagekit.oci_layout(
+            nginx, base / "nginx-layout",
+            ["/usr/sbin/nginx", "-e", "stderr", "-c", "/etc/nginx/nginx.conf"],
+        ),
+        "busybox": imagekit.oci_layout(busybox, base / "busybox-layout", ["sleep", "1000"]),
+    }
+
+
+def setup(rig: Rig, layouts: dict[str, Path], *names: str) -> Path:
+    images = rig.base / "images"
+    rig.write_config(f'image_dir = "{images}"\n')
+    for name in names:
+        r = rig.retinue("image", "import", name, str(layouts[name]), timeout=120)
+        assert r.returncode == 0, r.stderr
+    return images
+
+
+def sidecar(rig: Rig, name: str, toml: str) -> None:
+    (rig.etc / "services" / f"{name}.toml").write_text(toml)
+
+
+def siblings(rig: Rig) -> list[str]:
+    root = rig.state_dir / "sidecars"
+    if not root.exists():
+        return []
+    return subprocess.run([RUNC, "--root", str(root), "list", "-q"], capture_output=True,
+                          text=True).stdout.split()
+
+
+def sibling_state(rig: Rig, sid: str) -> dict[str, object]:
+    r = subprocess.run([RUNC, "--root", str(rig.state_dir / "sidecars"), "state", sid],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    state: dict[str, object] = json.loads(r.stdout)
+    return state
+
+
+def cgroup_dirs_named(fragment: str) -> list[str]:
+    found = []
+    for hierarchy in ("memory", "pids", "cpu,cpuacct"):
+        top = f"/sys/fs/cgroup/{hierarchy}"
+        for root, dirs, _ in os.walk(top):
+            found += [os.path.join(root, d) for d in dirs if fragment in d]
+    return found
+
+
+NGINX = f'placement = "container"\nimage = "nginx"\nuser = "65534:65534"\n[ready]\ntcp = {PORT}\n'
+
+
+def test_a_scratch_app_reaches_an_nginx_sidecar_before_its_first_line(
+    rig: Rig, container_id: str, layouts: dict[str, Path]
+) -> None:
+    setup(rig, layouts, "nginx")
+    sidecar(rig, "web", NGINX + '[resources]\nmemory = "64M"\npids = 32\n')
+    rootfs = rig.base / "scratch"
+    rootfs.mkdir()
+    shutil.copy("/bin/busybox", rootfs / "busybox")  # static: the app's whole image
+
+    def scratch(spec: dict[str, object]) -> None:
+        spec["root"] = {"path": str(rootfs), "readonly": True}
+        spec["mounts"] = [m for m in spec["mounts"]  # type: ignore[attr-defined]
+                          if m["destination"] in ("/proc", "/dev")]
+
+    bundle = rig.bundle(
+        ["/busybox", "sh", "-c",
+         f"/busybox wget -q -O - http://127.0.0.1:{PORT}/ && /busybox sleep 1000"],
+        env=["RETINUE_SERVICES=web"], edit=scratch,
+    )
+    r = rig.create(container_id, bundle)
+    assert r.returncode == 0, (r.stderr, rig.log_entries())
+    assert rig.rt("start", container_id).returncode == 0, rig.log_entries()
+    # The gate held the entrypoint until nginx listened: its very first request succeeds.
+    wait_for(lambda: "hello" in (rig.base / f"{container_id}.out").read_text())
+    assert (rig.base / f"{container_id}.out").read_text() == "hello from the nginx sidecar\n"
+    sid = f"{container_id}.web"
+    assert siblings(rig) == [sid]
+    state = sibling_state(rig, sid)
+    annotations = state["annotations"]
+    assert isinstance(annotations, dict)
+    assert annotations["io.retinue.sidecar-of"] == container_id
+    app_pid = rig.state(container_id)["pid"]  # type: ignore[index]
+    side_pid = state["pid"]
+    # Its network, IPC and UTS namespaces are the app's; its PID and mount namespaces its own.
+    for ns, same in (("net", True), ("ipc", True), ("uts", True), ("pid", False),
+                     ("mnt", False)):
+        assert (os.readlink(f"/proc/{app_pid}/ns/{ns}")
+                == os.readlink(f"/proc/{side_pid}/ns/{ns}")) is same, ns
+    # Its own cgroup beside the app's, with its limits.
+    with open(f"/proc/{side_pid}/cgroup") as f:
+        line = next(x for x in f.read().splitlines() if ":memory:" in x)
+    path = line.split(":", 2)[2]
+    assert path.endswith(".retinue-web")
+    limit = Path(f"/sys/fs/cgroup/memory{path}/memory.limit_in_bytes").read_text()
+    assert int(limit) == 64 << 20
+    assert Path(f"/sys/fs/cgroup/pids{path}/pids.max").read_text().strip() == "32"
+    status = rig.service_status(container_id, "web")
+    assert status["state"] == "ready"
+    assert status.get("placement") == "container"
+    assert str(status.get("image", "")).startswith("sha256:")
+    assert status["resources"] == {"memory": 64 << 20, "cpu": 0.0, "pids": 32}
+    table = rig.retinue("status", container_id).stdout
+    assert f"web (sidecar {status['image'][7:19]})  ready" in table, table
+    log = rig.service_log(container_id, "web")
+    assert "nginx/1.22" in log or "nginx/" in log, log
+    # The app stops first; the sidecar after it; nothing of it is left.
+    assert rig.rt("kill", container_id, "KILL").returncode == 0
+    wait_for(lambda: rig.runc_status(container_id) == "stopped", timeout=20)
+    wait_for(lambda: siblings(rig) == [], timeout=20)
+    assert rig.rt("delete", container_id).returncode == 0
+    assert cgroup_dirs_named(f"{container_id}.retinue-") == []
+
+
+HOG = (
+    'placement = "container"\nimage = "busybox"\n'
+    "command = [\"sh\", \"-c\", \"echo hog-start; x=$(head -c 300000000 /dev/zero | tr '\\\\0' a); "
+    'echo survived"]\n'
+    '[resources]\nmemory = "16M"\n'
+    '[restart]\npolicy = "always"\ndelay = "100ms"\nburst = 100\n'
+)
+
+
+def test_a_sidecar_past_its_memory_limit_is_oom_killed_and_restarted_the_app_untouched(
+    rig: Rig, container_id: str, layouts: dict[str, Path]
+) -> None:
+    setup(rig, layouts, "busybox")
+    sidecar(rig, "hog", HOG)
+    bundle = rig.bundle(main_args(f"ev main-start; {FOREVER}"), env=["RETINUE_SERVICES=hog"])
+    r = rig.create(container_id, bundle)
+    assert r.returncode == 0, (r.stderr, rig.log_entries())
+    assert rig.rt("start", container_id).returncode == 0, rig.log_entries()
+    wait_for(lambda: rig.service_status(container_id, "hog")["restarts"] >= 2, timeout=60)
+    log = rig.service_log(container_id, "hog")
+    assert log.count("hog-start") >= 2
+    # Its child was OOM-killed; retinue-init, the sibling's PID 1, exits 128 + 9.
+    assert "exited with status 137" in log, log
+    assert "out of memory: the kernel killed 1 process(es) at its memory limit (16M)" in log, log
+    assert "survived" not in log
+    assert rig.runc_status(container_id) == "running"
+    assert [w for _, w in rig.events()].count("main-start") == 1
+    assert rig.rt("delete", "--force", container_id).returncode == 0
+    wait_for(lambda: siblings(rig) == [], timeout=20)
+
+
+IDLE = 'placement = "container"\nimage = "busybox"\ncommand = ["sleep", "1000"]\n'
+
+
+def test_two_containers_share_one_unpacked_image_and_rm_refuses_it(
+    rig: Rig, layouts: dict[str, Path]
+) -> None:
+    images = setup(rig, layouts, "busybox")
+    sidecar(rig, "idle", IDLE)
+    ids = ["share-a", "share-b"]
+    for cid in ids:
+        bundle = rig.bundle(main_args(FOREVER), env=["RETINUE_SERVICES=idle"])
+        assert rig.create(cid, bundle).returncode == 0, rig.log_entries()
+        assert rig.rt("start", cid).returncode == 0, rig.log_entries()
+    wait_for(lambda: sorted(siblings(rig)) == [f"{c}.idle" for c in ids])
+    roots = set()
+    for cid in ids:
+        pid = sibling_state(rig, f"{cid}.idle")["pid"]
+        st = os.stat(f"/proc/{pid}/root/bin/busybox")
+        roots.add((st.st_dev, st.st_ino))
+    assert len(roots) == 1  # one file on disk, seen by both
+    assert len(os.listdir(images / "sha256")) == 1
+    r = rig.retinue("image", "rm", "busybox")
+    assert r.returncode == 1 and "in use by 2 container(s)" in r.stderr, r.stderr
+    for cid in ids:
+        assert rig.rt("delete", "--force", cid).returncode == 0
+    wait_for(lambda: siblings(rig) == [], timeout=20)
+    r = rig.retinue("image", "rm", "busybox")
+    assert r.returncode == 0, r.stderr
+    assert os.listdir(images / "sha256") == []
+
+
+@pytest.mark.parametrize("remover", ["gc", "delete"])
+def test_the_sidecar_of_a_killed_supervisor_is_removed(
+    rig: Rig, container_id: str, layouts: dict[str, Path], remover: str
+) -> None:
+    setup(rig, layouts, "busybox")
+    sidecar(rig, "idle", IDLE)
+    bundle = rig.bundle(main_args(FOREVER), env=["RETINUE_SERVICES=idle"])
+    assert rig.create(container_id, bundle).returncode == 0, rig.log_entries()
+    assert rig.rt("start", container_id).returncode == 0, rig.log_entries()
+    wait_for(lambda: siblings(rig) == [f"{container_id}.idle"])
+    r = rig.retinue("gc")
+    assert r.returncode == 0 and r.stdout == ""  # supervised: not an orphan
+    for pid in rig.supervisor_pids(container_id):
+        os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not rig.supervisor_pids(container_id))
+    if remover == "gc":
+        r = rig.retinue("gc")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == f"removed sidecar {container_id}.idle\n"
+        assert siblings(rig) == []
+    assert rig.rt("delete", "--force", container_id).returncode == 0
+    assert siblings(rig) == []
+
+
+def test_nothing_is_left_after_many_cycles(
+    rig: Rig, layouts: dict[str, Path]
+) -> None:
+    setup(rig, layouts, "busybox")
+    sidecar(rig, "idle", IDLE + '[resources]\nmemory = "8M"\n')
+    bundle = rig.bundle(main_args(FOREVER), env=["RETINUE_SERVICES=idle"])
+    started = time.monotonic()
+    for i in range(20):
+        cid = f"cycle-{i}"
+        assert rig.create(cid, bundle).returncode == 0, rig.log_entries()
+        assert rig.rt("start", cid).returncode == 0, rig.log_entries()
+        assert siblings(rig) == [f"{cid}.idle"]
+        assert rig.rt("delete", "--force", cid).returncode == 0
+        assert siblings(rig) == []
+    print(f"20 cycles in {time.monotonic() - started:.1f}s")
+    assert cgroup_dirs_named(".retinue-idle") == []
+    assert os.listdir(rig.state_dir / "sidecars") == []
+
+
+SHIPPER = (
+    'placement = "container"\nimage = "busybox"\nshare = ["/shared"]\n'
+    "command = [\"sh\", \"-c\", \"trap 'echo flushed; exit 0' TERM; "
+    "until head -c 100 /shared/job.out; do sleep 0.05; done; echo; sleep 1000 & wait\"]\n"
+)
+
+
+def test_a_job_whose_shipper_sidecar_reads_its_output_and_flushes_after_it(
+    rig: Rig, container_id: str, layouts: dict[str, Path]
+) -> None:
+    setup(rig, layouts, "busybox")
+    sidecar(rig, "shipper", SHIPPER)
+    bundle = rig.bundle(main_args("echo job-output > /shared/job.out; sleep 0.3; exit 3"),
+                        env=["RETINUE_SERVICES=shipper"])
+    out_path = rig.base / "run.out"
+    with open(out_path, "w") as out:
+        proc = subprocess.run(
+            rig.rt_argv("run", "--bundle", str(bundle), container_id),
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, timeout=60,
+        )
+    assert proc.returncode == 3, out_path.read_text()
+    log = rig.service_log(container_id, "shipper")
+    # It read the app's file through `share`, then was stopped after the job had exited.
+    assert log.index("job-output") < log.index("stopping with SIGTERM") < log.index("flushed")
+    assert siblings(rig) == []
+    # Read-only: the sidecar cannot write into the app's files.
+    assert not (rig.shared / "from-sidecar").exists()
+
+
+def test_a_shared_path_never_resolves_outside_the_app_root(tmp_path: Path) -> None:
+    from retinue.supervisor.containerrunner import ShareError, resolve_in_root
+
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "passwd").write_text("app's own\n")
+    os.symlink("/etc", root / "abs")
+    os.symlink("../../../../etc", root / "up")
+    os.symlink("loop", root / "loop")
+    assert resolve_in_root(str(root), "/abs/passwd") == "/etc/passwd"
+    assert resolve_in_root(str(root), "/up/passwd") == "/etc/passwd"
+    assert resolve_in_root(str(root), "/../../etc") == "/etc"
+    with pytest.raises(ShareError, match="share: /loop: too many symbolic links"):
+        resolve_in_root(str(root), "/loop")
+    with pytest.raises(ShareError, match="share: /nope: No such file or directory"):
+        resolve_in_root(str(root), "/nope")
+
+
+def test_an_exec_probe_runs_inside_the_sidecar(
+    rig: Rig, container_id: str, layouts: dict[str, Path]
+) -> None:
+    setup(rig, layouts, "busybox")
+    sidecar(rig, "slow", 'placement = "container"\nimage = "busybox"\n'
+            'command = ["sh", "-c", "sleep 0.5; echo > /tmp/up; sleep 1000"]\n'
+            '[ready]\nexec = ["sh", "-c", "test -f /tmp/up"]\ninterval = "100ms"\n')
+    bundle = rig.bundle(main_args(f"ev main-start; {FOREVER}"), env=["RETINUE_SERVICES=slow"])
+    assert rig.create(container_id, bundle).returncode == 0, rig.log_entries()
+    began = time.monotonic()
+    assert rig.rt("start", container_id).returncode == 0, rig.log_entries()
+    assert time.monotonic() - began >= 0.5  # the gate waited for the probe
+    assert rig.service_status(container_id, "slow")["state"] == "ready"
+    assert rig.rt("delete", "--force", container_id).returncode == 0
+    assert siblings(rig) == []
+
+
+def test_an_exec_service_past_its_memory_limit_is_oom_killed_in_its_sub_cgroup(
+    rig: Rig, container_id: str
+) -> None:
+    """[resources] with exec placement: the service's sub-cgroup of the app's (runc exec
+    --cgroup) gets the limits; the app, in the parent, is untouched."""
+    rig.service("hog", "echo hog-start; x=$(head -c 300000000 /dev/zero | tr '\\0' a)\n"
+                "echo survived\n",
+                toml='[resources]\nmemory = "16M"\npids = 20\n'
+                     '[restart]\npolicy = "always"\ndelay = "100ms"\nburst = 100\n')
+    bundle = rig.bundle(main_args(f"ev main-start; {FOREVER}"), env=["RETINUE_SERVICES=hog"])
+    assert rig.create(container_id, bundle).returncode == 0, rig.log_entries()
+    assert rig.rt("start", container_id).returncode == 0, rig.log_entries()
+    wait_for(lambda: rig.service_status(container_id, "hog")["restarts"] >= 2, timeout=60)
+    log = rig.service_log(container_id, "hog")
+    assert "killed by SIGKILL" in log and "survived" not in log, log
+    app_pid = rig.state(container_id)["pid"]  # type: ignore[index]
+    with open(f"/proc/{app_pid}/cgroup") as f:
+        path = next(x for x in f.read().splitlines() if ":memory:" in x).split(":", 2)[2]
+    sub = Path(f"/sys/fs/cgroup/memory{path}/retinue-hog")
+    assert int((sub / "memory.limit_in_bytes").read_text()) == 16 << 20
+    assert int(Path(f"/sys/fs/cgroup/memory{path}/memory.limit_in_bytes").read_text()) > 16 << 20
+    assert rig.runc_status(container_id) == "running"
+    assert [w for _, w in rig.events()].count("main-start") == 1
+    assert rig.rt("delete", "--force", container_id).returncode == 0
+
+
+def test_a_sidecar_joins_the_user_namespace_of_an_app_that_has_one(
+    rig: Rig, container_id: str, layouts: dict[str, Path]
+) -> None:
+    # The mapped root is "others" to the host's directories on the way to both roots.
+    os.chmod(rig.base, 0o755)
+    setup(rig, layouts, "busybox")
+    sidecar(rig, "idle", IDLE)
+    app_root = rig.base / "approot"
+    imagekit.busybox_rootfs(app_root)
+    for point in ("proc", "dev", "sys", "tmp", "shared", ".retinue"):
+        (app_root / point).mkdir()
+    for name in ("init", "init.sock"):
+        (app_root / ".retinue" / name).touch()
+
+    def userns(spec: dict[str, object]) -> None:
+        spec["root"] = {"path": str(app_root), "readonly": True}
+        linux = spec["linux"]
+        assert isinstance(linux, dict)
+        linux["namespaces"].append({"type": "user"})
+        for key in ("uidMappings", "gidMappings"):
+            linux[key] = [{"containerID": 0, "hostID": 200000, "size": 65536}]
+
+    bundle = rig.bundle(main_args(FOREVER), env=["RETINUE_SERVICES=idle"], edit=userns)
+    r = rig.create(container_id, bundle)
+    assert r.returncode == 0, (r.stderr, rig.log_entries())
+    assert rig.rt("start", container_id).returncode == 0, rig.log_entries()
+    app_pid = rig.state(container_id)["pid"]  # type: ignore[index]
+    side_pid = sibling_state(rig, f"{container_id}.idle")["pid"]
+    for ns in ("user", "net"):
+        assert os.readlink(f"/proc/{app_pid}/ns/{ns}") == os.readlink(f"/proc/{side_pid}/ns/{ns}")
+    assert Path(f"/proc/{side_pid}/uid_map").read_text().split() == ["0", "200000", "65536"]
+    assert rig.rt("delete", "--force", container_id).returncode == 0
+    assert siblings(rig) == []
+
+
+def test_a_sidecar_health_probe_runs_inside_it_and_restarts_it(
+    rig: Rig, container_id: str, layouts: dict[str, Path]
+) -> None:
+    setup(rig, layouts, "busybox")
+    sidecar(rig, "flaky", 'placement = "container"\nimage = "busybox"\n'
+            'command = ["sh", "-c", "echo > /tmp/ok; sleep 0.5; rm /tmp/ok; sleep 1000"]\n'
+            '[health]\nexec = ["sh", "-c", "test -f /tmp/ok"]\ninterval = "100ms"\n'
+            'failures = 2\n[restart]\ndelay = "100ms"\n')
+    bundle = rig.bundle(main_args(FOREVER), env=["RETINUE_SERVICES=flaky"])
+    assert rig.create(container_id, bundle).returncode == 0, rig.log_entries()
+    assert rig.rt("start", container_id).returncode == 0, rig.log_entries()
+    wait_for(lambda: rig.service_status(container_id, "flaky")["restarts"] >= 1, timeout=20)
+    log = rig.service_log(container_id, "flaky")
+    assert "health check failed 2 times in a row" in log, log
+    assert rig.runc_status(container_id) == "running"
+    assert rig.rt("delete", "--force", container_id).returncode == 0
+    assert siblings(rig) == []

@@ -1,0 +1,348 @@
+"""Issue 11, without containers: the image store, the service keys, the sibling's spec, the CLI."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import imagekit
+import pytest
+from retinue import images, sidecar
+from retinue.errors import SpecError
+
+ADMIN = os.path.join(sys.prefix, "bin", "retinue")
+
+
+@pytest.fixture(scope="module")
+def layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("img")
+    rootfs = imagekit.busybox_rootfs(base / "rootfs")
+    return imagekit.oci_layout(rootfs, base / "layout", ["sleep", "1000"])
+
+
+def _admin(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([ADMIN, *args, "--config", str(cfg)] if args[0] != "image" else
+                          [ADMIN, args[0], args[1], "--config", str(cfg), *args[2:]],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def etc(tmp_path: Path) -> Path:
+    d = tmp_path / "etc"
+    (d / "services").mkdir(parents=True)
+    (d / "policy.toml").write_text("")
+    (d / "config.toml").write_text(
+        f'image_dir = "{tmp_path}/images"\nstate_dir = "{tmp_path}/state"\n'
+    )
+    return d / "config.toml"
+
+
+def _tree(path: Path) -> list[str]:
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*")) if path.exists() else []
+
+
+# -- the image store -------------------------------------------------------------------------
+
+
+def test_import_every_local_form_shares_one_unpacked_copy(
+    layout: Path, tmp_path: Path, etc: Path
+) -> None:
+    archive = tmp_path / "img-oci.tar"
+    docker = tmp_path / "img-docker.tar"
+    subprocess.run(["skopeo", "--insecure-policy", "copy", "-q", f"oci:{layout}",
+                    f"oci-archive:{archive}"], check=True)
+    subprocess.run(["skopeo", "--insecure-policy", "copy", "-q", f"oci:{layout}",
+                    f"docker-archive:{docker}:x:1"], check=True)
+    digests = {}
+    for name, source in (("layout", layout), ("archive", archive), ("again", layout),
+                         ("docker", docker)):
+        r = _admin(etc, "image", "import", name, str(source))
+        assert r.returncode == 0, r.stderr
+        got_name, digest = r.stdout.split()
+        assert got_name == name and digest.startswith("sha256:")
+        digests[name] = digest
+    # The same image by three routes: one digest, one unpacked copy (docker's manifest differs).
+    assert digests["layout"] == digests["archive"] == digests["again"]
+    store = tmp_path / "images"
+    unpacked = sorted(os.listdir(store / "sha256"))
+    assert len(unpacked) == len({digests["layout"], digests["docker"]})
+    assert os.path.isfile(store / "sha256" / digests["layout"][7:] / "rootfs" / "bin" / "busybox")
+    for point in images.MOUNT_POINTS:
+        assert (store / "sha256" / digests["layout"][7:] / "rootfs" / point).is_dir()
+    assert os.listdir(store / "tmp") == []
+    listed = _admin(etc, "image", "ls")
+    assert listed.returncode == 0, listed.stderr
+    assert [line.split()[0] for line in listed.stdout.splitlines()[1:]] == [
+        "again", "archive", "docker", "layout"]
+    found = images.resolve(str(store), "layout")
+    assert found["config"]["Cmd"] == ["sleep", "1000"]
+    assert images.resolve(str(store), f"layout@{digests['layout']}")["digest"] == digests["layout"]
+    assert images.resolve(str(store), digests["layout"])["rootfs"] == found["rootfs"]
+    # Removing one name keeps the copy the others use; removing the last name removes it.
+    for name in ("layout", "archive"):
+        r = _admin(etc, "image", "rm", name)
+        assert r.returncode == 0 and r.stdout == f"removed {name}\n", r
+    r = _admin(etc, "image", "rm", "again")
+    assert r.stdout.split() == ["removed", "again", "removed", digests["layout"]]
+    assert sorted(os.listdir(store / "sha256")) == [digests["docker"][7:]]
+
+
+def test_rm_refuses_an_image_in_use(layout: Path, tmp_path: Path) -> None:
+    store = str(tmp_path / "images")
+    record = images.import_image(store, "bb", str(layout))
+    digest = record["digest"]
+    with pytest.raises(images.ImageError, match=r"in use by 1 container\(s\): app\.svc"):
+        images.remove(store, "bb", {digest: ["app.svc"]})
+    assert images.resolve(store, "bb")["digest"] == digest
+    assert images.remove(store, "bb", {}) == ["bb", digest]
+
+
+@pytest.mark.parametrize(
+    ("name", "source", "message"),
+    [
+        ("x", "docker://debian:12", "never pulls from a registry"),
+        ("x", "/nonexistent/img.tar", "/nonexistent/img.tar: no such file or directory"),
+        ("Bad Name", "LAYOUT", "image name: expected lowercase"),
+        ("x", "NOTAR", "not a tar archive"),
+        ("x", "EMPTYDIR", "not an OCI layout"),
+    ],
+)
+def test_import_bad_input_changes_nothing(
+    layout: Path, tmp_path: Path, etc: Path, name: str, source: str, message: str
+) -> None:
+    (tmp_path / "notar").write_text("hello")
+    (tmp_path / "emptydir").mkdir()
+    source = {"LAYOUT": str(layout), "NOTAR": str(tmp_path / "notar"),
+              "EMPTYDIR": str(tmp_path / "emptydir")}.get(source, source)
+    r = _admin(etc, "image", "import", name, source)
+    assert r.returncode == 1
+    assert message in r.stderr and r.stderr.startswith("retinue: "), r.stderr
+    assert [p for p in _tree(tmp_path / "images") if p not in ("tmp", "names")] == []
+
+
+# -- the service keys ------------------------------------------------------------------------
+
+
+def _service(etc: Path, name: str, text: str) -> None:
+    (etc.parent / "services" / f"{name}.toml").write_text(text)
+
+
+def test_check_accepts_a_sidecar_and_names_its_digest(layout: Path, etc: Path) -> None:
+    assert _admin(etc, "image", "import", "bb", str(layout)).returncode == 0
+    _service(etc, "agent", 'placement = "container"\nimage = "bb"\n'
+             '[resources]\nmemory = "32M"\ncpu = 0.5\npids = 64\n')
+    r = _admin(etc, "check")
+    assert r.returncode == 0, r.stderr
+    assert "agent: required; container from image bb (sha256:" in r.stdout
+
+
+def test_check_names_a_missing_image(etc: Path) -> None:
+    _service(etc, "agent", 'placement = "container"\nimage = "nope"\n')
+    r = _admin(etc, "check")
+    assert r.returncode == 1
+    assert f"{etc.parent}/services/agent.toml: image: image 'nope': not imported" in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('placement = "pod"\nfiles = "x"\ncommand = ["x"]\n',
+         "placement: expected one of exec, container, got 'pod'"),
+        ('placement = "container"\n', 'image: required with placement = "container"'),
+        ('placement = "container"\nimage = "Bad:Name"\n', "image: expected an image name"),
+        ('placement = "container"\nimage = "bb"\nfiles = "/opt"\n', "files: not used"),
+        ('placement = "container"\nimage = "bb"\nshare = ["var/log"]\n',
+         "share[0]: expected an absolute path, got 'var/log'"),
+        ('placement = "container"\nimage = "bb"\nshare = ["/"]\n', "share[0]: sharing the app"),
+        ('placement = "container"\nimage = "bb"\nshare = ["/a/../etc"]\n',
+         "share[0]: expected a normalized absolute path"),
+        ('placement = "container"\nimage = "bb"\n[resources]\nmemory = "lots"\n',
+         "resources.memory: expected a size like 64M or 1G, at least 4M, got 'lots'"),
+        ('placement = "container"\nimage = "bb"\n[resources]\nmemory = "1K"\n',
+         "resources.memory: expected a size"),
+        ('placement = "container"\nimage = "bb"\n[resources]\ncpu = -1\n',
+         "resources.cpu: expected a number of CPUs"),
+        ('placement = "container"\nimage = "bb"\n[resources]\npids = -3\n',
+         "resources.pids: expected a number of processes"),
+        ('placement = "container"\nimage = "bb"\n[resources]\nswap = "1G"\n',
+         "resources.swap: unknown key"),
+        ('placement = "container"\nimage = "bb"\n[ready]\nfile = "/x"\n',
+         'ready.file: not available with placement = "container"'),
+        ('placement = "container"\nimage = "bb"\nconfinement = "off"\n',
+         "confinement: expected one of app, none, got 'off'"),
+        ('files = "/tmp"\ncommand = ["x"]\nimage = "bb"\n',
+         "image: only with placement = \"container\""),
+        ('files = "/tmp"\ncommand = ["x"]\n[resources]\nmemory = "2M"\n',
+         "resources.memory: expected a size like 64M or 1G, at least 4M, got '2M'"),
+        ('command = ["x"]\n', 'files: missing (required with placement = "exec"'),
+    ],
+)
+def test_check_rejects_bad_sidecar_keys(etc: Path, text: str, message: str) -> None:
+    _service(etc, "agent", text)
+    r = _admin(etc, "check")
+    assert r.returncode == 1
+    assert f"{etc.parent}/services/agent.toml: {message}" in r.stderr, r.stderr
+
+
+# -- the sibling's spec: a pure function -----------------------------------------------------
+
+
+def _svc(**over: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "name": "proxy", "command": [], "uid": 65534, "gid": 65534,
+        "capabilities": ["CAP_NET_BIND_SERVICE"], "env": [("LEVEL", "info")], "cwd": "/",
+        "share": ["/var/log/app"], "confinement": "app",
+        "resources": {"memory": 32 << 20, "cpu": 0.5, "pids": 64},
+    }
+    return base | over
+
+
+IMAGE = {"digest": "sha256:" + "a" * 64, "rootfs": "/var/lib/retinue/images/sha256/aa/rootfs",
+         "config": {"Entrypoint": ["/usr/sbin/nginx"], "Cmd": ["-g", "daemon off;"],
+                    "Env": ["PATH=/usr/sbin:/usr/bin", "TZ=UTC"], "WorkingDir": "/srv"}}
+
+APP = {
+    "ociVersion": "1.0.2",
+    "process": {"args": ["/app"], "env": ["SECRET=app-only"], "apparmorProfile": "app-prof",
+                "selinuxLabel": "system_u:system_r:container_t:s0",
+                "capabilities": {"bounding": ["CAP_SYS_ADMIN"]}},
+    "root": {"path": "/app/rootfs"},
+    "mounts": [{"destination": "/host", "type": "bind", "source": "/", "options": ["rbind"]}],
+    "linux": {
+        "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "user"}],
+        "uidMappings": [{"containerID": 0, "hostID": 100000, "size": 65536}],
+        "seccomp": {"defaultAction": "SCMP_ACT_ERRNO", "listenerPath": "/run/retinue/x.sock",
+                    "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ALLOW"},
+                                 {"names": ["mkdir"], "action": "SCMP_ACT_NOTIFY"}]},
+        "mountLabel": "system_u:object_r:container_file_t:s0",
+    },
+}
+
+
+def _spec(app: dict[str, Any] = APP, **over: Any) -> dict[str, Any]:
+    return sidecar.sibling_spec(app, _svc(**over), IMAGE, app_id="app1", app_proc="/proc/42",
+                                app_cgroup="/default/app1", container_dir="/run/retinue/r/app1")
+
+
+def test_sibling_spec_joins_the_app_and_owns_the_rest() -> None:
+    before = copy.deepcopy(APP)
+    spec = _spec()
+    assert before == APP  # pure: the app's spec is not touched
+    assert spec["root"] == {"path": IMAGE["rootfs"], "readonly": True}
+    ns = {n["type"]: n.get("path") for n in spec["linux"]["namespaces"]}
+    assert ns == {"pid": None, "mount": None, "cgroup": None, "network": "/proc/42/ns/net",
+                  "ipc": "/proc/42/ns/ipc", "uts": "/proc/42/ns/uts", "user": "/proc/42/ns/user"}
+    assert spec["linux"]["uidMappings"] == APP["linux"]["uidMappings"]
+    assert spec["linux"]["cgroupsPath"] == "/default/app1.retinue-proxy"
+    assert spec["linux"]["resources"] == {"memory": {"limit": 32 << 20},
+                                          "cpu": {"quota": 50000, "period": 100000},
+                                          "pids": {"limit": 64}}
+    proc = spec["process"]
+    assert proc["args"] == ["/usr/sbin/nginx", "-g", "daemon off;"]
+    assert proc["user"] == {"uid": 65534, "gid": 65534}
+    assert proc["cwd"] == "/srv"
+    assert "SECRET=app-only" not in proc["env"]
+    assert {"PATH=/usr/sbin:/usr/bin", "TZ=UTC", "LEVEL=info", "RETINUE_SERVICE=proxy",
+            "RETINUE_CONTAINER_ID=app1"} <= set(proc["env"])
+    # The service's capabilities, not the app's.
+    assert proc["capabilities"]["bounding"] == ["CAP_NET_BIND_SERVICE"]
+    assert proc["capabilities"]["ambient"] == ["CAP_NET_BIND_SERVICE"]
+    assert proc["noNewPrivileges"] is True
+    assert proc["apparmorProfile"] == "app-prof"
+    assert proc["selinuxLabel"] == APP["process"]["selinuxLabel"]
+    assert spec["linux"]["mountLabel"] == APP["linux"]["mountLabel"]
+    seccomp = spec["linux"]["seccomp"]
+    assert "listenerPath" not in seccomp
+    assert seccomp["syscalls"] == [{"names": ["read"], "action": "SCMP_ACT_ALLOW"}]
+    dests = {m["destination"]: m for m in spec["mounts"]}
+    assert "/host" not in dests  # nothing of the app's own mounts
+    assert dests["/var/log/app"] == {"destination": "/var/log/app", "type": "bind",
+                                     "source": "/proc/42/root/var/log/app",
+                                     "options": ["rbind", "ro", "nosuid", "nodev"]}
+    assert dests["/tmp"]["type"] == dests["/run"]["type"] == "tmpfs"
+    assert spec["annotations"] == {
+        sidecar.SIDECAR_OF: "app1", sidecar.SIDECAR_SERVICE: "proxy",
+        sidecar.SIDECAR_DIR: "/run/retinue/r/app1", sidecar.SIDECAR_IMAGE: IMAGE["digest"]}
+    assert "hostname" not in spec  # the app's UTS namespace is joined, not set
+
+
+def test_sibling_spec_with_retinue_init_as_pid_1() -> None:
+    spec = sidecar.sibling_spec(APP, _svc(), IMAGE, app_id="a", app_proc="/proc/1",
+                                app_cgroup="/a", container_dir="/d", init="/usr/lib/init")
+    assert spec["process"]["args"] == ["/.retinue/init", "--", "/usr/sbin/nginx", "-g",
+                                       "daemon off;"]
+    assert {"destination": "/.retinue/init", "type": "bind", "source": "/usr/lib/init",
+            "options": ["rbind", "ro", "nosuid", "nodev"]} in spec["mounts"]
+
+
+def test_sibling_spec_service_overrides() -> None:
+    spec = _spec(command=["/bin/agent", "-v"], uid=0, gid=0, cwd="/work", confinement="none",
+                 resources={"memory": 0, "cpu": 0.0, "pids": 0}, share=[])
+    assert spec["process"]["args"] == ["/bin/agent", "-v"]
+    assert spec["process"]["cwd"] == "/work"
+    assert "ambient" not in spec["process"]["capabilities"]
+    assert spec["linux"]["resources"] == {}
+    for key in ("seccomp", "mountLabel"):
+        assert key not in spec["linux"]
+    assert "apparmorProfile" not in spec["process"]
+    no_userns = {**APP, "linux": {**APP["linux"], "namespaces": [{"type": "network"}]}}
+    spec = _spec(no_userns)
+    assert "user" not in {n["type"] for n in spec["linux"]["namespaces"]}
+    assert "uidMappings" not in spec["linux"]
+
+
+def test_sibling_spec_without_a_command_is_an_error() -> None:
+    bare = {**IMAGE, "config": {}}
+    with pytest.raises(SpecError, match=r"service proxy: no command, and image sha256:a+ has"):
+        sidecar.sibling_spec(APP, _svc(), bare, app_id="a", app_proc="/proc/1",
+                             app_cgroup="/a", container_dir="/d")
+    with pytest.raises(SpecError, match="root cgroup"):
+        sidecar.sibling_spec(APP, _svc(), IMAGE, app_id="a", app_proc="/proc/1",
+                             app_cgroup="/", container_dir="/d")
+    assert sidecar.sidecar_cgroup("/kubepods/pod1/cri-containerd-x.scope", "p") == (
+        "/kubepods/pod1/cri-containerd-x.retinue-p")
+
+
+def test_plan_shows_the_sibling_spec(layout: Path, etc: Path, tmp_path: Path) -> None:
+    assert _admin(etc, "image", "import", "bb", str(layout)).returncode == 0
+    _service(etc, "agent", 'placement = "container"\nimage = "bb"\ncommand = ["sleep", "9"]\n')
+    (etc.parent / "policy.toml").write_text(
+        '[[attach]]\nname = "all"\nwhen.always = true\nservices = ["agent"]\n')
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "config.json").write_text(json.dumps(
+        {"ociVersion": "1.0.2", "process": {"args": ["/bin/app"], "cwd": "/"},
+         "root": {"path": "rootfs"}, "linux": {"cgroupsPath": "/default/c1",
+                                               "namespaces": [{"type": "network"}]}}))
+    r = subprocess.run([ADMIN, "plan", "--config", str(etc), "--id", "c1", str(bundle)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    head, _, body = r.stdout.partition("# sidecar agent: container c1.agent from sha256:")
+    assert "/retinue/agent" not in head  # no files of a sidecar are mounted into the app
+    spec = json.loads(body.split("\n", 1)[1])
+    assert spec["process"]["args"] == ["/.retinue/init", "--", "sleep", "9"]
+    assert spec["linux"]["cgroupsPath"] == "/default/c1.retinue-agent"
+    assert {"type": "network", "path": "/proc/<app init pid>/ns/net"} in spec["linux"][
+        "namespaces"]
+
+
+def test_a_shared_path_maps_to_the_host_copy_the_app_sees() -> None:
+    app = {"root": {"path": "rootfs"}, "mounts": [
+        {"destination": "/data", "type": "bind", "source": "/srv/data", "options": ["rbind"]},
+        {"destination": "/data/logs", "type": "none", "source": "/var/log/app",
+         "options": ["bind", "ro"]},
+        {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs"},
+    ]}
+    assert sidecar.host_path(app, "/b", "/etc/app") == "/b/rootfs/etc/app"
+    assert sidecar.host_path(app, "/b", "/data") == "/srv/data"
+    assert sidecar.host_path(app, "/b", "/data/x/y") == "/srv/data/x/y"
+    assert sidecar.host_path(app, "/b", "/data/logs/today") == "/var/log/app/today"
+    assert sidecar.host_path(app, "/b", "/datax") == "/b/rootfs/datax"
+    assert sidecar.host_path({"root": {"path": "/abs/root"}}, "/b", "/x") == "/abs/root/x"
+    with pytest.raises(SpecError, match="share: /tmp/a is on the app's tmpfs mount at /tmp"):
+        sidecar.host_path(app, "/b", "/tmp/a")
