@@ -4,8 +4,8 @@ It shows what a new user needs to see: the edits `retinue plan` predicts, a one-
 finishing before the services that need it, services starting in dependency order, the entrypoint
 held until they are ready, `retinue status`, a manual restart of one service (its drain hook
 first), a sidecar-placed service (its own container from its own image, sharing the app's
-network), and the end: the main process exits first, then retinue-init (the container's PID 1) has the services stopped
-gracefully in reverse order, and only then does the container stop.
+network), and the end: the main process exits first, then retinue-init (the container's PID 1)
+has the services stopped gracefully in reverse order, and only then does the container stop.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import time
 
 import click
 
-from . import rootfs
+from . import CONFIG_ENV, rootfs
 
 CONTAINER_ID = "retinue-demo"
 SCRIPT = r"""
@@ -82,7 +82,7 @@ def run(workdir: str) -> int:
     _step(f"building the image {SIDECAR_IMAGE} (busybox httpd) and a demo configuration with it")
     layout = _sidecar_layout(workdir)
     demo_config = _demo_config(workdir)
-    os.environ[config.CONFIG_ENV] = demo_config
+    os.environ[CONFIG_ENV] = demo_config
     click.echo(f"RETINUE_CONFIG={demo_config}: the shipped one, plus services/httpd.toml")
     _step(f"retinue image import {SIDECAR_IMAGE} {layout}")
     imported = subprocess.run([admin, "image", "import", SIDECAR_IMAGE, layout])
