@@ -77,6 +77,12 @@ def run(workdir: str) -> int:
     os.makedirs(bundle)
     from . import config
 
+    shipped, _ = config.config_path()
+    if not os.path.isfile(shipped):
+        # The demo copies the configuration it is given (make demo names the repository's).
+        click.echo(f"retinue: {shipped}: no configuration to run the demo with; set "
+                   "RETINUE_CONFIG (make demo uses configs/config.toml)", err=True)
+        return 1
     # Service logs outlive their containers; start the demo's from scratch.
     shutil.rmtree(os.path.join(config.load().settings.log_dir, CONTAINER_ID), ignore_errors=True)
     _step(f"building the image {SIDECAR_IMAGE} (busybox httpd) and a demo configuration with it")
