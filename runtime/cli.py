@@ -26,6 +26,15 @@ def _load(config_path: str | None) -> config.Config:
         raise
 
 
+def _lower_runtime(cfg: config.Config) -> str:
+    """The lower runtime the configuration resolves to, for this shell's PATH."""
+    try:
+        return lower.resolve(cfg.settings.runtime, os.environ.get("PATH", ""), "")
+    except RetinueError as e:
+        _fail(e)
+        raise
+
+
 config_option = click.option(
     "--config",
     "config_path",
@@ -46,11 +55,7 @@ def main() -> None:
 def check(config_path: str | None) -> None:
     """Validate the configuration and say what it resolves to."""
     cfg = _load(config_path)
-    try:
-        runtime = lower.resolve(cfg.settings.runtime, os.environ.get("PATH", ""), "")
-    except RetinueError as e:
-        _fail(e)
-        raise
+    runtime = _lower_runtime(cfg)
     click.echo(f"config:   {cfg.path}")
     click.echo(f"runtime:  {runtime}")
     click.echo(f"policy:   {cfg.policy_path or '(none)'} ({len(cfg.policy.attach)} rules)")
@@ -523,11 +528,7 @@ def gc(config_path: str | None) -> None:
     from . import siblings
 
     cfg = _load(config_path)
-    try:
-        runtime = lower.resolve(cfg.settings.runtime, os.environ.get("PATH", ""), "")
-    except RetinueError as e:
-        _fail(e)
-        raise
+    runtime = _lower_runtime(cfg)
     for sid in siblings.collect(runtime, siblings.runtime_root(cfg.settings.state_dir)):
         click.echo(f"removed sidecar {sid}")
 

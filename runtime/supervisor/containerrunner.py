@@ -252,12 +252,7 @@ class ContainerRunner:
         return run.pidfd
 
     def signal(self, run: Run, sig: int) -> None:
-        if run.pidfd is None:
-            return
-        try:
-            signal.pidfd_send_signal(run.pidfd, sig)
-        except ProcessLookupError:
-            pass
+        run.signal(sig)
 
     def kill_all(self, run: Run) -> None:
         # The sibling's init is PID 1 of its own PID namespace: when it dies the kernel kills

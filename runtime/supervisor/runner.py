@@ -34,6 +34,15 @@ class Run:
         self.pidfd = pidfd
         self.exit = exit  # resolves to the main process's wait status
 
+    def signal(self, sig: int) -> None:
+        """To the main process, through its pidfd: nothing once it has been reaped."""
+        if self.pidfd is None:
+            return
+        try:
+            signal.pidfd_send_signal(self.pidfd, sig)
+        except ProcessLookupError:
+            pass
+
     def close(self) -> None:
         """Once the main process has been reaped: its number is no longer its own."""
         if self.pidfd is not None:
@@ -166,12 +175,7 @@ class ExecRunner:
         return run.pidfd
 
     def signal(self, run: Run, sig: int) -> None:
-        if run.pidfd is None:
-            return
-        try:
-            signal.pidfd_send_signal(run.pidfd, sig)
-        except ProcessLookupError:
-            pass
+        run.signal(sig)
 
     def kill_all(self, run: Run) -> None:
         """The main process and what it forked: its sub-cgroup, else (no cgroup) the main
