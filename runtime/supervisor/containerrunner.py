@@ -189,7 +189,7 @@ class ContainerRunner:
         except (OSError, ValueError):
             await self.remove(unit)
             raise StartFailed(1 << 8, "could not be started (no pid file)") from None
-        pidfd = self.child_pidfd(pid)
+        pidfd = self.ctx.reaper.pidfd(pid)
         exit_future = ctx.reaper.wait(pid)
         status, _ = await procs.run(ctx.reaper, self._argv("start", sid), timeout=30)
         if status != 0:
@@ -270,12 +270,3 @@ class ContainerRunner:
             "container": self.sid(unit),
         }
 
-    def child_pidfd(self, pid: int) -> int | None:
-        try:
-            pidfd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            return None
-        if self.ctx.reaper.reaped(pid):
-            os.close(pidfd)
-            return None
-        return pidfd

@@ -73,6 +73,18 @@ class Reaper:
         belong to another process."""
         return pid in self._early
 
+    def pidfd(self, pid: int) -> int | None:
+        """A pidfd of a child this reaper has not released: opened before checking, so a number
+        already reaped (and maybe reused) is never taken for the child."""
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return None
+        if self.reaped(pid):
+            os.close(fd)
+            return None
+        return fd
+
     def close(self) -> None:
         self._loop.remove_signal_handler(signal.SIGCHLD)
 

@@ -151,7 +151,7 @@ class ExecRunner:
                 pid = int(f.read().strip())
         except (OSError, ValueError):
             raise StartFailed(1 << 8, "could not be started (no pid file)") from None
-        return Run(unit.name, pid, self.child_pidfd(pid), ctx.reaper.wait(pid))
+        return Run(unit.name, pid, ctx.reaper.pidfd(pid), ctx.reaper.wait(pid))
 
     async def probe(self, unit: Unit, argv: list[str], timeout: float) -> int:
         # `argv` is already in the probe's process file, written by the shim with the service's
@@ -196,18 +196,6 @@ class ExecRunner:
     def remove_cgroups(self, names: list[str]) -> None:
         if self.cgroups:
             cgroups.remove_service_cgroups(self.cgroups, names)
-
-    def child_pidfd(self, pid: int) -> int | None:
-        """A pidfd of a child that the reaper has not released: opened before checking, so a
-        number already reaped (and maybe reused) is never taken for the child."""
-        try:
-            pidfd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            return None
-        if self.ctx.reaper.reaped(pid):
-            os.close(pidfd)
-            return None
-        return pidfd
 
     def cgroup_args(self, unit: Unit) -> list[str]:
         """`--cgroup retinue-NAME`: the service runs in its own sub-cgroup of the container's,
