@@ -20,12 +20,16 @@ RIG_SHIM=/path/to/retinue-runtime runs the tests against another copy of the pac
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import select
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
+import termios
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -86,6 +90,26 @@ def processes_mentioning(text: str) -> list[tuple[int, str]]:
         if text in cmdline:
             out.append((int(entry), cmdline))
     return out
+
+
+def read_pty_until(fd: int, needle: bytes, seen: bytearray, timeout: float = 20) -> None:
+    """Read a pty master into `seen` until `needle` is in it."""
+    deadline = time.monotonic() + timeout
+    while needle not in seen:
+        left = deadline - time.monotonic()
+        assert left > 0, f"no {needle!r} in {bytes(seen)!r}"
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # EIO: the other side closed
+                chunk = b""
+            assert chunk, f"pty closed; no {needle!r} in {bytes(seen)!r}"
+            seen += chunk
+
+
+def set_pty_size(fd: int, rows: int, cols: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
 
 def mounts_under(path: str) -> list[str]:

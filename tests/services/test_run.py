@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import fcntl
 import os
-import select
 import signal
-import struct
 import subprocess
 import termios
 import time
 
-from conftest import Rig, main_args, wait_for
+from conftest import Rig, main_args, read_pty_until, set_pty_size, wait_for
 
 LATE = 'ev "svc start"; sleep 0.3; ev "svc ready"; touch /tmp/ready; exec sleep 1000\n'
 READY_FILE = '[ready]\nfile = "/tmp/ready"\ntimeout = "2s"\ninterval = "20ms"\n'
@@ -117,26 +115,6 @@ def test_run_main_killed_by_a_signal(rig: Rig, container_id: str) -> None:
     wait_for(lambda: not rig.leftovers(container_id), 5)
 
 
-def _read_until(fd: int, needle: bytes, seen: bytearray, timeout: float = 20) -> None:
-    """Read the pty master into `seen` until `needle` is in it."""
-    deadline = time.monotonic() + timeout
-    while needle not in seen:
-        left = deadline - time.monotonic()
-        assert left > 0, f"no {needle!r} in {bytes(seen)!r}"
-        ready, _, _ = select.select([fd], [], [], left)
-        if ready:
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:  # EIO: the other side closed
-                chunk = b""
-            assert chunk, f"pty closed; no {needle!r} in {bytes(seen)!r}"
-            seen += chunk
-
-
-def _set_size(fd: int, rows: int, cols: int) -> None:
-    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-
-
 def test_run_with_a_terminal(rig: Rig, container_id: str) -> None:
     """`run` of a container with services and `process.terminal`, no console socket, from a
     terminal (a pty here), as people try runc by hand: the gate holds the entrypoint, the
@@ -151,7 +129,7 @@ def test_run_with_a_terminal(rig: Rig, container_id: str) -> None:
             'read -r line; echo "got $line"; read -r _; echo "size $(stty size)"; exit 5')
     bundle = rig.bundle(main_args(body), env=["RETINUE_SERVICES=svc"], edit=terminal)
     master, slave = os.openpty()
-    _set_size(slave, 33, 111)
+    set_pty_size(slave, 33, 111)
     before = termios.tcgetattr(slave)
 
     def controlling_tty() -> None:
@@ -162,14 +140,14 @@ def test_run_with_a_terminal(rig: Rig, container_id: str) -> None:
                             stdin=slave, stdout=slave, stderr=slave, preexec_fn=controlling_tty)
     seen = bytearray()
     try:
-        _read_until(master, b"size 33 111\r\n", seen)
+        read_pty_until(master, b"size 33 111\r\n", seen)
         assert b"is a tty\r\n" in seen
         assert not termios.tcgetattr(slave)[3] & termios.ICANON  # the caller's side is raw
-        _set_size(master, 40, 120)  # the caller's terminal is resized: SIGWINCH to the shim
+        set_pty_size(master, 40, 120)  # the caller's terminal is resized: SIGWINCH to the shim
         os.write(master, b"hello\r")  # raw mode on our side: the container's pty cooks it
-        _read_until(master, b"got hello\r\n", seen)
+        read_pty_until(master, b"got hello\r\n", seen)
         os.write(master, b"\r")
-        _read_until(master, b"size 40 120\r\n", seen)
+        read_pty_until(master, b"size 40 120\r\n", seen)
         assert proc.wait(timeout=20) == 5, bytes(seen)
         assert termios.tcgetattr(slave) == before  # raw mode undone
     finally:
@@ -198,9 +176,9 @@ def test_run_with_a_terminal_forwards_signals(rig: Rig, container_id: str) -> No
                             stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
     seen = bytearray()
     try:
-        _read_until(master, b"ready\r\n", seen)
+        read_pty_until(master, b"ready\r\n", seen)
         proc.send_signal(signal.SIGTERM)
-        _read_until(master, b"got-term\r\n", seen)
+        read_pty_until(master, b"got-term\r\n", seen)
         assert proc.wait(timeout=20) == 9, bytes(seen)
     finally:
         if proc.poll() is None:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Rig, main_args, wait_for
+from conftest import Rig, main_args, read_pty_until, set_pty_size, wait_for
 
 SVC = 'ev "svc ready"; touch /tmp/ready; exec sleep 1000\n'
 READY_FILE = '[ready]\nfile = "/tmp/ready"\ntimeout = "5s"\ninterval = "20ms"\n'
@@ -164,21 +164,6 @@ def test_run_execve_error(rig: Rig, container_id: str, what: str) -> None:
 # -- tty.bats ---------------------------------------------------------------------------------
 
 
-def _read_until(fd: int, needle: bytes, seen: bytearray, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while needle not in seen:
-        left = deadline - time.monotonic()
-        assert left > 0, f"no {needle!r} in {bytes(seen)!r}"
-        ready, _, _ = select.select([fd], [], [], left)
-        if ready:
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:  # EIO: the other side closed
-                chunk = b""
-            assert chunk, f"pty closed; no {needle!r} in {bytes(seen)!r}"
-            seen += chunk
-
-
 def _terminal(spec: dict[str, Any]) -> None:
     spec["process"]["terminal"] = True
 
@@ -187,7 +172,7 @@ def _run_on_pty(rig: Rig, cid: str, body: str,
                 rows: int = 24, cols: int = 80) -> tuple[subprocess.Popen[bytes], int, int]:
     bundle = svc_bundle(rig, body, edit=_terminal)
     master, slave = os.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+    set_pty_size(slave, rows, cols)
 
     def controlling_tty() -> None:
         os.setsid()
@@ -216,8 +201,8 @@ def test_tty_ptsname_size_and_settings(rig: Rig, container_id: str) -> None:
     proc, master, slave = _run_on_pty(rig, container_id, body, rows=37, cols=101)
     seen = bytearray()
     try:
-        _read_until(master, b"size 37 101\r\n", seen)
-        _read_until(master, b"mode icanon\r\n", seen)
+        read_pty_until(master, b"size 37 101\r\n", seen, timeout=30)
+        read_pty_until(master, b"mode icanon\r\n", seen, timeout=30)
         assert proc.wait(30) == 3, bytes(seen)
     finally:
         _finish(proc, master, slave)
@@ -234,9 +219,9 @@ def test_tty_interrupt_reaches_the_process(rig: Rig, container_id: str) -> None:
     proc, master, slave = _run_on_pty(rig, container_id, body)
     seen = bytearray()
     try:
-        _read_until(master, b"ready\r\n", seen)
+        read_pty_until(master, b"ready\r\n", seen, timeout=30)
         os.write(master, b"\x03")
-        _read_until(master, b"got-int", seen)
+        read_pty_until(master, b"got-int", seen, timeout=30)
         assert proc.wait(30) == 4, bytes(seen)
     finally:
         _finish(proc, master, slave)
@@ -251,11 +236,11 @@ def test_tty_end_of_input(rig: Rig, container_id: str) -> None:
     proc, master, slave = _run_on_pty(rig, container_id, body)
     seen = bytearray()
     try:
-        _read_until(master, b"ready\r\n", seen)
+        read_pty_until(master, b"ready\r\n", seen, timeout=30)
         os.write(master, b"abc\r")
         time.sleep(0.2)
         os.write(master, b"\x04")
-        _read_until(master, b"eof 4\r\n", seen)
+        read_pty_until(master, b"eof 4\r\n", seen, timeout=30)
         assert proc.wait(30) == 0, bytes(seen)
     finally:
         _finish(proc, master, slave)
@@ -782,7 +767,7 @@ def test_tty_owner(rig: Rig, container_id: str, ids: tuple[int, int]) -> None:
                             stdin=slave, stdout=slave, stderr=slave, preexec_fn=controlling_tty)
     seen = bytearray()
     try:
-        _read_until(master, f"owner={uid}:{tty_gid}\r\n".encode(), seen)
+        read_pty_until(master, f"owner={uid}:{tty_gid}\r\n".encode(), seen, timeout=30)
         assert proc.wait(30) == 0, bytes(seen)
     finally:
         _finish(proc, master, slave)
