@@ -127,10 +127,10 @@ def lower_globals(args: runc_argv.RuncArgs) -> list[str]:
     return out
 
 
-def create(args: runc_argv.RuncArgs, compiled: Compiled) -> str | None:
+def create(args: runc_argv.RuncArgs, compiled: Compiled) -> Attachment | None:
     """Edit the bundle if the policy selects the container; leave it byte-for-byte alone if not.
 
-    Returns the container's state directory when it has services (a supervisor was spawned).
+    Returns what was attached when the container has a supervisor (one was spawned).
     """
     if not compiled["rules"] and not compiled["services"]:
         return None
@@ -156,7 +156,7 @@ def create(args: runc_argv.RuncArgs, compiled: Compiled) -> str | None:
             bundle.write_atomic(path, bundle.dumps(found.edited))
         except OSError as e:
             raise RetinueError(f"{path}: cannot write: {e.strerror}") from None
-    return found.container_dir if found.supervised else None
+    return found if found.supervised else None
 
 
 def start_supervisor(
@@ -404,13 +404,14 @@ def main() -> NoReturn:
             lower.handoff(passthrough_config(args)[0], argv)
         if command in ("create", "run"):
             compiled = load_config()
-            container_dir = create(args, compiled)
-            if command == "run" and container_dir:
-                from . import bundle, run
+            found = create(args, compiled)
+            if command == "run" and found is not None:
+                from . import run
 
-                _, spec = bundle.load(args.bundle)
-                terminal = bool((spec.get("process") or {}).get("terminal"))
-                run.run(args, compiled["runtime"], lower_globals(args), container_dir, terminal)
+                terminal = bool((found.edited.get("process") or {}).get("terminal"))
+                run.run(
+                    args, compiled["runtime"], lower_globals(args), found.container_dir, terminal
+                )
             lower.handoff(compiled["runtime"], argv)
         entry = None
         if command in _ABOUT_A_CONTAINER and statedir.valid_id(container_id):
