@@ -352,7 +352,7 @@ def test_containerd_dry_run(tmp_path: Path) -> None:
     [
         ("version = 2\n[plugins\n", ("not valid TOML", "line 2")),
         ('version = "2"\n', ("version: expected an integer, got a string",)),
-        ("version = 4\n", ("version: 4 is not a containerd config version",)),
+        ("version = 5\n", ("version: 5 is not a containerd config version", "1, 2, 3 or 4")),
         ('version = 2\n[plugins]\n"io.containerd.grpc.v1.cri" = 3\n',
          ('plugins."io.containerd.grpc.v1.cri": expected a table, got an integer: 3',)),
         ('version = 2\n[plugins."io.containerd.grpc.v1.cri".containerd]\nruntimes = ["runc"]\n',
@@ -483,3 +483,298 @@ def test_containerd_itself_reads_pod_annotations(tmp_path: Path) -> None:
                             capture_output=True, text=True, check=True).stdout
     found = runtimes(tomllib.loads(dumped), "io.containerd.grpc.v1.cri")
     assert found["retinue"]["pod_annotations"] == ["io.retinue.*"]
+
+
+# --- containerd 2.x: version 4, imports, conf.d drop-ins ---------------------------------------
+
+# `containerd config default` of containerd 2.3.4 (built from its v2.3.4 tag), unchanged: version
+# 4, `imports = ['/etc/containerd/conf.d/*.toml']`, a runc entry whose options are all defaults.
+V4_DEFAULT = (Path(__file__).parent / "data" / "containerd-2.3-default.toml").read_text()
+V4_PLUGIN = "io.containerd.cri.v1.runtime"
+V4_IMPORTS = "imports = ['/etc/containerd/conf.d/*.toml']\n"
+
+# What a node's provisioning puts beside it (kubeadm guides, cloud images): runc's options.
+RUNC_DROP_IN = f"""\
+version = 3
+[{V3_PREFIX}.runc.options]
+  SystemdCgroup = true
+  Root = '/run/containerd/runc-k8s'
+  NoNewKeyring = true
+  ShimCgroup = '/system.slice/containerd-shims'
+  IoUid = 1000
+  IoGid = 1000
+  BinaryName = '/usr/local/sbin/runc'
+"""
+RUNC_OPTIONS = {
+    "SystemdCgroup": True, "Root": "/run/containerd/runc-k8s", "NoNewKeyring": True,
+    "ShimCgroup": "/system.slice/containerd-shims", "IoUid": 1000, "IoGid": 1000,
+}
+
+
+def node(tmp_path: Path, main: str, drop_ins: dict[str, str]) -> tuple[Path, Path]:
+    """/etc/containerd as a node has it, under tmp_path: config.toml and conf.d/."""
+    etc = tmp_path / "etc" / "containerd"
+    (etc / "conf.d").mkdir(parents=True)
+    main = main.replace("/etc/containerd/", f"{etc}/")
+    (etc / "config.toml").write_text(main)
+    for name, text in drop_ins.items():
+        (etc / "conf.d" / name).write_text(text)
+    return etc / "config.toml", etc / "conf.d"
+
+
+def tree(root: Path) -> dict[str, tuple[bytes, int, int, int]]:
+    return {str(p.relative_to(root)): snapshot(p) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def assert_refused_everywhere(main: Path, *expected: str) -> str:
+    """Refused with a message naming each part; not one file of the node written or added."""
+    root = main.parent
+    before = tree(root)
+    result = cli("containerd", "--file", str(main), "--runtime-path", SHIM)
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith("retinue: "), result.stderr
+    for part in expected:
+        assert part in result.stderr, result.stderr
+    assert tree(root) == before
+    return result.stderr
+
+
+def containerd2_view(main: Path) -> dict[str, Any]:
+    """The runtimes as containerd 2 reads config.toml and conf.d (checked by hand against
+    `containerd config dump` of 2.3.4): tables merged key by key, later files win."""
+    def merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+        out = dict(a)
+        for k, v in b.items():
+            out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) \
+                else v
+        return out
+
+    merged: dict[str, Any] = {}
+    for path in [main, *sorted((main.parent / "conf.d").glob("*.toml"))]:
+        doc = tomllib.loads(path.read_text())
+        merged = merge(merged, doc.get("plugins", {}).get(V4_PLUGIN, {}))
+    result: dict[str, Any] = merged["containerd"]["runtimes"]
+    return result
+
+
+def test_containerd_2_3_default_config_with_runc_options_in_conf_d(tmp_path: Path) -> None:
+    """containerd 2.3's own default file (version 4, importing conf.d) and a drop-in keeping
+    runc's options: the entry goes to conf.d/retinue.toml with runc's options (not its
+    BinaryName); config.toml and the other drop-in stay byte for byte; a second run is a no-op."""
+    main, conf_d = node(tmp_path, V4_DEFAULT, {"10-runc.toml": RUNC_DROP_IN})
+    before_main = snapshot(main)
+    before_drop_in = snapshot(conf_d / "10-runc.toml")
+    result = cli("containerd", "--file", str(main), "--runtime-path", SHIM)
+    assert result.exit_code == 0, result.output
+    assert snapshot(main) == before_main
+    assert snapshot(conf_d / "10-runc.toml") == before_drop_in
+    assert sorted(os.listdir(conf_d)) == ["10-runc.toml", "retinue.toml"]
+    drop_in = conf_d / "retinue.toml"
+    assert stat.S_IMODE(drop_in.stat().st_mode) == 0o644
+    text = drop_in.read_text()
+    assert text.startswith("version = 4\n")
+    entry = runtimes(tomllib.loads(text), V4_PLUGIN)["retinue"]
+    assert entry == {
+        "runtime_type": "io.containerd.runc.v2",
+        "pod_annotations": ["io.retinue.*"],
+        "options": {
+            "BinaryName": SHIM,
+            # the main file's defaults, then the drop-in's values over them
+            "CriuImagePath": "", "CriuWorkPath": "", **RUNC_OPTIONS,
+        },
+    }
+    assert list(runtimes(tomllib.loads(text), V4_PLUGIN)) == ["retinue"]  # no second runc
+    seen = containerd2_view(main)
+    assert seen["retinue"]["options"]["SystemdCgroup"] is True
+    assert seen["runc"]["options"]["BinaryName"] == "/usr/local/sbin/runc"
+    assert f"{main} imports {drop_in}" in result.stdout
+    assert f"{drop_in}: created with" in result.stdout
+    assert "options.SystemdCgroup = true" in result.stdout
+
+    everything = tree(main.parent)
+    again = cli("containerd", "--file", str(main), "--runtime-path", SHIM)
+    assert again.exit_code == 0, again.output
+    assert "already registered" in again.stdout and "Nothing to change." in again.stdout
+    assert tree(main.parent) == everything
+
+
+def test_containerd_2_3_dry_run_prints_the_drop_in(tmp_path: Path) -> None:
+    main, conf_d = node(tmp_path, V4_DEFAULT, {"10-runc.toml": RUNC_DROP_IN})
+    before = tree(main.parent)
+    result = cli("containerd", "--dry-run", "--file", str(main), "--runtime-path", SHIM)
+    assert result.exit_code == 0, result.output
+    assert runtimes(tomllib.loads(result.stdout), V4_PLUGIN)["retinue"]["options"][
+        "SystemdCgroup"] is True
+    assert f"{conf_d / 'retinue.toml'} not changed" in result.stderr
+    assert tree(main.parent) == before
+
+
+def test_containerd_without_imports_ignores_conf_d(tmp_path: Path) -> None:
+    """containerd reads conf.d only when the main file imports it: then the entry goes into the
+    main file, with the main file's runc options, and conf.d's are not copied."""
+    original = V4_DEFAULT.replace(V4_IMPORTS, "").replace(
+        "SystemdCgroup = false", "SystemdCgroup = true")
+    main, conf_d = node(tmp_path, original, {"10-runc.toml": RUNC_DROP_IN.replace(
+        "SystemdCgroup = true", "SystemdCgroup = false")})
+    result = cli("containerd", "--file", str(main), "--runtime-path", SHIM)
+    assert result.exit_code == 0, result.output
+    text = main.read_text()
+    assert text.startswith(original.replace("/etc/containerd/", f"{main.parent}/")
+                           + "\n# Added by")
+    assert os.listdir(conf_d) == ["10-runc.toml"]
+    entry = runtimes(tomllib.loads(text), V4_PLUGIN)["retinue"]
+    assert entry["options"] == {
+        "BinaryName": SHIM, "CriuImagePath": "", "CriuWorkPath": "", "IoGid": 0, "IoUid": 0,
+        "NoNewKeyring": False, "Root": "", "ShimCgroup": "", "SystemdCgroup": True,
+    }
+
+
+def test_containerd_imports_follow_containerds_rules(tmp_path: Path) -> None:
+    """A relative import (from the importing file's directory), a glob in byte order (a later
+    file wins key by key, and `*` takes dot-files as Go's does), a file imported twice read once,
+    a cycle, and a version-less drop-in with the old plugin's name (containerd 2 migrates it)."""
+    etc = tmp_path / "etc"
+    (etc / "more").mkdir(parents=True)
+    main = etc / "config.toml"
+    main.write_text("version = 3\nimports = ['more/*.toml', 'more/b.toml']\n"
+                    f"[{V3_PREFIX}.runc]\n  runtime_type = 'io.containerd.runc.v2'\n")
+    (etc / "more" / "a.toml").write_text(
+        "imports = ['../config.toml', 'b.toml']\n"
+        '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]\n'
+        "  SystemdCgroup = true\n  Root = '/a'\n  NoPivotRoot = true\n")
+    (etc / "more" / "b.toml").write_text(
+        f"version = 3\n[{V3_PREFIX}.runc.options]\n  Root = '/b'\n")
+    (etc / "more" / ".c.toml").write_text(
+        f"version = 3\n[{V3_PREFIX}.runc.options]\n  CriuWorkPath = '/c'\n")
+    (etc / "more" / "d.conf").write_text("not toml at all [")
+    before = snapshot(main)
+    result = cli("containerd", "--file", str(main), "--runtime-path", SHIM)
+    assert result.exit_code == 0, result.output
+    assert snapshot(main) == before  # it imports a directory by glob: the entry goes there
+    entry = runtimes(tomllib.loads((etc / "more" / "retinue.toml").read_text()),
+                     V4_PLUGIN)["retinue"]
+    assert entry["options"] == {"BinaryName": SHIM, "CriuWorkPath": "/c", "SystemdCgroup": True,
+                                "Root": "/b", "NoPivotRoot": True}
+
+
+def test_containerd_1_takes_the_last_files_cri_table(tmp_path: Path) -> None:
+    """containerd 1.x replaces a whole plugin table with a later file's: the entry must go into
+    the file whose CRI table wins, or containerd would drop it."""
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    main = etc / "config.toml"
+    main.write_text('version = 2\nimports = ["cri.toml"]\n'
+                    '[plugins."io.containerd.grpc.v1.cri".cni]\n  bin_dir = "/usr/lib/cni"\n')
+    cri = etc / "cri.toml"
+    cri.write_text(f"version = 2\n[{V2_PREFIX}.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n"
+                   f"[{V2_PREFIX}.runc.options]\n  SystemdCgroup = true\n")
+    before = snapshot(main)
+    plan = install.plan_containerd(str(main), main.read_bytes(), SHIM, "retinue", 2, 1)
+    assert plan.path == str(cri)
+    assert plan.new is not None
+    entry = runtimes(tomllib.loads(plan.new.decode()), "io.containerd.grpc.v1.cri")["retinue"]
+    assert entry["options"] == {"BinaryName": SHIM, "SystemdCgroup": True}
+    assert snapshot(main) == before
+    # containerd 2 reads the same version 2 files merged: the main file takes the entry.
+    plan2 = install.plan_containerd(str(main), main.read_bytes(), SHIM, "retinue", 2, 2)
+    assert plan2.path == str(main)
+
+
+@pytest.mark.skipif(CONTAINERD is None, reason="containerd not installed")
+def test_containerd_itself_reads_an_entry_in_an_imported_file(tmp_path: Path) -> None:
+    """The containerd installed here (1.6 on Debian 12) follows the imports and keeps the entry
+    retinue wrote into the file whose CRI table it uses."""
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    main = etc / "config.toml"
+    main.write_text('version = 2\nimports = ["cri.toml"]\n')
+    (etc / "cri.toml").write_text(
+        f'version = 2\n[{V2_PREFIX}.runc]\n  runtime_type = "io.containerd.runc.v2"\n'
+        f"[{V2_PREFIX}.runc.options]\n  SystemdCgroup = true\n")
+    major = install.installed_containerd_major()
+    result = cli("containerd", "--file", str(main), "--runtime-path", SHIM)
+    assert result.exit_code == 0, result.output
+    assert CONTAINERD is not None
+    dumped = subprocess.run([CONTAINERD, "--config", str(main), "config", "dump"],
+                            capture_output=True, text=True, check=True).stdout
+    plugin = "io.containerd.grpc.v1.cri" if (major or 1) < 2 else V4_PLUGIN
+    found = runtimes(tomllib.loads(dumped), plugin)
+    assert found["retinue"]["options"]["BinaryName"] == SHIM
+    assert found["retinue"]["options"]["SystemdCgroup"] is True
+    assert found["runc"]["options"]["SystemdCgroup"] is True
+
+
+def test_containerd_entry_already_in_a_drop_in(tmp_path: Path) -> None:
+    """An entry a drop-in holds counts as registered; one without pod_annotations gets that line
+    in that drop-in, and the main file is not touched."""
+    old = (f"version = 3\n[{V3_PREFIX}.retinue]\n  runtime_type = 'io.containerd.runc.v2'\n"
+           f"[{V3_PREFIX}.retinue.options]\n  BinaryName = '{SHIM}'\n")
+    main, conf_d = node(tmp_path, V4_DEFAULT, {"50-ours.toml": old})
+    before = snapshot(main)
+    result = cli("containerd", "--file", str(main), "--runtime-path", SHIM)
+    assert result.exit_code == 0, result.output
+    assert "added pod_annotations" in result.stdout
+    text = (conf_d / "50-ours.toml").read_text()
+    assert text.replace('  pod_annotations = ["io.retinue.*"]\n', "", 1) == old
+    assert snapshot(main) == before
+    assert sorted(os.listdir(conf_d)) == ["50-ours.toml"]
+
+
+@pytest.mark.parametrize(
+    ("drop_ins", "expected"),
+    [
+        ({"10-runc.toml": "version = 5\n"}, ("10-runc.toml: version: 5 is not a containerd",)),
+        ({"10-runc.toml": "version = 3\n[plugins\n"}, ("10-runc.toml: not valid TOML",)),
+        ({"10-runc.toml": 'version = "3"\n'},
+         ("10-runc.toml: version: expected an integer, got a string: '3'",)),
+        ({"10-runc.toml": b"version = 3\n# \xff\n".decode("latin-1")},
+         ("10-runc.toml: not UTF-8",)),
+        ({"10-runc.toml": "imports = 'x.toml'\n"},
+         ("10-runc.toml: imports: expected a list of strings, got a string: 'x.toml'",)),
+        ({"10-runc.toml": "imports = ['/nonexistent/retinue-test.toml']\n"},
+         ("10-runc.toml: imports /nonexistent/retinue-test.toml, which does not exist",)),
+        ({"10-runc.toml": "imports = ['/tmp/[*.toml']\n"},
+         ("10-runc.toml: imports: bad pattern '[*.toml'",)),
+        ({"10-runc.toml": f"version = 3\n[{V3_PREFIX}.runc]\n  options = 'SystemdCgroup'\n"},
+         ("10-runc.toml: runtimes.runc.options: expected a table, got a string",)),
+        ({"10-runc.toml": f"version = 3\n[{V3_PREFIX}]\n  runc = 1\n"},
+         ("10-runc.toml", "expected a table")),
+        ({"10-runc.toml": f"version = 3\n[{V3_PREFIX}.runc.options]\n  Root = ['/a']\n"},
+         ("10-runc.toml: runtimes.runc.options.Root: cannot copy a list",)),
+        ({"10-runc.toml": f"version = 3\n[{V3_PREFIX}.retinue.options]\n  BinaryName = 'runc'\n"
+                          f"[{V3_PREFIX}.retinue]\n  runtime_type = 'io.containerd.runc.v2'\n"},
+         ("10-runc.toml: [", "retinue]: already registered", "'runc'".replace("'", '"'))),
+    ],
+)
+def test_containerd_refuses_bad_drop_ins(
+    tmp_path: Path, drop_ins: dict[str, str], expected: tuple[str, ...]
+) -> None:
+    if "\xff" in next(iter(drop_ins.values())):
+        main, conf_d = node(tmp_path, V4_DEFAULT, {})
+        (conf_d / "10-runc.toml").write_bytes(b"version = 3\n# \xff\n")
+    else:
+        main, conf_d = node(tmp_path, V4_DEFAULT, drop_ins)
+    message = assert_refused_everywhere(main, *expected)
+    assert str(conf_d / "10-runc.toml") in message or "10-runc.toml" in message
+
+
+def test_containerd_version_4_main_file_without_imports(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text("version = 4\n")
+    result = cli("containerd", "--file", str(path), "--runtime-path", SHIM)
+    assert result.exit_code == 0, result.output
+    doc = tomllib.loads(path.read_text())
+    assert set(runtimes(doc, V4_PLUGIN)) == {"runc", "retinue"}
+
+
+def test_containerd_registered_entry_that_differs_from_runc_is_reported(tmp_path: Path) -> None:
+    """runc moved to the systemd driver after retinue was registered: said, nothing rewritten."""
+    main, conf_d = node(tmp_path, V4_DEFAULT, {})
+    assert cli("containerd", "--file", str(main), "--runtime-path", SHIM).exit_code == 0
+    (conf_d / "10-runc.toml").write_text(RUNC_DROP_IN)
+    before = tree(main.parent)
+    result = cli("containerd", "--file", str(main), "--runtime-path", SHIM)
+    assert result.exit_code == 0, result.output
+    assert "warning: runc's options.SystemdCgroup = true, retinue's = false" in result.stdout
+    assert "warning: runc's options.BinaryName" not in result.stdout
+    assert tree(main.parent) == before
