@@ -85,6 +85,11 @@ def plan(
         spec, rules, compiled["hook"], container_dir, services, init,
         supervised=bool(services or seccomp),
     )
+    if any(isinstance(ns, dict) and ns.get("type") == "user"
+           for ns in (spec.get("linux") or {}).get("namespaces") or []):
+        from . import userns
+
+        userns.check_mount_points(spec, edited, bundle)
     listener = ""
     notes: list[str] = []
     if seccomp:
