@@ -843,6 +843,8 @@ class Podman:
     workdir: Path
     runtime: str
     env: dict[str, str]
+    # Run Podman through this (e.g. nsenter into a mount namespace with private /etc/subuid).
+    prefix: Sequence[str] = ()
 
     @property
     def global_args(self) -> list[str]:
@@ -854,8 +856,8 @@ class Podman:
         input: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """`podman GLOBAL-ARGS ARGS...`, captured as text; check=True raises on failure."""
-        return _run([PODMAN, *self.global_args, *args], check, timeout, input, self.env,
-                    self.workdir / "podman.log")
+        return _run([*self.prefix, PODMAN, *self.global_args, *args], check, timeout, input,
+                    self.env, self.workdir / "podman.log")
 
     def runc_containers(self) -> dict[str, str]:
         """id -> bundle of the containers runc holds for this Podman (its bundles are ours)."""
@@ -869,7 +871,7 @@ class Podman:
 @contextlib.contextmanager
 def podman(
     workdir: Path, runtime: str, env: Mapping[str, str] | None = None,
-    cleanup_runtime: Sequence[str] = (),
+    cleanup_runtime: Sequence[str] = (), prefix: Sequence[str] = (),
 ) -> Iterator[Podman]:
     """Podman on private storage under `workdir/pm` with `runtime`, cgroupfs, file events, no
     network, the ulimits this host allows. `env` is Podman's (and so conmon's and the runtime's
@@ -898,7 +900,7 @@ def podman(
     )
     full_env = _daemon_env(env)
     full_env["CONTAINERS_CONF"] = str(conf)
-    pm = Podman(d, runtime, full_env)
+    pm = Podman(d, runtime, full_env, prefix)
     try:
         yield pm
     finally:

@@ -14,8 +14,11 @@ launcher. Podman's empty environment for kill and delete is the real one.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import subprocess
+import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -207,3 +210,104 @@ def test_run_rm_with_services_leaves_nothing(
     while left := (services_footprint(e2e_dir) | set(_ours_in_runc(pm))) - before:
         assert time.monotonic() < deadline, left
         time.sleep(0.1)
+
+
+# --- user namespaces: --userns=auto -------------------------------------------------------------
+
+# /etc/subuid and /etc/subgid lines for `containers`, the user --userns=auto takes ranges from.
+SUBIDS = "containers:400000:200000\n"
+
+
+@pytest.fixture(scope="module")
+def private_etc(e2e_dir: Path) -> Iterator[list[str]]:
+    """A mount namespace where /etc/subuid, /etc/subgid and /var/lib/containers (Podman's blob
+    cache, written whatever --root says) are files of this test's: the host's stay untouched.
+    Yields the command prefix that runs a program in it."""
+    reason = engines.available("unshare", "nsenter")
+    if reason:
+        pytest.skip(reason)
+    d = e2e_dir / "userns-etc"
+    (d / "var-lib-containers").mkdir(parents=True)
+    for name in ("subuid", "subgid"):
+        (d / name).write_text(SUBIDS)
+    holder = subprocess.Popen(["unshare", "--mount", "--propagation", "slave", "sleep", "3600"])
+    try:
+        ns = f"/proc/{holder.pid}/ns/mnt"
+        deadline = time.monotonic() + 5
+        while os.readlink(ns) == os.readlink("/proc/self/ns/mnt"):
+            assert time.monotonic() < deadline, "unshare did not make a mount namespace"
+            time.sleep(0.01)
+        prefix = ["nsenter", f"--mount={ns}", "--"]
+        for source, target in ((d / "subuid", "/etc/subuid"), (d / "subgid", "/etc/subgid"),
+                               (d / "var-lib-containers", "/var/lib/containers")):
+            subprocess.run([*prefix, "mount", "--bind", str(source), target], check=True)
+        yield prefix
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@pytest.fixture(scope="module")
+def pm_userns(
+    e2e_dir: Path, shim: str, retinue_config: Path, private_etc: list[str], podman_rootfs: Path
+) -> Iterator[engines.Podman]:
+    """Podman in that namespace, with the busybox rootfs imported as an image: --userns=auto
+    maps an image's layers for the container (a --rootfs gets no mappings from it)."""
+    reason = engines.available(engines.PODMAN, engines.RUNC, "conmon")
+    if reason:
+        pytest.skip(reason)
+    runtime = e2e_dir / "retinue-podman-userns"
+    runtime.write_text(f"#!/bin/sh\nexport RETINUE_CONFIG={retinue_config}\nexec {shim} \"$@\"\n")
+    runtime.chmod(0o755)
+    tarball = e2e_dir / "podman-rootfs.tar"
+    with tarfile.open(tarball, "w") as tar:
+        tar.add(podman_rootfs, arcname=".")
+    with engines.podman(e2e_dir / "pmu", str(runtime), cleanup_runtime=[str(runtime)],
+                        prefix=private_etc) as p:
+        p.podman("import", str(tarball), "localhost/retinue-busybox:userns")
+        yield p
+        # Podman's mounts live in the private namespace: none of this container's may be left.
+        p.podman("rm", "--all", "--force", "--time", "0", check=False)
+
+
+def _namespace_mounts(prefix: list[str], needle: str) -> list[str]:
+    out = subprocess.run([*prefix, "cat", "/proc/self/mountinfo"], capture_output=True,
+                         text=True, check=True).stdout
+    return [line for line in out.splitlines() if needle in line]
+
+
+def test_userns_auto_with_services(
+    pm_userns: engines.Podman, private_etc: list[str], shared: Path, e2e_dir: Path
+) -> None:
+    """`podman run --userns=auto` with an exec service: the container's root is an unprivileged
+    host uid; the service's files and retinue-init are mounted where that root can make the
+    mount points (the image's layers are mapped for it), the service gates the entrypoint, and
+    stop and rm leave nothing, in the namespace's mounts either."""
+    pm, name = pm_userns, "t-userns-auto"
+    shared.chmod(0o777)
+    try:
+        result = pm.podman("run", "-d", "--name", name, "--userns=auto", "--pull=never",
+                           "--tmpfs", "/tmp", "--volume", f"{shared}:/shared",
+                           "--env", "RETINUE_SERVICES=late", "localhost/retinue-busybox:userns",
+                           *main_command(MAIN_UNTIL_TERM), check=False)
+        assert result.returncode == 0, result.stderr
+        _wait_event(shared, "main-start")
+        events = read_events(shared)
+        assert first(events, "late-ready") <= first(events, "main-start")
+        uid_map = pm.podman("exec", name, "cat", "/proc/1/uid_map").stdout.split()
+        assert uid_map[0] == "0" and int(uid_map[1]) >= 400000, uid_map
+        cmdline = pm.podman("exec", name, "cat", "/proc/1/cmdline").stdout
+        assert cmdline.startswith("/.retinue/init"), cmdline
+        cid = _id(pm, name)
+        assert any(f.startswith("supervisor") for f in _footprint(e2e_dir, pm, cid))
+        stopped = pm.podman("stop", "--time", "5", name, check=False)
+        assert stopped.returncode == 0, stopped.stderr
+        words = [w for _, w in read_events(shared)]
+        assert "late-term" in words and "main-term" in words, words
+        assert pm.podman("rm", name, check=False).returncode == 0
+        deadline = time.monotonic() + 10
+        while left := _footprint(e2e_dir, pm, cid) | set(_namespace_mounts(private_etc, cid)):
+            assert time.monotonic() < deadline, left
+            time.sleep(0.1)
+    finally:
+        pm.podman("rm", "--force", "--time", "0", name, check=False)
