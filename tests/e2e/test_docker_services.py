@@ -403,3 +403,27 @@ def test_the_supervisor_is_charged_beside_the_container(
     while mine.exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not mine.exists()
+
+
+def test_docker_exec_gets_the_engines_env_not_the_policys(
+    docker: engines.Dockerd, docker_name: str, shared: Path
+) -> None:
+    """Issue 16 item 6, the chosen behaviour: a policy's env reaches the main process (and its
+    children), not an exec session. dockerd builds `docker exec`'s process from its own record
+    of the container and runc takes it whole from `--process`; retinue leaves it so (README,
+    Security: why). The session sees the container's own env and its exec -e, and can read the
+    main process's env at /proc/1/environ (retinue-init's, which it passes on)."""
+    docker.docker("run", "-d", "--name", docker_name, *_run_args(shared, "late"),
+                  "-e", "RETINUE_DEMO=1", "-e", "OWN=mine", docker.image,
+                  *main_command('ev main-start "$RETINUE_GREETING"; sleep 1000'))
+    deadline = time.monotonic() + 15
+    while not any(w.startswith("main-start") for _, w in read_events(shared)):
+        assert time.monotonic() < deadline, read_events(shared)
+        time.sleep(0.05)
+    assert "main-start hello from retinue" in [w for _, w in read_events(shared)]
+    session = docker.docker("exec", "-e", "ASKED=yes", docker_name, "sh", "-c",
+                            'echo "greeting=$RETINUE_GREETING own=$OWN asked=$ASKED"')
+    assert session.stdout == "greeting= own=mine asked=yes\n"
+    environ = docker.docker("exec", docker_name, "cat", "/proc/1/environ").stdout.split("\0")
+    assert "RETINUE_GREETING=hello from retinue" in environ, environ
+    docker.docker("rm", "-f", docker_name)
