@@ -325,9 +325,10 @@ def _go_glob(path: str, pattern: str, overlay: dict[str, bytes]) -> list[str]:
     return found
 
 
-def _imports(f: ConfigFile) -> list[str]:
-    """The file's `imports`, resolved as containerd resolves them: cleaned, relative to the
-    importing file's directory, globbed only when they contain `*` (not yet expanded)."""
+def _imports(f: ConfigFile, containerd2: bool) -> list[str]:
+    """The file's `imports`, resolved as containerd resolves them: cleaned and relative to the
+    importing file's directory, globbed only when they contain `*` (not yet expanded).
+    containerd 1 takes a glob as it is written (a relative one from its working directory, /)."""
     value = f.doc.get("imports", [])
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise InstallError(
@@ -335,6 +336,9 @@ def _imports(f: ConfigFile) -> list[str]:
         )
     resolved = []
     for item in value:
+        if not containerd2 and "*" in item:
+            resolved.append(item if os.path.isabs(item) else os.path.join("/", item))
+            continue
         item = os.path.normpath(item)
         if not os.path.isabs(item):
             # Go's filepath.Join cleans too: `../config.toml` is the same file, read once.
@@ -358,14 +362,14 @@ def _read_import(parent: str, path: str) -> bytes:
 
 
 def load_containerd_files(
-    main: ConfigFile, overlay: dict[str, bytes] | None = None
+    main: ConfigFile, containerd2: bool, overlay: dict[str, bytes] | None = None
 ) -> list[ConfigFile]:
     """The main file and every file it imports, in the order containerd loads them: breadth
     first, each file once, globs in byte order. `overlay` replaces or adds files by path."""
     overlay = overlay or {}
     files = [main]
     loaded = {main.path}
-    pending = [(main, p) for p in _imports(main)]
+    pending = [(main, p) for p in _imports(main, containerd2)]
     while pending:
         parent, pattern = pending.pop(0)
         paths = _go_glob(parent.path, pattern, overlay) if "*" in pattern else [pattern]
@@ -376,7 +380,7 @@ def load_containerd_files(
             data = overlay[path] if path in overlay else _read_import(parent.path, path)
             f = _parse_config(path, data, None)
             files.append(f)
-            pending += [(f, p) for p in _imports(f)]
+            pending += [(f, p) for p in _imports(f, containerd2)]
     return files
 
 
@@ -439,7 +443,7 @@ def _drop_in(files: list[ConfigFile], name: str) -> str | None:
     """The drop-in retinue writes when the main file imports a directory by glob: NAME.toml in
     the first such directory that exists and whose pattern takes that name."""
     main = files[0]
-    for pattern in _imports(main):
+    for pattern in _imports(main, True):
         directory, base = os.path.split(pattern)
         if "*" not in base or GLOB_META.search(directory) or not os.path.isdir(directory):
             continue
@@ -493,7 +497,7 @@ def plan_containerd(
                                  "(lower-case letters, digits, '-'; at most 63)")
     main = _parse_config(path, old, default_version)
     containerd2 = main.version >= 3 or (containerd_major or 1) >= 2
-    files = load_containerd_files(main)
+    files = load_containerd_files(main, containerd2)
     if not containerd2:
         for f in files:
             if f.version >= 3:
@@ -577,9 +581,10 @@ def plan_containerd(
     # Read the whole configuration again, as containerd will, with the new file in it.
     new_data = new_text.encode()
     if target.path == main.path:
-        after = load_containerd_files(_parse_config(path, new_data, default_version))
+        after = load_containerd_files(_parse_config(path, new_data, default_version),
+                                      containerd2)
     else:
-        after = load_containerd_files(main, {target.path: new_data})
+        after = load_containerd_files(main, containerd2, {target.path: new_data})
     found = effective_runtimes(after, containerd2).get(name)
     got: dict[str, Any] = found if isinstance(found, dict) else {}
     options: dict[str, Any] = got["options"] if isinstance(got.get("options"), dict) else {}

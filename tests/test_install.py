@@ -778,3 +778,20 @@ def test_containerd_registered_entry_that_differs_from_runc_is_reported(tmp_path
     assert "warning: runc's options.SystemdCgroup = true, retinue's = false" in result.stdout
     assert "warning: runc's options.BinaryName" not in result.stdout
     assert tree(main.parent) == before
+
+
+def test_containerd_relative_globs_differ_between_1_and_2(tmp_path: Path) -> None:
+    """containerd 2 globs a relative import from the importing file's directory; containerd 1
+    globs it as written, from its own working directory (/): the drop-in is not its."""
+    etc = tmp_path / "etc"
+    (etc / "conf.d").mkdir(parents=True)
+    main = etc / "config.toml"
+    main.write_text('version = 2\nimports = ["conf.d/*.toml"]\n')
+    (etc / "conf.d" / "runc.toml").write_text(
+        f"version = 2\n[{V2_PREFIX}.runc.options]\n  SystemdCgroup = true\n")
+    for major, systemd in ((2, True), (1, None)):
+        plan = install.plan_containerd(str(main), main.read_bytes(), SHIM, "retinue", 2, major)
+        assert plan.new is not None
+        entry = runtimes(tomllib.loads(plan.new.decode()), "io.containerd.grpc.v1.cri")["retinue"]
+        assert entry["options"].get("SystemdCgroup") is systemd, major
+        assert plan.path == str(etc / "conf.d" / "retinue.toml" if major == 2 else main)
