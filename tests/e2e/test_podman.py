@@ -14,20 +14,22 @@ launcher. Podman's empty environment for kill and delete is the real one.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
 import tarfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from subprocess import CompletedProcess
 
 import engines
+import imagekit
 import pytest
-from conftest import services_footprint
-from support import first, main_command, read_events
+from conftest import service_status, services_footprint
+from support import config_text, first, main_command, read_events
 
 pytestmark = [pytest.mark.podman]
 
@@ -311,3 +313,46 @@ def test_userns_auto_with_services(
             time.sleep(0.1)
     finally:
         pm.podman("rm", "--force", "--time", "0", name, check=False)
+
+
+def test_userns_auto_with_a_sidecar(
+    pm_userns: engines.Podman, e2e_dir: Path, retinue_config: Path,
+    swap_config: Callable[[str], None],
+    retinue_admin: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path,
+) -> None:
+    """A sidecar-placed service of a `--userns=auto` container joins its user namespace, with
+    the same mapping, and goes with it."""
+    pm, name = pm_userns, "t-userns-sidecar"
+    images = e2e_dir / "images-userns"
+    swap_config(config_text(e2e_dir) + f'image_dir = "{images}"\n')
+    layout = imagekit.oci_layout(imagekit.busybox_rootfs(tmp_path / "bb"), tmp_path / "layout",
+                                 ["sleep", "1000"])
+    assert retinue_admin("image", "import", "bb-userns", str(layout)).returncode == 0
+    service = retinue_config.parent / "services" / "side-userns.toml"
+    service.write_text('placement = "container"\nimage = "bb-userns"\n'
+                       'command = ["sleep", "1000"]\n')
+    try:
+        pm.podman("run", "-d", "--name", name, "--userns=auto", "--pull=never",
+                  "--env", "RETINUE_SERVICES=side-userns", "localhost/retinue-busybox:userns",
+                  "sleep", "1000")
+        cid = _id(pm, name)
+        assert service_status(retinue_admin, cid)["by_name"]["side-userns"]["state"] == "ready"
+        sidecars = e2e_dir / "state" / "sidecars"
+        side = json.loads(subprocess.run(
+            [engines.RUNC, "--root", str(sidecars), "state", f"{cid}.side-userns"],
+            capture_output=True, text=True, check=True).stdout)
+        app_pid = int(pm.podman("inspect", "--format", "{{.State.Pid}}", name).stdout)
+        assert os.readlink(f"/proc/{side['pid']}/ns/user") == os.readlink(
+            f"/proc/{app_pid}/ns/user")
+        uid_map = Path(f"/proc/{side['pid']}/uid_map").read_text().split()
+        assert uid_map[0] == "0" and int(uid_map[1]) >= 400000, uid_map
+        assert pm.podman("rm", "--force", "--time", "5", name, check=False).returncode == 0
+        deadline = time.monotonic() + 10
+        while subprocess.run([engines.RUNC, "--root", str(sidecars), "list", "-q"],
+                             capture_output=True, text=True).stdout.split():
+            assert time.monotonic() < deadline, "the sidecar outlived podman rm"
+            time.sleep(0.1)
+    finally:
+        pm.podman("rm", "--force", "--time", "0", name, check=False)
+        service.unlink()
+        shutil.rmtree(images, ignore_errors=True)
