@@ -12,6 +12,12 @@ layout, umoci unpacks its root filesystem, and the result lands under the manife
 
 Two names (or two imports) of the same image share one unpacked copy. Everything is written
 under IMAGE_DIR/tmp first and renamed into place, so a failed import leaves nothing behind.
+
+The store is root's alone (0700 from IMAGE_DIR down; one an older version left open is narrowed
+whenever it is used): an image is kept exactly as it says, setuid programs, device nodes and
+world-writable directories included, because that is what its sidecar must get inside its
+container; on the host, the one place where such files could give a local user root, nobody but
+root reaches them.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tarfile
 import tempfile
@@ -41,6 +48,27 @@ MOUNT_POINTS = ("proc", "sys", "dev", "tmp", "run")
 
 class ImageError(RetinueError):
     """An image could not be imported, found or removed; the message names it and why."""
+
+
+def secure_store(store: str, create: bool = False) -> None:
+    """Make the store root-only from its top, narrowing one an older version left open.
+
+    Called by everything that uses the store as root (import, rm, a sidecar's start), so an
+    upgrade closes an existing store without an administrator's step."""
+    if create:
+        os.makedirs(store, mode=0o700, exist_ok=True)
+    for path in (store, os.path.join(store, "sha256"), os.path.join(store, "names")):
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            continue
+        if st.st_uid != os.geteuid():
+            raise ImageError(
+                f"image_dir: {path} belongs to uid {st.st_uid}, not to uid {os.geteuid()}: "
+                "whoever owns it can change the images sidecars run; give it to root"
+            )
+        if stat.S_IMODE(st.st_mode) & 0o077:
+            os.chmod(path, 0o700)
 
 
 def check_reference(ref: str) -> str | None:
@@ -114,6 +142,21 @@ def _layout_manifest(layout: str) -> tuple[str, dict[str, Any]]:
     return digest, config
 
 
+def behind_view(rootfs: str, store: str, argv: list[str], unshare: str) -> list[str]:
+    """`argv` (the lower runtime's create of a sibling) in a mount namespace of its own where
+    `store` itself shows the image's rootfs (a bind mount only that namespace has).
+
+    A sibling in the app's user namespace prepares its root as the app's mapped root, which
+    the host's permissions treat as "others": it cannot pass the root-only store. Rather than
+    open the store, the lower runtime gets a view of the one rootfs at a path it can reach;
+    the view dies with the namespace (the container keeps its own copy), so nothing is left
+    to clean up and no host user ever sees it.
+    """
+    script = 'mount --bind "$1" "$2" && shift 2 && exec "$@"'
+    return [unshare, "--mount", "--propagation", "private", "--", "/bin/sh", "-c", script,
+            "retinue-image-view", rootfs, store, *argv]
+
+
 def image_path(store: str, digest: str) -> str:
     return os.path.join(store, *digest.split(":", 1))
 
@@ -125,9 +168,10 @@ def import_image(store: str, name: str, source: str) -> dict[str, Any]:
             f"image name: expected lowercase letters, digits, '.', '_' or '-', got {name!r}"
         )
     ref = source_ref(source)
+    secure_store(store, create=True)
     tmp_root = os.path.join(store, "tmp")
     os.makedirs(tmp_root, mode=0o700, exist_ok=True)
-    os.makedirs(os.path.join(store, "names"), mode=0o755, exist_ok=True)
+    os.makedirs(os.path.join(store, "names"), mode=0o700, exist_ok=True)
     work = tempfile.mkdtemp(dir=tmp_root)
     try:
         layout = os.path.join(work, "layout")
@@ -155,7 +199,7 @@ def import_image(store: str, name: str, source: str) -> dict[str, Any]:
                 with open(os.path.join(init_dir, "init"), "w"):
                     pass
             _write_json(os.path.join(staged, "image.json"), {"digest": digest, "config": config})
-            os.makedirs(os.path.dirname(final), mode=0o755, exist_ok=True)
+            os.makedirs(os.path.dirname(final), mode=0o700, exist_ok=True)
             try:
                 os.rename(staged, final)
             except OSError:
@@ -239,6 +283,7 @@ def remove(store: str, ref: str, in_use: dict[str, list[str]]) -> list[str]:
     error = check_reference(ref)
     if error:
         raise ImageError(f"image: {error}")
+    secure_store(store)
     records = names(store)
     if DIGEST.match(ref):
         digest, dropped = ref, [r["name"] for r in records if r.get("digest") == ref]

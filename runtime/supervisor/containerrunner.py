@@ -33,6 +33,8 @@ SYMLINK_HOPS = 40
 # Built beside the package, as compile_config finds it for the app containers.
 INIT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "libexec",
                     "retinue-init")  # as the kernel's own limit on one path walk
+# util-linux, on every Debian and Red Hat system; a path, as posix_spawn needs.
+UNSHARE = shutil.which("unshare") or "/usr/bin/unshare"
 
 
 class ShareError(Exception):
@@ -140,6 +142,7 @@ class ContainerRunner:
         if init_pid is None:
             raise StartFailed(1 << 8, "could not be started (the app container has no process)")
         try:
+            images.secure_store(self.image_dir)
             image = images.resolve(self.image_dir, unit.spec["image"])
         except images.ImageError as e:
             raise StartFailed(1 << 8, f"could not be started: {e}", permanent=True) from None
@@ -150,8 +153,14 @@ class ContainerRunner:
                 p: sidecar.host_path(app, self.bundle, resolve_in_root(f"{proc}/root", p))
                 for p in unit.spec["share"]
             }
+            # In the app's user namespace the lower runtime reaches the image through a view
+            # at the store's own path (images.behind_view): the store stays root-only.
+            userns = "user" in {
+                ns.get("type") for ns in (app.get("linux") or {}).get("namespaces") or []
+            }
             spec = sidecar.sibling_spec(
-                app, dict(unit.spec), image, app_id=ctx.id, app_proc=proc,
+                app, dict(unit.spec), {**image, "rootfs": self.image_dir} if userns else image,
+                app_id=ctx.id, app_proc=proc,
                 app_cgroup=app_cgroup(init_pid), container_dir=ctx.dir, shared=shared,
                 init=INIT if os.path.isfile(INIT) else None,
             )
@@ -171,9 +180,10 @@ class ContainerRunner:
         wfd = unit.open_output()
         try:
             # The sibling's stdio are create's: its output goes to the service's log.
-            pid = procs.spawn(
-                self._argv("create", "--bundle", bundle, "--pid-file", pid_file, sid), stdout=wfd
-            )
+            argv = self._argv("create", "--bundle", bundle, "--pid-file", pid_file, sid)
+            if userns:
+                argv = images.behind_view(image["rootfs"], self.image_dir, argv, UNSHARE)
+            pid = procs.spawn(argv, stdout=wfd)
         finally:
             os.close(wfd)
         status = await ctx.reaper.wait(pid)
