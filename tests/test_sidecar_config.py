@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +126,153 @@ def test_import_bad_input_changes_nothing(
     assert r.returncode == 1
     assert message in r.stderr and r.stderr.startswith("retinue: "), r.stderr
     assert [p for p in _tree(tmp_path / "images") if p not in ("tmp", "names")] == []
+
+
+# -- what an import verifies and bounds -----------------------------------------------------
+
+
+def _blob(layout: Path, digest: str) -> Path:
+    return layout / "blobs" / "sha256" / digest.split(":", 1)[1]
+
+
+def _put(layout: Path, data: bytes) -> dict[str, Any]:
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    _blob(layout, digest).write_bytes(data)
+    return {"digest": digest, "size": len(data)}
+
+
+def _manifest(layout: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    index = json.loads((layout / "index.json").read_text())
+    return index, json.loads(_blob(layout, index["manifests"][0]["digest"]).read_bytes())
+
+
+def _rewrite(layout: Path, edit: Any) -> None:
+    """Edit the manifest, then store it under its true digest: only the edit is wrong."""
+    index, manifest = _manifest(layout)
+    edit(manifest)
+    index["manifests"][0].update(_put(layout, json.dumps(manifest).encode()))
+    (layout / "index.json").write_text(json.dumps(index))
+
+
+def _manifest_not_its_digest(layout: Path) -> str:
+    index, _ = _manifest(layout)
+    blob = _blob(layout, index["manifests"][0]["digest"])
+    blob.write_bytes(blob.read_bytes().replace(b'"schemaVersion": 2', b'"schemaVersion":  2'))
+    index["manifests"][0]["size"] = blob.stat().st_size  # only the digest is wrong
+    (layout / "index.json").write_text(json.dumps(index))
+    return f"manifest {index['manifests'][0]['digest']} ({blob}): its content is sha256:"
+
+
+def _layer_not_its_digest(layout: Path) -> str:
+    _, manifest = _manifest(layout)
+    layer = manifest["layers"][0]["digest"]
+    data = bytearray(_blob(layout, layer).read_bytes())
+    data[-1] ^= 1  # the tar's zero padding: same size, another digest
+    _blob(layout, layer).write_bytes(bytes(data))
+    return f"layer {layer} ({_blob(layout, layer)}): its content is sha256:"
+
+
+def _layer_larger_than_declared(layout: Path) -> str:
+    _, manifest = _manifest(layout)
+    layer = manifest["layers"][0]
+    actual = layer["size"]
+    _rewrite(layout, lambda m: m["layers"][0].update(size=actual - 512))
+    return (f"layer {layer['digest']} ({_blob(layout, layer['digest'])}): has more than the "
+            f"{actual - 512} bytes its descriptor declares")
+
+
+def _config_smaller_than_declared(layout: Path) -> str:
+    _, manifest = _manifest(layout)
+    config = manifest["config"]
+    _rewrite(layout, lambda m: m["config"].update(size=config["size"] + 10))
+    return (f"config {config['digest']} ({_blob(layout, config['digest'])}): "
+            f"{config['size']} bytes, not the {config['size'] + 10} its descriptor declares")
+
+
+def _layer_declared_huge(layout: Path) -> str:
+    _rewrite(layout, lambda m: m["layers"][0].update(size=1 << 40))
+    return "declares more than image_max_size (4G) in all: 1099511"
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [_manifest_not_its_digest, _layer_not_its_digest, _layer_larger_than_declared,
+     _config_smaller_than_declared, _layer_declared_huge],
+)
+@pytest.mark.parametrize("form", ["layout", "archive"])
+def test_import_verifies_every_digest_and_size_before_unpacking(
+    layout: Path, tmp_path: Path, etc: Path, spoil: Any, form: str
+) -> None:
+    bad = tmp_path / "bad"
+    shutil.copytree(layout, bad)
+    message = spoil(bad)
+    source = bad
+    if form == "archive":
+        source = tmp_path / "bad.tar"
+        with tarfile.open(source, "w") as tar:
+            for entry in sorted(os.listdir(bad)):
+                tar.add(bad / entry, entry)
+        # In an archive the blob is named by its path inside it.
+        message = message.replace(f"({bad}/", f"({source}:")
+    r = _admin(etc, "image", "import", "bad", str(source))
+    assert r.returncode == 1, r
+    assert r.stderr.startswith(f"retinue: {source}: "), r.stderr
+    assert message in r.stderr, r.stderr
+    assert [p for p in _tree(tmp_path / "images") if p not in ("tmp", "names")] == []
+
+
+def test_import_refuses_an_image_past_image_max_size(
+    layout: Path, tmp_path: Path, etc: Path
+) -> None:
+    _, manifest = _manifest(layout)
+    declared = manifest["config"]["size"] + sum(d["size"] for d in manifest["layers"])
+    with open(etc, "a") as f:
+        f.write('image_max_size = "1M"\n')
+    r = _admin(etc, "image", "import", "bb", str(layout))
+    assert r.returncode == 1
+    assert (f"retinue: {layout}: declares more than image_max_size (1M) in all: {declared} bytes"
+            in r.stderr), r.stderr
+    # A docker save archive is bounded by its own size before skopeo reads it.
+    docker = tmp_path / "img-docker.tar"
+    subprocess.run(["skopeo", "--insecure-policy", "copy", "-q", f"oci:{layout}",
+                    f"docker-archive:{docker}:x:1"], check=True)
+    r = _admin(etc, "image", "import", "bb", str(docker))
+    assert r.returncode == 1
+    assert (f"retinue: {docker}: {docker.stat().st_size} bytes, more than image_max_size (1M)"
+            in r.stderr), r.stderr
+    assert [p for p in _tree(tmp_path / "images") if p not in ("tmp", "names")] == []
+
+
+def test_import_refuses_a_layer_that_unpacks_past_image_max_size(
+    tmp_path: Path, etc: Path
+) -> None:
+    # 64M of zeros compress to 64K: what is copied is small, what is unpacked is not.
+    rootfs = imagekit.busybox_rootfs(tmp_path / "bomb")
+    with open(rootfs / "zeros", "wb") as f:
+        f.truncate(64 << 20)
+    plain = imagekit.oci_layout(rootfs, tmp_path / "bomb-layout", ["sh"])
+    gzipped = tmp_path / "bomb-gzip"
+    subprocess.run(["skopeo", "--insecure-policy", "copy", "-q", "--dest-compress",
+                    "--dest-compress-format", "gzip", f"oci:{plain}", f"oci:{gzipped}:x"],
+                   check=True)
+    _, manifest = _manifest(gzipped)
+    assert sum(d["size"] for d in manifest["layers"]) < 4 << 20
+    with open(etc, "a") as f:
+        f.write('image_max_size = "32M"\n')
+    r = _admin(etc, "image", "import", "bomb", str(gzipped))
+    assert r.returncode == 1
+    assert (f"retinue: {gzipped}: layer {manifest['layers'][0]['digest']} unpacks to more than "
+            "image_max_size (32M)") in r.stderr, r.stderr
+    assert [p for p in _tree(tmp_path / "images") if p not in ("tmp", "names")] == []
+
+
+@pytest.mark.parametrize("value", ['"lots"', '"0"', '"100K"', "12"])
+def test_check_rejects_a_bad_image_max_size(etc: Path, value: str) -> None:
+    with open(etc, "a") as f:
+        f.write(f"image_max_size = {value}\n")
+    r = _admin(etc, "check")
+    assert r.returncode == 1
+    assert f"{etc}: image_max_size: expected a size like \"4G\"" in r.stderr, r.stderr
 
 
 # -- the service keys ------------------------------------------------------------------------
