@@ -64,6 +64,10 @@ BLOB_DIGEST = re.compile(r"(sha256):([0-9a-f]{64})\Z|(sha512):([0-9a-f]{128})\Z"
 INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
                "application/vnd.docker.distribution.manifest.list.v2+json")
 CHUNK = 1 << 20
+# The GOARCH name of this machine, as image platforms are written.
+HOST_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}.get(
+    os.uname().machine, os.uname().machine
+)
 
 
 class ImageError(RetinueError):
@@ -346,6 +350,11 @@ def _manifests(layout: _Layout, index: dict[str, Any], ref: str | None, where: s
         annotations = (desc.get("annotations") if isinstance(desc, dict) else None) or {}
         if ref and depth == 0 and annotations.get("org.opencontainers.image.ref.name") != ref:
             continue
+        platform = desc.get("platform") if isinstance(desc, dict) else None
+        if isinstance(platform, dict) and (
+            platform.get("os"), platform.get("architecture")
+        ) != ("linux", HOST_ARCH):
+            continue  # skopeo picks this host's platform; a layout may hold only its blobs
         digest, _, _, media_type = _descriptor(desc, "manifest")
         if media_type in INDEX_TYPES:
             if depth > 4:
@@ -369,7 +378,11 @@ def verify_layout(path: str, archive: bool, ref: str | None, max_size: int, show
             index = _json(f.read(MAX_JSON), layout.label("index.json"))
         found = list(_manifests(layout, index, ref, layout.label("index.json")))
         if not found:
-            raise ImageError(f"{layout.label('index.json')}: no image named {ref!r}")
+            raise ImageError(
+                f"{layout.label('index.json')}: no image "
+                + (f"named {ref!r} " if ref else "")
+                + f"for linux/{HOST_ARCH}"
+            )
         blobs = []
         for digest, manifest in found:
             layers = manifest.get("layers")

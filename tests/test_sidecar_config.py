@@ -221,6 +221,38 @@ def test_import_verifies_every_digest_and_size_before_unpacking(
     assert [p for p in _tree(tmp_path / "images") if p not in ("tmp", "names")] == []
 
 
+def test_import_verifies_this_platform_of_a_multi_platform_index(
+    layout: Path, tmp_path: Path, etc: Path
+) -> None:
+    multi = tmp_path / "multi"
+    shutil.copytree(layout, multi)
+    index = json.loads((multi / "index.json").read_text())
+    ours = dict(index["manifests"][0], platform={"os": "linux", "architecture": images.HOST_ARCH})
+    ours.pop("annotations", None)
+    absent = {**ours, "digest": "sha256:" + "0" * 64,
+              "platform": {"os": "linux", "architecture": "s390x"}}  # only its descriptor
+    nested = _put(multi, json.dumps({
+        "schemaVersion": 2, "mediaType": images.INDEX_TYPES[0], "manifests": [absent, ours],
+    }).encode())
+    index["manifests"] = [{"mediaType": images.INDEX_TYPES[0], **nested}]
+    (multi / "index.json").write_text(json.dumps(index))
+    r = _admin(etc, "image", "import", "multi", str(multi))
+    assert r.returncode == 0, r.stderr
+    assert images.resolve(str(tmp_path / "images"), "multi")["config"]["Cmd"] == ["sleep", "1000"]
+    # The platform skopeo would pick is verified like any other manifest.
+    _put(multi, b"{}")
+    ours["digest"], ours["size"] = "sha256:" + hashlib.sha256(b"{}").hexdigest(), 3
+    spoiled = _put(multi, json.dumps({
+        "schemaVersion": 2, "mediaType": images.INDEX_TYPES[0], "manifests": [absent, ours],
+    }).encode())
+    index["manifests"] = [{"mediaType": images.INDEX_TYPES[0], **spoiled}]
+    (multi / "index.json").write_text(json.dumps(index))
+    r = _admin(etc, "image", "import", "other", str(multi))
+    assert r.returncode == 1
+    assert f"manifest {ours['digest']} ({multi}/blobs/sha256/" in r.stderr, r.stderr
+    assert "2 bytes, not the 3 its descriptor declares" in r.stderr, r.stderr
+
+
 def test_import_refuses_an_image_past_image_max_size(
     layout: Path, tmp_path: Path, etc: Path
 ) -> None:
@@ -243,19 +275,21 @@ def test_import_refuses_an_image_past_image_max_size(
     assert [p for p in _tree(tmp_path / "images") if p not in ("tmp", "names")] == []
 
 
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
 def test_import_refuses_a_layer_that_unpacks_past_image_max_size(
-    tmp_path: Path, etc: Path
+    tmp_path: Path, etc: Path, compression: str
 ) -> None:
-    # 64M of zeros compress to 64K: what is copied is small, what is unpacked is not.
+    # 64M of zeros compress to almost nothing: what is copied is small, what is unpacked is not.
     rootfs = imagekit.busybox_rootfs(tmp_path / "bomb")
     with open(rootfs / "zeros", "wb") as f:
         f.truncate(64 << 20)
     plain = imagekit.oci_layout(rootfs, tmp_path / "bomb-layout", ["sh"])
     gzipped = tmp_path / "bomb-gzip"
     subprocess.run(["skopeo", "--insecure-policy", "copy", "-q", "--dest-compress",
-                    "--dest-compress-format", "gzip", f"oci:{plain}", f"oci:{gzipped}:x"],
+                    "--dest-compress-format", compression, f"oci:{plain}", f"oci:{gzipped}:x"],
                    check=True)
     _, manifest = _manifest(gzipped)
+    assert manifest["layers"][0]["mediaType"].endswith(compression)
     assert sum(d["size"] for d in manifest["layers"]) < 4 << 20
     with open(etc, "a") as f:
         f.write('image_max_size = "32M"\n')
@@ -264,6 +298,14 @@ def test_import_refuses_a_layer_that_unpacks_past_image_max_size(
     assert (f"retinue: {gzipped}: layer {manifest['layers'][0]['digest']} unpacks to more than "
             "image_max_size (32M)") in r.stderr, r.stderr
     assert [p for p in _tree(tmp_path / "images") if p not in ("tmp", "names")] == []
+
+
+def test_no_file_the_import_tools_write_outgrows_image_max_size(tmp_path: Path) -> None:
+    with pytest.raises(images.ImageError, match=r"^copying: dd wrote a file past image_max_size "
+                       r"\(1048576 bytes\)$"):
+        images._run(["dd", "if=/dev/zero", f"of={tmp_path}/big", "bs=1M", "count=2"], "copying",
+                    1 << 20)
+    assert (tmp_path / "big").stat().st_size == 1 << 20
 
 
 @pytest.mark.parametrize("value", ['"lots"', '"0"', '"100K"', "12"])
