@@ -79,20 +79,22 @@ def secure_store(store: str, create: bool = False) -> None:
 
     Called by everything that uses the store as root (import, rm, a sidecar's start), so an
     upgrade closes an existing store without an administrator's step."""
-    if create:
-        os.makedirs(store, mode=0o700, exist_ok=True)
     for path in (store, os.path.join(store, "sha256"), os.path.join(store, "names")):
         try:
+            if create and path == store:
+                os.makedirs(store, mode=0o700, exist_ok=True)
             st = os.stat(path)
+            if st.st_uid != os.geteuid():
+                raise ImageError(
+                    f"image_dir: {path} belongs to uid {st.st_uid}, not to uid {os.geteuid()}: "
+                    "whoever owns it can change the images sidecars run; give it to root"
+                )
+            if stat.S_IMODE(st.st_mode) & 0o077:
+                os.chmod(path, 0o700)
         except FileNotFoundError:
             continue
-        if st.st_uid != os.geteuid():
-            raise ImageError(
-                f"image_dir: {path} belongs to uid {st.st_uid}, not to uid {os.geteuid()}: "
-                "whoever owns it can change the images sidecars run; give it to root"
-            )
-        if stat.S_IMODE(st.st_mode) & 0o077:
-            os.chmod(path, 0o700)
+        except OSError as e:
+            raise ImageError(f"image_dir: {path}: {e.strerror}") from None
 
 
 def check_reference(ref: str) -> str | None:

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tarfile
@@ -103,6 +104,27 @@ def test_rm_refuses_an_image_in_use(layout: Path, tmp_path: Path) -> None:
         images.remove(store, "bb", {digest: ["app.svc"]})
     assert images.resolve(store, "bb")["digest"] == digest
     assert images.remove(store, "bb", {}) == ["bb", digest]
+
+
+def test_import_and_rm_narrow_an_open_store_and_refuse_one_root_does_not_own(
+    layout: Path, tmp_path: Path
+) -> None:
+    store = tmp_path / "images"
+    for sub in ("sha256", "names"):
+        (store / sub).mkdir(parents=True)
+    for path in (store, store / "sha256", store / "names"):
+        os.chmod(path, 0o755)  # as versions before this one made them
+    images.import_image(str(store), "bb", str(layout))
+    for path in (store, store / "sha256", store / "names", store / "tmp"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
+    os.chmod(store, 0o711)
+    images.remove(str(store), "bb", {})
+    assert stat.S_IMODE(store.stat().st_mode) == 0o700
+    os.chown(store, 65534, 65534)
+    with pytest.raises(images.ImageError, match=f"^image_dir: {store} belongs to uid 65534, not "
+                       "to uid 0: whoever owns it can change the images sidecars run"):
+        images.import_image(str(store), "bb", str(layout))
+    assert _tree(store) == ["names", "sha256", "tmp"]
 
 
 @pytest.mark.parametrize(
@@ -275,9 +297,10 @@ def test_import_refuses_an_image_past_image_max_size(
     assert [p for p in _tree(tmp_path / "images") if p not in ("tmp", "names")] == []
 
 
+@pytest.mark.parametrize("form", ["layout", "archive"])
 @pytest.mark.parametrize("compression", ["gzip", "zstd"])
 def test_import_refuses_a_layer_that_unpacks_past_image_max_size(
-    tmp_path: Path, etc: Path, compression: str
+    tmp_path: Path, etc: Path, compression: str, form: str
 ) -> None:
     # 64M of zeros compress to almost nothing: what is copied is small, what is unpacked is not.
     rootfs = imagekit.busybox_rootfs(tmp_path / "bomb")
@@ -293,6 +316,11 @@ def test_import_refuses_a_layer_that_unpacks_past_image_max_size(
     assert sum(d["size"] for d in manifest["layers"]) < 4 << 20
     with open(etc, "a") as f:
         f.write('image_max_size = "32M"\n')
+    if form == "archive":
+        archive = tmp_path / "bomb.tar"
+        subprocess.run(["skopeo", "--insecure-policy", "copy", "-q", f"oci:{gzipped}:x",
+                        f"oci-archive:{archive}"], check=True)
+        gzipped = archive
     r = _admin(etc, "image", "import", "bomb", str(gzipped))
     assert r.returncode == 1
     assert (f"retinue: {gzipped}: layer {manifest['layers'][0]['digest']} unpacks to more than "
