@@ -37,6 +37,10 @@ INIT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 UNSHARE = shutil.which("unshare") or "/usr/bin/unshare"
 
 
+def in_userns(app: dict[str, Any]) -> bool:
+    return any(ns.get("type") == "user" for ns in (app.get("linux") or {}).get("namespaces") or [])
+
+
 class ShareError(Exception):
     pass
 
@@ -146,6 +150,11 @@ class ContainerRunner:
             image = images.resolve(self.image_dir, unit.spec["image"])
         except images.ImageError as e:
             raise StartFailed(1 << 8, f"could not be started: {e}", permanent=True) from None
+        # In the app's user namespace the lower runtime reaches the image through a view at
+        # the store's own path (images.behind_view): the store stays root-only.
+        view = image["rootfs"] if in_userns(self.app_spec()) else None
+        if view:
+            image = {**image, "rootfs": self.image_dir}
         proc = f"/proc/{init_pid}"
         try:
             app = self.app_spec()
@@ -153,14 +162,8 @@ class ContainerRunner:
                 p: sidecar.host_path(app, self.bundle, resolve_in_root(f"{proc}/root", p))
                 for p in unit.spec["share"]
             }
-            # In the app's user namespace the lower runtime reaches the image through a view
-            # at the store's own path (images.behind_view): the store stays root-only.
-            userns = "user" in {
-                ns.get("type") for ns in (app.get("linux") or {}).get("namespaces") or []
-            }
             spec = sidecar.sibling_spec(
-                app, dict(unit.spec), {**image, "rootfs": self.image_dir} if userns else image,
-                app_id=ctx.id, app_proc=proc,
+                app, dict(unit.spec), image, app_id=ctx.id, app_proc=proc,
                 app_cgroup=app_cgroup(init_pid), container_dir=ctx.dir, shared=shared,
                 init=INIT if os.path.isfile(INIT) else None,
             )
@@ -181,8 +184,8 @@ class ContainerRunner:
         try:
             # The sibling's stdio are create's: its output goes to the service's log.
             argv = self._argv("create", "--bundle", bundle, "--pid-file", pid_file, sid)
-            if userns:
-                argv = images.behind_view(image["rootfs"], self.image_dir, argv, UNSHARE)
+            if view:
+                argv = images.behind_view(view, self.image_dir, argv, UNSHARE)
             pid = procs.spawn(argv, stdout=wfd)
         finally:
             os.close(wfd)

@@ -440,14 +440,20 @@ def test_the_image_store_is_root_only_and_a_sidecar_still_gets_its_image_as_it_i
     # A store an older version left open to everyone is narrowed when a sidecar starts from it.
     for path in (images, images / "sha256", images / "names"):
         os.chmod(path, 0o755)
-    sidecar(rig, "hostile", 'placement = "container"\nimage = "hostile"\n')
+    sidecar(rig, "hostile", 'placement = "container"\nimage = "hostile"\nuser = "65534:65534"\n')
     bundle = rig.bundle(main_args(FOREVER), env=["RETINUE_SERVICES=hostile"])
     assert rig.create(container_id, bundle).returncode == 0, rig.log_entries()
     assert rig.rt("start", container_id).returncode == 0, rig.log_entries()
     assert stat.S_IMODE(images.stat().st_mode) == 0o700
     nobody_is_kept_out()
-    # Inside its container the sidecar has its image exactly as the image says.
+    # A host user with the sidecar's own uid reaches its root through /proc/PID/root, as for
+    # any container without a user namespace; the kernel honours setuid bits only inside the
+    # mount's own namespace, so from there they give nothing.
     sid = f"{container_id}.hostile"
+    side_pid = sibling_state(rig, sid)["pid"]
+    ran = as_nobody(f"/proc/{side_pid}/root/usr/bin/id")
+    assert ran.returncode == 0 and "euid=0" not in ran.stdout, ran
+    assert "egid=0" not in as_nobody(f"/proc/{side_pid}/root/usr/bin/gid").stdout
 
     def inside(*argv: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([RUNC, "--root", str(rig.state_dir / "sidecars"), "exec", sid,
