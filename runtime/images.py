@@ -151,7 +151,8 @@ def max_size_bytes(value: str | int) -> int | None:
     return size if size is not None and size >= MIN_MAX_SIZE else None
 
 
-def _run(argv: list[str], what: str, max_file: int | None = None) -> None:
+def _run(argv: list[str], what: str, max_file: int | None = None, tmp: str | None = None
+         ) -> None:
     def limit() -> None:
         # Each file the tool writes stops at image_max_size (SIGXFSZ, restored by subprocess).
         import resource
@@ -161,7 +162,8 @@ def _run(argv: list[str], what: str, max_file: int | None = None) -> None:
 
     try:
         done = subprocess.run(argv, capture_output=True, text=True, check=False,
-                              preexec_fn=limit if max_file else None)
+                              preexec_fn=limit if max_file else None,
+                              env={**os.environ, "TMPDIR": tmp} if tmp else None)
     except FileNotFoundError:
         raise ImageError(
             f"{what}: {argv[0]} is not installed (Debian: apt-get install {argv[0]})"
@@ -465,15 +467,15 @@ def import_image(
         raise ImageError(f'image_max_size: expected a size like "4G", got {max_size!r}')
     ref = source_ref(source)
     transport, _, rest = ref.partition(":")
+    # PATH, or PATH:REFERENCE (skopeo's syntax) when PATH itself has no colon.
+    path, _, tag = rest.partition(":") if not os.path.exists(rest) else (rest, "", "")
     try:
-        if transport == "docker-archive":
-            # skopeo turns it into an OCI layout, verified below; first, its own size.
-            if os.path.getsize(rest) > limit:
-                raise ImageError(
-                    f"{os.path.getsize(rest)} bytes, more than image_max_size ({max_size})"
-                )
-        else:
-            path, _, tag = rest.partition(":") if transport == "oci" else (rest, "", "")
+        # skopeo unpacks an archive whole before it copies anything: first, its own size.
+        if transport != "oci" and os.path.getsize(path) > limit:
+            raise ImageError(
+                f"{os.path.getsize(path)} bytes, more than image_max_size ({max_size})"
+            )
+        if transport != "docker-archive":  # which is verified as the layout skopeo makes
             verify_layout(path, transport == "oci-archive", tag or None, limit, str(max_size))
     except ImageError as e:
         raise ImageError(f"{source}: {e}") from None
@@ -485,7 +487,7 @@ def import_image(
     try:
         layout = os.path.join(work, "layout")
         _run(["skopeo", "--insecure-policy", "copy", "--quiet", ref, f"oci:{layout}:retinue"],
-             f"{source}: reading the image", limit)
+             f"{source}: reading the image", limit, tmp=work)
         if transport == "docker-archive":
             try:
                 verify_layout(layout, False, None, limit, str(max_size))
