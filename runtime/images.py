@@ -16,8 +16,8 @@ under IMAGE_DIR/tmp first and renamed into place, so a failed import leaves noth
 Nothing is unpacked before every blob is verified: an OCI source from its index down (each
 manifest, config and layer has the size and digest its descriptor declares), a `docker save`
 archive as the OCI layout skopeo made of it. `image_max_size` bounds an image three ways, each
-before the bytes it counts are written: the sizes its descriptors declare (or a docker archive's
-own size), the bytes actually read while verifying (never more than declared), and the bytes its
+before the bytes it counts are written: the sizes its descriptors declare (and an archive's own
+size), the bytes actually read while verifying (never more than declared), and the bytes its
 layers unpack to (gzip and zstd layers are decompressed and counted, not written). skopeo and
 umoci also run with RLIMIT_FSIZE at that size, so no file they write can outgrow it.
 
