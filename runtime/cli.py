@@ -464,7 +464,9 @@ def image_import(config_path: str | None, name: str, source: str) -> None:
     oci:PATH, oci-archive:PATH, docker-archive:PATH) as NAME. Never reaches a registry."""
     cfg = _load(config_path)
     try:
-        record = images.import_image(cfg.settings.image_dir, name, source)
+        record = images.import_image(
+            cfg.settings.image_dir, name, source, cfg.settings.image_max_size
+        )
     except (RetinueError, OSError) as e:
         _fail(e if isinstance(e, RetinueError) else RetinueError(f"{source}: {e}"))
         raise

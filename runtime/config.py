@@ -95,6 +95,8 @@ class Settings:
     state_dir: str = "/run/retinue"
     # Service images (`retinue image import`), unpacked once per digest.
     image_dir: str = "/var/lib/retinue/images"
+    # The most an imported image may declare, copy or unpack to (bytes, or K, M or G).
+    image_max_size: str | int = "4G"
     log_dir: str = "/var/log/retinue"
     # Each service's log rotates at this size, keeping this many older files (SERVICE.log.N).
     log_max_bytes: int = 8 << 20
@@ -149,6 +151,13 @@ def check_settings(s: Settings, source: str) -> list[str]:
     if s.log_max_bytes < 1024:
         errors.append(f"log_max_bytes: expected at least 1024, got {s.log_max_bytes}")
     errors += _check_budget("stop_budget", s.stop_budget)
+    from .images import max_size_bytes
+
+    if max_size_bytes(s.image_max_size) is None:
+        errors.append(
+            'image_max_size: expected a size like "4G" (bytes, or K, M or G; at least 1M), '
+            f"got {s.image_max_size!r:.100}"
+        )
     if s.log_keep < 1:  # rotation renames the full file away: it needs somewhere to go
         errors.append(f"log_keep: expected 1 or more, got {s.log_keep}")
     elif s.log_keep > MAX_LOG_KEEP:  # each rotation renames every kept file in turn

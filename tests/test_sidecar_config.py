@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
+import shutil
+import stat
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +106,27 @@ def test_rm_refuses_an_image_in_use(layout: Path, tmp_path: Path) -> None:
     assert images.remove(store, "bb", {}) == ["bb", digest]
 
 
+def test_import_and_rm_narrow_an_open_store_and_refuse_one_root_does_not_own(
+    layout: Path, tmp_path: Path
+) -> None:
+    store = tmp_path / "images"
+    for sub in ("sha256", "names"):
+        (store / sub).mkdir(parents=True)
+    for path in (store, store / "sha256", store / "names"):
+        os.chmod(path, 0o755)  # as versions before this one made them
+    images.import_image(str(store), "bb", str(layout))
+    for path in (store, store / "sha256", store / "names", store / "tmp"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
+    os.chmod(store, 0o711)
+    images.remove(str(store), "bb", {})
+    assert stat.S_IMODE(store.stat().st_mode) == 0o700
+    os.chown(store, 65534, 65534)
+    with pytest.raises(images.ImageError, match=f"^image_dir: {store} belongs to uid 65534, not "
+                       "to uid 0: whoever owns it can change the images sidecars run"):
+        images.import_image(str(store), "bb", str(layout))
+    assert _tree(store) == ["names", "sha256", "tmp"]
+
+
 @pytest.mark.parametrize(
     ("name", "source", "message"),
     [
@@ -123,6 +148,203 @@ def test_import_bad_input_changes_nothing(
     assert r.returncode == 1
     assert message in r.stderr and r.stderr.startswith("retinue: "), r.stderr
     assert [p for p in _tree(tmp_path / "images") if p not in ("tmp", "names")] == []
+
+
+# -- what an import verifies and bounds -----------------------------------------------------
+
+
+def _blob(layout: Path, digest: str) -> Path:
+    return layout / "blobs" / "sha256" / digest.split(":", 1)[1]
+
+
+def _put(layout: Path, data: bytes) -> dict[str, Any]:
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    _blob(layout, digest).write_bytes(data)
+    return {"digest": digest, "size": len(data)}
+
+
+def _manifest(layout: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    index = json.loads((layout / "index.json").read_text())
+    return index, json.loads(_blob(layout, index["manifests"][0]["digest"]).read_bytes())
+
+
+def _rewrite(layout: Path, edit: Any) -> None:
+    """Edit the manifest, then store it under its true digest: only the edit is wrong."""
+    index, manifest = _manifest(layout)
+    edit(manifest)
+    index["manifests"][0].update(_put(layout, json.dumps(manifest).encode()))
+    (layout / "index.json").write_text(json.dumps(index))
+
+
+def _manifest_not_its_digest(layout: Path) -> str:
+    index, _ = _manifest(layout)
+    blob = _blob(layout, index["manifests"][0]["digest"])
+    blob.write_bytes(blob.read_bytes().replace(b'"schemaVersion": 2', b'"schemaVersion":  2'))
+    index["manifests"][0]["size"] = blob.stat().st_size  # only the digest is wrong
+    (layout / "index.json").write_text(json.dumps(index))
+    return f"manifest {index['manifests'][0]['digest']} ({blob}): its content is sha256:"
+
+
+def _layer_not_its_digest(layout: Path) -> str:
+    _, manifest = _manifest(layout)
+    layer = manifest["layers"][0]["digest"]
+    data = bytearray(_blob(layout, layer).read_bytes())
+    data[-1] ^= 1  # the tar's zero padding: same size, another digest
+    _blob(layout, layer).write_bytes(bytes(data))
+    return f"layer {layer} ({_blob(layout, layer)}): its content is sha256:"
+
+
+def _layer_larger_than_declared(layout: Path) -> str:
+    _, manifest = _manifest(layout)
+    layer = manifest["layers"][0]
+    actual = layer["size"]
+    _rewrite(layout, lambda m: m["layers"][0].update(size=actual - 512))
+    return (f"layer {layer['digest']} ({_blob(layout, layer['digest'])}): has more than the "
+            f"{actual - 512} bytes its descriptor declares")
+
+
+def _config_smaller_than_declared(layout: Path) -> str:
+    _, manifest = _manifest(layout)
+    config = manifest["config"]
+    _rewrite(layout, lambda m: m["config"].update(size=config["size"] + 10))
+    return (f"config {config['digest']} ({_blob(layout, config['digest'])}): "
+            f"{config['size']} bytes, not the {config['size'] + 10} its descriptor declares")
+
+
+def _layer_declared_huge(layout: Path) -> str:
+    _rewrite(layout, lambda m: m["layers"][0].update(size=1 << 40))
+    return "declares more than image_max_size (4G) in all: 1099511"
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [_manifest_not_its_digest, _layer_not_its_digest, _layer_larger_than_declared,
+     _config_smaller_than_declared, _layer_declared_huge],
+)
+@pytest.mark.parametrize("form", ["layout", "archive"])
+def test_import_verifies_every_digest_and_size_before_unpacking(
+    layout: Path, tmp_path: Path, etc: Path, spoil: Any, form: str
+) -> None:
+    bad = tmp_path / "bad"
+    shutil.copytree(layout, bad)
+    message = spoil(bad)
+    source = bad
+    if form == "archive":
+        source = tmp_path / "bad.tar"
+        with tarfile.open(source, "w") as tar:
+            for entry in sorted(os.listdir(bad)):
+                tar.add(bad / entry, entry)
+        # In an archive the blob is named by its path inside it.
+        message = message.replace(f"({bad}/", f"({source}:")
+    r = _admin(etc, "image", "import", "bad", str(source))
+    assert r.returncode == 1, r
+    assert r.stderr.startswith(f"retinue: {source}: "), r.stderr
+    assert message in r.stderr, r.stderr
+    assert [p for p in _tree(tmp_path / "images") if p not in ("tmp", "names")] == []
+
+
+def test_import_verifies_this_platform_of_a_multi_platform_index(
+    layout: Path, tmp_path: Path, etc: Path
+) -> None:
+    multi = tmp_path / "multi"
+    shutil.copytree(layout, multi)
+    index = json.loads((multi / "index.json").read_text())
+    ours = dict(index["manifests"][0], platform={"os": "linux", "architecture": images.HOST_ARCH})
+    ours.pop("annotations", None)
+    absent = {**ours, "digest": "sha256:" + "0" * 64,
+              "platform": {"os": "linux", "architecture": "s390x"}}  # only its descriptor
+    nested = _put(multi, json.dumps({
+        "schemaVersion": 2, "mediaType": images.INDEX_TYPES[0], "manifests": [absent, ours],
+    }).encode())
+    index["manifests"] = [{"mediaType": images.INDEX_TYPES[0], **nested}]
+    (multi / "index.json").write_text(json.dumps(index))
+    r = _admin(etc, "image", "import", "multi", str(multi))
+    assert r.returncode == 0, r.stderr
+    assert images.resolve(str(tmp_path / "images"), "multi")["config"]["Cmd"] == ["sleep", "1000"]
+    # The platform skopeo would pick is verified like any other manifest.
+    _put(multi, b"{}")
+    ours["digest"], ours["size"] = "sha256:" + hashlib.sha256(b"{}").hexdigest(), 3
+    spoiled = _put(multi, json.dumps({
+        "schemaVersion": 2, "mediaType": images.INDEX_TYPES[0], "manifests": [absent, ours],
+    }).encode())
+    index["manifests"] = [{"mediaType": images.INDEX_TYPES[0], **spoiled}]
+    (multi / "index.json").write_text(json.dumps(index))
+    r = _admin(etc, "image", "import", "other", str(multi))
+    assert r.returncode == 1
+    assert f"manifest {ours['digest']} ({multi}/blobs/sha256/" in r.stderr, r.stderr
+    assert "2 bytes, not the 3 its descriptor declares" in r.stderr, r.stderr
+
+
+def test_import_refuses_an_image_past_image_max_size(
+    layout: Path, tmp_path: Path, etc: Path
+) -> None:
+    _, manifest = _manifest(layout)
+    declared = manifest["config"]["size"] + sum(d["size"] for d in manifest["layers"])
+    with open(etc, "a") as f:
+        f.write('image_max_size = "1M"\n')
+    r = _admin(etc, "image", "import", "bb", str(layout))
+    assert r.returncode == 1
+    assert (f"retinue: {layout}: declares more than image_max_size (1M) in all: {declared} bytes"
+            in r.stderr), r.stderr
+    # An archive is bounded by its own size before skopeo unpacks it.
+    for transport in ("docker-archive", "oci-archive"):
+        archive = tmp_path / f"img-{transport}.tar"
+        subprocess.run(["skopeo", "--insecure-policy", "copy", "-q", f"oci:{layout}",
+                        f"{transport}:{archive}:x:1"], check=True)
+        source = str(archive)
+        r = _admin(etc, "image", "import", "bb", source)
+        assert r.returncode == 1
+        assert (f"retinue: {source}: {archive.stat().st_size} bytes, more than image_max_size "
+                "(1M)" in r.stderr), r.stderr
+    assert [p for p in _tree(tmp_path / "images") if p not in ("tmp", "names")] == []
+
+
+@pytest.mark.parametrize("form", ["layout", "archive"])
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+def test_import_refuses_a_layer_that_unpacks_past_image_max_size(
+    tmp_path: Path, etc: Path, compression: str, form: str
+) -> None:
+    # 64M of zeros compress to almost nothing: what is copied is small, what is unpacked is not.
+    rootfs = imagekit.busybox_rootfs(tmp_path / "bomb")
+    with open(rootfs / "zeros", "wb") as f:
+        f.truncate(64 << 20)
+    plain = imagekit.oci_layout(rootfs, tmp_path / "bomb-layout", ["sh"])
+    gzipped = tmp_path / "bomb-gzip"
+    subprocess.run(["skopeo", "--insecure-policy", "copy", "-q", "--dest-compress",
+                    "--dest-compress-format", compression, f"oci:{plain}", f"oci:{gzipped}:x"],
+                   check=True)
+    _, manifest = _manifest(gzipped)
+    assert manifest["layers"][0]["mediaType"].endswith(compression)
+    assert sum(d["size"] for d in manifest["layers"]) < 4 << 20
+    with open(etc, "a") as f:
+        f.write('image_max_size = "32M"\n')
+    if form == "archive":
+        archive = tmp_path / "bomb.tar"
+        subprocess.run(["skopeo", "--insecure-policy", "copy", "-q", f"oci:{gzipped}:x",
+                        f"oci-archive:{archive}"], check=True)
+        gzipped = archive
+    r = _admin(etc, "image", "import", "bomb", str(gzipped))
+    assert r.returncode == 1
+    assert (f"retinue: {gzipped}: layer {manifest['layers'][0]['digest']} unpacks to more than "
+            "image_max_size (32M)") in r.stderr, r.stderr
+    assert [p for p in _tree(tmp_path / "images") if p not in ("tmp", "names")] == []
+
+
+def test_no_file_the_import_tools_write_outgrows_image_max_size(tmp_path: Path) -> None:
+    with pytest.raises(images.ImageError, match=r"^copying: dd wrote a file past image_max_size "
+                       r"\(1048576 bytes\)$"):
+        images._run(["dd", "if=/dev/zero", f"of={tmp_path}/big", "bs=1M", "count=2"], "copying",
+                    1 << 20)
+    assert (tmp_path / "big").stat().st_size == 1 << 20
+
+
+@pytest.mark.parametrize("value", ['"lots"', '"0"', '"100K"', "12"])
+def test_check_rejects_a_bad_image_max_size(etc: Path, value: str) -> None:
+    with open(etc, "a") as f:
+        f.write(f"image_max_size = {value}\n")
+    r = _admin(etc, "check")
+    assert r.returncode == 1
+    assert f"{etc}: image_max_size: expected a size like \"4G\"" in r.stderr, r.stderr
 
 
 # -- the service keys ------------------------------------------------------------------------

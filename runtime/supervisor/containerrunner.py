@@ -33,6 +33,12 @@ SYMLINK_HOPS = 40
 # Built beside the package, as compile_config finds it for the app containers.
 INIT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "libexec",
                     "retinue-init")  # as the kernel's own limit on one path walk
+# util-linux, on every Debian and Red Hat system; a path, as posix_spawn needs.
+UNSHARE = shutil.which("unshare") or "/usr/bin/unshare"
+
+
+def in_userns(app: dict[str, Any]) -> bool:
+    return any(ns.get("type") == "user" for ns in (app.get("linux") or {}).get("namespaces") or [])
 
 
 class ShareError(Exception):
@@ -140,9 +146,15 @@ class ContainerRunner:
         if init_pid is None:
             raise StartFailed(1 << 8, "could not be started (the app container has no process)")
         try:
+            images.secure_store(self.image_dir)
             image = images.resolve(self.image_dir, unit.spec["image"])
         except images.ImageError as e:
             raise StartFailed(1 << 8, f"could not be started: {e}", permanent=True) from None
+        # In the app's user namespace the lower runtime reaches the image through a view at
+        # the store's own path (images.behind_view): the store stays root-only.
+        view = image["rootfs"] if in_userns(self.app_spec()) else None
+        if view:
+            image = {**image, "rootfs": self.image_dir}
         proc = f"/proc/{init_pid}"
         try:
             app = self.app_spec()
@@ -171,9 +183,10 @@ class ContainerRunner:
         wfd = unit.open_output()
         try:
             # The sibling's stdio are create's: its output goes to the service's log.
-            pid = procs.spawn(
-                self._argv("create", "--bundle", bundle, "--pid-file", pid_file, sid), stdout=wfd
-            )
+            argv = self._argv("create", "--bundle", bundle, "--pid-file", pid_file, sid)
+            if view:
+                argv = images.behind_view(view, self.image_dir, argv, UNSHARE)
+            pid = procs.spawn(argv, stdout=wfd)
         finally:
             os.close(wfd)
         status = await ctx.reaper.wait(pid)

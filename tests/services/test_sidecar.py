@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -386,5 +387,87 @@ def test_a_sidecar_health_probe_runs_inside_it_and_restarts_it(
     log = rig.service_log(container_id, "flaky")
     assert "health check failed 2 times in a row" in log, log
     assert rig.runc_status(container_id) == "running"
+    assert rig.rt("delete", "--force", container_id).returncode == 0
+    assert siblings(rig) == []
+
+
+def as_nobody(*argv: str | Path) -> subprocess.CompletedProcess[str]:
+    # Through a shell: setpriv keeps its capabilities until its own execve, so a path it
+    # execs directly is walked with root's.
+    return subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--",
+         "/bin/sh", "-c", 'exec "$@"', "sh", *map(str, argv)],
+        capture_output=True, text=True, timeout=30,
+    )
+
+
+def test_the_image_store_is_root_only_and_a_sidecar_still_gets_its_image_as_it_is(
+    rig: Rig, container_id: str
+) -> None:
+    # An image with what a host user must never reach: setuid and setgid root programs (the
+    # host's own `id` runs from the store with the host's libraries), a device node and a
+    # world-writable directory.
+    root = imagekit.busybox_rootfs(rig.base / "hostile", ("sh", "sleep", "stat", "touch"))
+    (root / "usr" / "bin").mkdir(parents=True)
+    for name, mode in (("id", 0o4755), ("gid", 0o2755)):
+        shutil.copy("/usr/bin/id", root / "usr" / "bin" / name)
+        os.chmod(root / "usr" / "bin" / name, mode)
+    os.mknod(root / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    os.chmod(root / "null", 0o666)
+    (root / "drop").mkdir(mode=0o777)
+    os.chmod(root / "drop", 0o777)
+    layout = imagekit.oci_layout(root, rig.base / "hostile-layout", ["sleep", "1000"])
+    images = rig.base / "images"
+    rig.write_config(f'image_dir = "{images}"\n')
+    r = rig.retinue("image", "import", "hostile", str(layout), timeout=120)
+    assert r.returncode == 0, r.stderr
+    rootfs = images / "sha256" / r.stdout.split()[1][7:] / "rootfs"
+    # Every directory above the store lets others through: only the store itself may stop them.
+    os.chmod(rig.base, 0o755)
+    for parent in images.parents:
+        assert parent.stat().st_mode & 0o001, parent
+    def nobody_is_kept_out() -> None:
+        assert as_nobody("ls", images).returncode != 0
+        ran = as_nobody(rootfs / "usr" / "bin" / "id")
+        assert ran.returncode != 0 and "euid=0" not in ran.stdout, ran
+        assert "egid=0" not in as_nobody(rootfs / "usr" / "bin" / "gid").stdout
+        assert as_nobody("stat", rootfs / "null").returncode != 0
+        assert as_nobody("touch", rootfs / "drop" / "x").returncode != 0
+        assert not (rootfs / "drop" / "x").exists()
+
+    nobody_is_kept_out()
+    assert stat.S_IMODE(images.stat().st_mode) == 0o700
+    # A store an older version left open to everyone is narrowed when a sidecar starts from it.
+    for path in (images, images / "sha256", images / "names"):
+        os.chmod(path, 0o755)
+    sidecar(rig, "hostile", 'placement = "container"\nimage = "hostile"\nuser = "65534:65534"\n')
+    bundle = rig.bundle(main_args(FOREVER), env=["RETINUE_SERVICES=hostile"])
+    assert rig.create(container_id, bundle).returncode == 0, rig.log_entries()
+    assert rig.rt("start", container_id).returncode == 0, rig.log_entries()
+    assert stat.S_IMODE(images.stat().st_mode) == 0o700
+    nobody_is_kept_out()
+    # A host user with the sidecar's own uid reaches its root through /proc/PID/root, as for
+    # any container without a user namespace; the kernel honours setuid bits only inside the
+    # mount's own namespace, so from there they give nothing.
+    sid = f"{container_id}.hostile"
+    side_pid = sibling_state(rig, sid)["pid"]
+    ran = as_nobody(f"/proc/{side_pid}/root/usr/bin/id")
+    assert ran.returncode == 0 and "euid=0" not in ran.stdout, ran
+    assert "egid=0" not in as_nobody(f"/proc/{side_pid}/root/usr/bin/gid").stdout
+
+    def inside(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([RUNC, "--root", str(rig.state_dir / "sidecars"), "exec", sid,
+                               *argv], capture_output=True, text=True, timeout=30)
+
+    listed = inside("stat", "-c", "%n %a %F %t,%T", "/usr/bin/id", "/usr/bin/gid", "/drop",
+                    "/null")
+    assert listed.stdout.splitlines() == [
+        "/usr/bin/id 4755 regular file 0,0", "/usr/bin/gid 2755 regular file 0,0",
+        "/drop 777 directory 0,0", "/null 666 character special file 1,3",
+    ], listed
+    # ... and a read-only one: no sidecar can leave anything there for the next.
+    wrote = inside("touch", "/drop/x")
+    assert wrote.returncode != 0 and "Read-only file system" in wrote.stderr, wrote
+    assert not (rootfs / "drop" / "x").exists()
     assert rig.rt("delete", "--force", container_id).returncode == 0
     assert siblings(rig) == []
