@@ -43,7 +43,8 @@ def main() -> None:
     origin = cgroups.own()
     if place:
         try:
-            cgroups.enter(place)
+            for note in cgroups.enter(place):
+                print(note, file=sys.stderr, flush=True)
         except cgroups.CgroupError as e:
             # The shim quotes this last line: the container is not created.
             cgroups.leave(place, origin)
