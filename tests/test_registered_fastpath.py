@@ -3,9 +3,10 @@
 state, exec, ps, events, pause and resume of a container in the registry go to the lower runtime
 it was created with, which the sh launcher reads from the entry's record (statedir.RECORDS).
 start, kill and delete (the supervisor goes first), update (the services' sub-cgroups make room
-and follow, issue 16), help, and anything the launcher is unsure of go to Python. As in test_create_fastpath.py, the launchers are rewritten
-with a Python that does not exist (127: it went to Python), and the lower runtimes are fakes that
-record their argv: the configuration's and the registered one are different fakes.
+and follow, issue 16), help, and anything the launcher is unsure of go to Python. As in
+test_create_fastpath.py, the launchers are rewritten with a Python that does not exist (127: it
+went to Python), and the lower runtimes are fakes that record their argv: the configuration's and
+the registered one are different fakes.
 """
 
 from __future__ import annotations
