@@ -202,12 +202,13 @@ def placement(
     memory: int,
 ) -> dict[str, Any]:
     """Where the supervisor goes: {"v2": bool, "dirs": [[mount, cgroup path, controller]],
-    "cpu", "memory"}. v2 when no v1 controller is mounted (a unified host); a hybrid host's empty
-    v2 tree bounds nothing, so there it is v1."""
+    "cpu", "memory", "origin": `own`}. v2 when no v1 controller is mounted (a unified host); a
+    hybrid host's empty v2 tree bounds nothing, so there it is v1."""
     v2_mount, v1 = parse_mounts(mountinfo)
     if not v1 and v2_mount is not None:
         inner = sibling(container_path(cgroups_path, container_id, systemd, own.get("", "/")))
-        return {"v2": True, "dirs": [[v2_mount, inner, ""]], "cpu": cpu, "memory": memory}
+        return {"v2": True, "dirs": [[v2_mount, inner, ""]], "cpu": cpu, "memory": memory,
+                "origin": own}
     if not v1:
         raise CgroupError("no cgroup hierarchy is mounted")
     dirs: list[list[str]] = []
@@ -218,7 +219,7 @@ def placement(
         own_path = own.get(controller, "/")
         inner = sibling(container_path(cgroups_path, container_id, systemd, own_path))
         dirs.append([mount, inner, controller])
-    return {"v2": False, "dirs": dirs, "cpu": cpu, "memory": memory}
+    return {"v2": False, "dirs": dirs, "cpu": cpu, "memory": memory, "origin": own}
 
 
 def directories(place: dict[str, Any]) -> list[str]:

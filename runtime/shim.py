@@ -224,7 +224,7 @@ def start_supervisor(
                 container_dir, config, explicit, compiled["runtime"], compiled["log_dir"]
             )
             log = os.path.join(compiled["log_dir"], container_id, "supervisor.log")
-            spawn.spawn(container_dir, log)
+            spawn.spawn(container_dir, log, cgroup)
     except OSError as e:
         raise RetinueError(f"cannot prepare {container_dir}: {e.strerror}") from None
 

@@ -73,6 +73,7 @@ def test_hybrid_hosts_use_v1_with_comounted_controllers_once() -> None:
         ],
         "cpu": 0.5,
         "memory": 64 << 20,
+        "origin": own,  # where the supervisor goes back to before its cgroup is removed
     }
 
 

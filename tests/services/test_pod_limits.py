@@ -174,3 +174,19 @@ def test_update_of_a_container_with_services_succeeds_and_they_follow(
                           capture_output=True).returncode == 0
     assert rig.rt("delete", "--force", container_id).returncode == 0
     wait_for(lambda: not rig.leftovers(container_id), 10)
+
+
+def test_the_supervisor_s_own_cost_is_charged_to_its_cgroup(rig: Rig, container_id: str) -> None:
+    """Its interpreter's start and its memory, not only what it ran once inside: memory stays
+    charged to the cgroup it was allocated in, so the supervisor must be in its own before its
+    interpreter starts (a RuntimeClass `overhead` sized from that cgroup would be too small)."""
+    rig.service("svc", "exec sleep 1000\n")
+    started(rig, container_id, rig.bundle(main_args(FOREVER), env=["RETINUE_SERVICES=svc"]))
+    sup = rig.supervisor_pids(container_id)[0]
+    memory = int(read(cgroup_of(sup, "memory") + "/memory.usage_in_bytes"))
+    cpu_ms = int(read(cgroup_of(sup, "cpuacct") + "/cpuacct.usage")) / 1e6
+    # A supervisor's USS is ~9 MB and its interpreter's start ~50-80 ms of CPU.
+    assert memory > 4 << 20, memory
+    assert cpu_ms > 30, cpu_ms
+    assert rig.rt("delete", "--force", container_id).returncode == 0
+    wait_for(lambda: not rig.leftovers(container_id), 10)
