@@ -119,9 +119,20 @@ def expand_slice(slice_name: str) -> str:
     return out
 
 
-def container_path(cgroups_path: str, container_id: str, systemd: bool, own: str) -> str:
+def container_path(
+    cgroups_path: str, container_id: str, systemd: bool, own: str, v2: bool = False,
+    init: str = "/",
+) -> str:
     """The container's cgroup as runc 1.1 resolves linux.cgroupsPath, relative to a hierarchy's
-    root; `own` is the calling process's cgroup in that hierarchy (for relative paths)."""
+    root. `own` is the calling process's cgroup in that hierarchy, `init` pid 1's; `v2` says
+    whether the hierarchy is the unified one.
+
+    cgroupfs: a relative path is below the caller's own cgroup on v1, below its parent on v2
+    (whose own cgroup holds processes and could not give controllers to a child). systemd:
+    "slice:prefix:name" is the scope `prefix-name.scope` (or the slice `name` when it is one) in
+    the expanded slice (default system.slice); on v1 below pid 1's cgroup without its
+    `init.scope` (not on v2, where runc joins it to the mount point directly).
+    """
     if systemd:
         if not cgroups_path:
             parent, prefix, name = "system.slice", "runc", container_id
@@ -136,11 +147,17 @@ def container_path(cgroups_path: str, container_id: str, systemd: bool, own: str
         unit = name if name.endswith(".slice") else f"{prefix}-{name}.scope"
         if "/" in unit:
             raise CgroupError(f"linux.cgroupsPath: invalid unit name {unit[:200]!r}")
-        return posixpath.join(expand_slice(parent), unit)
+        base = "/"
+        if not v2:
+            base = posixpath.normpath(init or "/")
+            if base.endswith("init.scope"):
+                base = base[: -len("init.scope")] or "/"
+        return posixpath.join(base, expand_slice(parent).lstrip("/"), unit)
     path = _clean(cgroups_path) if cgroups_path else container_id
     if path.startswith("/"):
         return path
-    return posixpath.join(own or "/", path)
+    base = posixpath.dirname(own or "/") if v2 else own or "/"
+    return posixpath.join(base, path)
 
 
 def sibling(path: str) -> str:
@@ -200,13 +217,18 @@ def placement(
     own: dict[str, str],
     cpu: float,
     memory: int,
+    init: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Where the supervisor goes: {"v2": bool, "dirs": [[mount, cgroup path, controller]],
     "cpu", "memory", "origin": `own`}. v2 when no v1 controller is mounted (a unified host); a
-    hybrid host's empty v2 tree bounds nothing, so there it is v1."""
+    hybrid host's empty v2 tree bounds nothing, so there it is v1. `init` is pid 1's cgroups
+    (the systemd driver's v1 paths start there)."""
+    init = init or {}
     v2_mount, v1 = parse_mounts(mountinfo)
     if not v1 and v2_mount is not None:
-        inner = sibling(container_path(cgroups_path, container_id, systemd, own.get("", "/")))
+        inner = sibling(container_path(
+            cgroups_path, container_id, systemd, own.get("", "/"), v2=True
+        ))
         return {"v2": True, "dirs": [[v2_mount, inner, ""]], "cpu": cpu, "memory": memory,
                 "origin": own}
     if not v1:
@@ -217,7 +239,9 @@ def placement(
         if mount is None or any(m == mount for m, _, _ in dirs):
             continue  # co-mounted controllers (cpu,cpuacct) share one directory
         own_path = own.get(controller, "/")
-        inner = sibling(container_path(cgroups_path, container_id, systemd, own_path))
+        inner = sibling(container_path(
+            cgroups_path, container_id, systemd, own_path, init=init.get(controller, "/")
+        ))
         dirs.append([mount, inner, controller])
     return {"v2": False, "dirs": dirs, "cpu": cpu, "memory": memory, "origin": own}
 
@@ -234,7 +258,14 @@ def placement_here(
         mountinfo = f.read()
     with open("/proc/self/cgroup") as f:
         own = parse_proc_cgroup(f.read())
-    return placement(cgroups_path, container_id, systemd, mountinfo, own, cpu, memory)
+    init: dict[str, str] = {}
+    if systemd:
+        try:
+            with open("/proc/1/cgroup") as f:
+                init = parse_proc_cgroup(f.read())
+        except OSError:
+            pass
+    return placement(cgroups_path, container_id, systemd, mountinfo, own, cpu, memory, init)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,6 +3,8 @@ token bucket that limits what a container can make its supervisor do."""
 
 from __future__ import annotations
 
+import posixpath
+
 import pytest
 from retinue import cgroups
 from retinue.ratelimit import DropLog, TokenBucket
@@ -46,7 +48,79 @@ def test_container_path_as_runc_resolves_it(
     assert cgroups.container_path(path, "ID", systemd, own) == expected
 
 
-@pytest.mark.parametrize("path", ["a:b", "bad--slice.slice:p:n", "x.slice:p:n/m"])
+# What runc 1.1.5 computes for the same spec, read from its source (v1.1.5 tag):
+# libcontainer/specconv CreateCgroupConfig (the systemd path is split on ':' uncleaned; the
+# cgroupfs one is CleanPath'ed), fs/paths.go subsysPath (v1: relative to the caller's own
+# cgroup), fs2/defaultpath.go _defaultDirPath (v2: relative to the *parent* of the caller's own
+# cgroup), systemd/common.go ExpandSlice and getUnitName, systemd/v1.go getSubsystemPath (pid
+# 1's cgroup, `init.scope` trimmed, then slice and unit), systemd/v2.go initPath (slice and unit
+# on the unified mount).
+POD = "kubepods-burstable-pod1.slice"
+POD_PATH = "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice"
+
+
+@pytest.mark.parametrize(
+    ("path", "systemd", "own", "v2", "init", "expected"),
+    [
+        # cgroupfs, v2: relative to the parent of the caller's cgroup
+        ("/kubepods/burstable/pod1/C", False, "/a/b", True, "/", "/kubepods/burstable/pod1/C"),
+        ("rel/C", False, "/user.slice/session-1.scope", True, "/", "/user.slice/rel/C"),
+        ("", False, "/shim", True, "/", "/ID"),
+        ("", False, "/", True, "/", "/ID"),
+        ("../../C", False, "/a/b", True, "/", "/a/C"),
+        # cgroupfs, v1: relative to the caller's cgroup itself
+        ("rel/C", False, "/user.slice/session-1.scope", False, "/",
+         "/user.slice/session-1.scope/rel/C"),
+        # systemd, v2: on the mount point; `own` and `init` play no part
+        (f"{POD}:cri-containerd:C", True, "/a", True, "/x", f"{POD_PATH}/cri-containerd-C.scope"),
+        ("system.slice::C", True, "/", True, "/", "/system.slice/-C.scope"),
+        ("-.slice:p:C", True, "/", True, "/", "/p-C.scope"),
+        (f"{POD}:p:my.slice", True, "/", True, "/", f"{POD_PATH}/my.slice"),
+        # systemd, v1: below pid 1's cgroup without init.scope
+        (f"{POD}:cri-containerd:C", True, "/a", False, "/init.scope",
+         f"{POD_PATH}/cri-containerd-C.scope"),
+        ("system.slice:docker:C", True, "/", False, "/docker/outer",
+         "/docker/outer/system.slice/docker-C.scope"),
+        ("system.slice:docker:C", True, "/", False, "/docker/outer/init.scope",
+         "/docker/outer/system.slice/docker-C.scope"),
+    ],
+)
+def test_container_path_on_v2_and_with_systemd_as_runc_1_1_computes_it(
+    path: str, systemd: bool, own: str, v2: bool, init: str, expected: str
+) -> None:
+    assert cgroups.container_path(path, "ID", systemd, own, v2=v2, init=init) == expected
+
+
+@pytest.mark.parametrize(
+    ("driver", "path", "container", "supervisor", "sidecar"),
+    [
+        ("cgroupfs", "/kubepods/burstable/pod1/C", "/kubepods/burstable/pod1/C",
+         "/kubepods/burstable/pod1/C.retinue", "/kubepods/burstable/pod1/C.retinue-svc"),
+        ("systemd", f"{POD}:cri-containerd:C", f"{POD_PATH}/cri-containerd-C.scope",
+         f"{POD_PATH}/cri-containerd-C.retinue", f"{POD_PATH}/cri-containerd-C.retinue-svc"),
+    ],
+)
+def test_every_piece_of_a_supervised_container_sits_in_the_pod(
+    driver: str, path: str, container: str, supervisor: str, sidecar: str
+) -> None:
+    """The supervisor and a sidecar beside the container (in the pod's cgroup or slice, never
+    a unit name systemd would take for its own), an exec service in the container's cgroup (a
+    runc scope is delegated: Delegate=yes), on v1 and v2 alike."""
+    from retinue.sidecar import sidecar_cgroup
+
+    for v2 in (False, True):
+        got = cgroups.container_path(path, "ID", driver == "systemd", "/", v2=v2)
+        assert got == container
+        assert cgroups.sibling(got) == supervisor
+        assert posixpath.join(got, cgroups.SUB_PREFIX + "svc") == f"{container}/retinue-svc"
+        assert sidecar_cgroup(got, "svc") == sidecar
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["a:b", "bad--slice.slice:p:n", "x.slice:p:n/m", "a-.slice:p:n", "-a.slice:p:n",
+     ".slice:p:n", "a/b.slice:p:n", "nota-slice:p:n"],
+)
 def test_bad_systemd_paths_are_refused(path: str) -> None:
     with pytest.raises(cgroups.CgroupError):
         cgroups.container_path(path, "ID", True, "/")
@@ -75,6 +149,11 @@ def test_hybrid_hosts_use_v1_with_comounted_controllers_once() -> None:
         "memory": 64 << 20,
         "origin": own,  # where the supervisor goes back to before its cgroup is removed
     }
+
+
+def test_a_relative_path_on_a_unified_host_is_below_the_caller_s_parent() -> None:
+    place = cgroups.placement("", "c1", False, UNIFIED, {"": "/sandbox/shim"}, 0.1, 0)
+    assert place["dirs"] == [["/sys/fs/cgroup", "/sandbox/c1.retinue", ""]]
 
 
 def test_unified_hosts_use_one_v2_directory() -> None:
