@@ -747,7 +747,7 @@ def for_container(
         cgroups_path,
         container_id,
         "--systemd-cgroup" in lower_globals,
-        float(compiled.get("supervisor_cpu", 0.5)),
+        float(compiled.get("supervisor_cpu", 1.0)),
         int(compiled.get("supervisor_memory", 64 << 20)),
     )
 

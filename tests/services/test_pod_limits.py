@@ -165,6 +165,13 @@ def test_update_of_a_container_with_services_succeeds_and_they_follow(
     assert files("pids", "pids.max") == ("10", "20")
     update(rig, container_id, "--memory", "128M")
     assert files("memory", "memory.limit_in_bytes") == (str(128 << 20), str(32 << 20))
+    # A CPU the host does not have: refused with the file and the value named, nothing moved.
+    r = subprocess.run(rig.rt_argv("update", "--cpuset-cpus", "0-1,4095", container_id),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1, r
+    assert "cpuset.cpus: cannot write '0-1,4095'" in r.stderr, r.stderr
+    assert "cpuset.cpus: cannot write" in rig.errors()[-1]
+    assert files("cpuset", "cpuset.cpus") == ("0-1", "0-1")
     # Everything still runs: the app, the exec service (same process), the sidecar.
     assert rig.runc_status(container_id) == "running"
     assert rig.service_status(container_id, "svc")["pid"] == svc["pid"]
