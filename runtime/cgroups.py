@@ -547,8 +547,8 @@ def parse_cpu_list(text: str) -> set[int]:
     for part in text.strip().split(","):
         if not part:
             continue
-        first, _, last = part.partition("-")
-        low, high = int(first), int(last or first)
+        first, dash, last = part.partition("-")
+        low, high = int(first), int(last if dash else first)
         if low < 0 or high < low:
             raise ValueError(part)
         out.update(range(low, high + 1))

@@ -4,6 +4,7 @@ token bucket that limits what a container can make its supervisor do."""
 from __future__ import annotations
 
 import posixpath
+from pathlib import Path
 
 import pytest
 from retinue import cgroups
@@ -190,3 +191,63 @@ def test_drops_are_said_once_per_window() -> None:
     said = [drops.drop(t / 10) for t in range(0, 250)]  # 25 s of drops, 10 a second
     lines = [n for n in said if n is not None]
     assert lines[0] == 1 and len(lines) == 3 and sum(lines) == drops.total - drops.dropped
+
+
+@pytest.mark.parametrize(
+    ("text", "cpus"),
+    [("0-3", {0, 1, 2, 3}), ("0,2-3,7", {0, 2, 3, 7}), ("1", {1}), ("", set()), ("0-1\n", {0, 1})],
+)
+def test_cpu_lists_round_trip(text: str, cpus: set[int]) -> None:
+    assert cgroups.parse_cpu_list(text) == cpus
+    assert cgroups.parse_cpu_list(cgroups.format_cpu_list(cpus)) == cpus
+    assert cgroups.format_cpu_list({0, 1, 2, 5, 7, 8}) == "0-2,5,7-8"
+
+
+@pytest.mark.parametrize("text", ["a", "3-1", "-1", "1-"])
+def test_bad_cpu_lists_are_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        cgroups.parse_cpu_list(text)
+
+
+def test_a_bound_is_written_only_where_it_is_stricter_than_the_ancestors() -> None:
+    assert cgroups.stricter(1.0, 0.5) == 0  # the pod's 500m holds it
+    assert cgroups.stricter(0.5, 0.5) == 0  # an equal copy would block the pod's shrink on v1
+    assert cgroups.stricter(0.2, 0.5) == 0.2
+    assert cgroups.stricter(0.2, None) == 0.2
+    assert cgroups.stricter(0, 0.5) == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "cores"), [("max 100000", None), ("50000 100000", 0.5), ("20000", 0.2)],
+)
+def test_cpu_max(text: str, cores: float | None) -> None:
+    assert cgroups.parse_cpu_max(text) == cores
+
+
+@pytest.mark.parametrize(
+    ("text", "limit"),
+    [("max\n", None), ("9223372036854771712\n", None), ("134217728\n", 128 << 20), ("-1", None)],
+)
+def test_memory_limits_v1_and_v2(text: str, limit: int | None) -> None:
+    assert cgroups.parse_memory_limit(text) == limit
+
+
+def test_the_ceiling_is_the_strictest_bound_up_to_the_mount() -> None:
+    bounds = {"/m/kubepods": 4.0, "/m/kubepods/burstable/pod1": 0.5, "/m": 0.1}
+    got = cgroups.ceiling("/m/kubepods/burstable/pod1/c", "/m/kubepods", bounds.get)
+    assert got == (0.5, "/m/kubepods/burstable/pod1")  # /m is above the mount: not read
+    assert cgroups.ceiling("/m/x", "/m", {}.get) == (None, "")
+
+
+def test_an_update_s_cpu_bound_reads_unchanged_values_from_the_container(
+    tmp_path: Path,
+) -> None:
+    d = tmp_path / "c"
+    d.mkdir()
+    (d / "cpu.cfs_quota_us").write_text("40000\n")
+    (d / "cpu.cfs_period_us").write_text("100000\n")
+    dirs = {"/m": str(d)}
+    assert cgroups.updated_cores(dirs, 20000, None) == 0.2
+    assert cgroups.updated_cores(dirs, None, 200000) == 0.2
+    assert cgroups.updated_cores(dirs, -1, None) is None
+    assert cgroups.updated_cores(dirs, None, None) == 0.4
