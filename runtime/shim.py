@@ -7,7 +7,8 @@ it.
 
 Paths that are not pass-through:
 - create/run of a container the policy selects: edit the bundle, spawn the supervisor;
-- start/kill/delete of a container that has a supervisor: talk to it first.
+- start/kill/delete of a container that has a supervisor: talk to it first;
+- update of a container that has a supervisor: its services' sub-cgroups make room and follow.
 
 A container with a supervisor is found through statedir's registry, never through this call's
 configuration: every call about it goes to the lower runtime it was created with. `-h`/`--help`
