@@ -101,10 +101,11 @@ esac
 # the lower runtime it was created with, read from statedir.RECORDS with the `read` builtin:
 # the root key is made as statedir.root_key makes it, for the roots that need no normalizing
 # (one --root, absolute, no `%`, `//`, `.` or `..` component). start, kill and delete (the
-# supervisor goes first), help, and anything unsure go to Python, which reads the entry.
+# supervisor goes first), update (the services' sub-cgroups make room and follow), help, and
+# anything unsure go to Python, which reads the entry.
 _REGISTERED = f"""\
 registered() {{
-	case $cmd in state|exec|ps|events|pause|resume|update) ;; *) slow "$@" ;; esac
+	case $cmd in state|exec|ps|events|pause|resume) ;; *) slow "$@" ;; esac
 	for a do
 		case $a in -h|--h|-help|--help|-h=*|--h=*|-help=*|--help=*) slow "$@" ;; esac
 	done

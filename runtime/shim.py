@@ -7,7 +7,8 @@ it.
 
 Paths that are not pass-through:
 - create/run of a container the policy selects: edit the bundle, spawn the supervisor;
-- start/kill/delete of a container that has a supervisor: talk to it first.
+- start/kill/delete of a container that has a supervisor: talk to it first;
+- update of a container that has a supervisor: its services' sub-cgroups make room and follow.
 
 A container with a supervisor is found through statedir's registry, never through this call's
 configuration: every call about it goes to the lower runtime it was created with. `-h`/`--help`
@@ -224,7 +225,7 @@ def start_supervisor(
                 container_dir, config, explicit, compiled["runtime"], compiled["log_dir"]
             )
             log = os.path.join(compiled["log_dir"], container_id, "supervisor.log")
-            spawn.spawn(container_dir, log)
+            spawn.spawn(container_dir, log, cgroup)
     except OSError as e:
         raise RetinueError(f"cannot prepare {container_dir}: {e.strerror}") from None
 
@@ -377,6 +378,98 @@ def _is_running(runtime: str, args: runc_argv.RuncArgs) -> bool:
         return False
 
 
+def _int_or_none(value: object) -> int | None:
+    try:
+        return int(value)  # type: ignore[call-overload, no-any-return]
+    except (TypeError, ValueError):
+        return None
+
+
+def update(args: runc_argv.RuncArgs, runtime: str, container_dir: str) -> int:
+    """`update` of a container with services, around the lower runtime's: its services'
+    sub-cgroups must not stop the container's cgroup from narrowing (v1), and must follow it.
+
+    Only the cpuset and the CFS quota need room made first; everything else (and whether the
+    values are valid) is the lower runtime's, which gets the same argv and the same bytes on
+    stdin. Returns its exit status.
+    """
+    import json
+    import subprocess
+
+    from . import cgroups
+
+    source = args.options.get("resources", args.options.get("r"))
+    data: bytes | None = None
+    cpu: dict[str, Any] = {}
+    if source is not None:  # then runc ignores every other flag
+        try:
+            if source == "-":
+                data = sys.stdin.buffer.read()
+                text = data
+            else:
+                with open(source, "rb") as f:
+                    text = f.read()
+            found = json.loads(text)
+            cpu = found.get("cpu") or {} if isinstance(found, dict) else {}
+            cpu = cpu if isinstance(cpu, dict) else {}
+        except (OSError, ValueError):
+            cpu = {}  # the lower runtime reports it
+    else:
+        cpu = {"cpus": args.options.get("cpuset-cpus"), "mems": args.options.get("cpuset-mems"),
+               "quota": args.options.get("cpu-quota"), "period": args.options.get("cpu-period")}
+    plan = recorded_plan(container_dir)
+    services = {
+        str(svc.get("name")): svc.get("resources") or {}
+        for svc in plan.get("services") or []
+        if isinstance(svc, dict) and svc.get("placement") != "container"
+    }
+    dirs: dict[str, str] = {}
+    pid = _init_pid(runtime, args) if services else None
+    if pid:
+        try:
+            dirs = cgroups.container_dirs(pid)
+        except OSError:
+            dirs = {}
+    undo: list[tuple[str, str]] = []
+    if dirs:
+        cores = cgroups.updated_cores(
+            dirs, _int_or_none(cpu.get("quota")), _int_or_none(cpu.get("period"))
+        )
+        try:
+            undo = cgroups.before_update(
+                dirs, list(services), cpu.get("cpus") or None, cpu.get("mems") or None, cores
+            )
+        except cgroups.CgroupError as e:
+            cgroups.after_update(dirs, services, [])
+            raise RetinueError(
+                f"cannot make room in the services' cgroups for the update: {e}"
+            ) from None
+    done = subprocess.run(
+        [runtime, *args.argv[1:]], input=data, stdin=None if data is not None else sys.stdin,
+        check=False,
+    )
+    if dirs:
+        for error in cgroups.after_update(dirs, services, undo if done.returncode else []):
+            runclog.log(args, "warning", f"{PREFIX}a service's cgroup did not follow: {error}")
+    return done.returncode
+
+
+def _init_pid(runtime: str, args: runc_argv.RuncArgs) -> int | None:
+    import json
+    import subprocess
+
+    out = subprocess.run(
+        [runtime, *lower_globals(args), "state", args.container_id],
+        capture_output=True, stdin=subprocess.DEVNULL, check=False,
+    )
+    try:
+        state = json.loads(out.stdout) if out.returncode == 0 else {}
+        pid = state.get("pid") if state.get("status") in ("running", "paused", "created") else 0
+    except (ValueError, AttributeError):
+        return None
+    return pid if isinstance(pid, int) and pid > 0 else None
+
+
 # Subcommands whose first argument is an existing container (create, run and restore make one).
 _ABOUT_A_CONTAINER = frozenset(
     {"start", "kill", "delete", "state", "exec", "pause", "resume", "ps", "events", "update",
@@ -420,6 +513,9 @@ def main() -> NoReturn:
             # A container with a supervisor keeps what it was created with: no configuration
             # (this call's environment may name another one, or none) is read.
             runtime = entry.lower
+            if command == "update":
+                sys.stdout.flush()
+                os._exit(update(args, runtime, entry.container_dir))
             if command in ("start", "kill", "delete"):
                 runtime = _about_supervised(args, runtime, entry.log_dir, entry.container_dir)
             lower.handoff(runtime, argv)

@@ -1,11 +1,12 @@
 """Calls about a supervised container that need no supervisor never start Python.
 
-state, exec, ps, events, pause, resume and update of a container in the registry go to the lower
-runtime it was created with, which the sh launcher reads from the entry's record
-(statedir.RECORDS). start, kill and delete (the supervisor goes first), help, and anything the
-launcher is unsure of go to Python. As in test_create_fastpath.py, the launchers are rewritten
-with a Python that does not exist (127: it went to Python), and the lower runtimes are fakes that
-record their argv: the configuration's and the registered one are different fakes.
+state, exec, ps, events, pause and resume of a container in the registry go to the lower runtime
+it was created with, which the sh launcher reads from the entry's record (statedir.RECORDS).
+start, kill and delete (the supervisor goes first), update (the services' sub-cgroups make room
+and follow, issue 16), help, and anything the launcher is unsure of go to Python. As in
+test_create_fastpath.py, the launchers are rewritten with a Python that does not exist (127: it
+went to Python), and the lower runtimes are fakes that record their argv: the configuration's and
+the registered one are different fakes.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from retinue import launcher, statedir
 
 NO_PYTHON = 127
 ConfigFactory = Callable[..., Path]
-NO_SUPERVISOR = ("state", "exec", "ps", "events", "pause", "resume", "update")
+NO_SUPERVISOR = ("state", "exec", "ps", "events", "pause", "resume")
 
 
 def _fake(d: Path, name: str) -> Path:
@@ -105,7 +106,7 @@ def test_the_root_key_is_statedir_s(setup: Setup) -> None:
     assert setup.call("--root", "/run/other", "state", setup.id) == NO_PYTHON
 
 
-@pytest.mark.parametrize("command", ["start", "kill", "delete", "checkpoint", "restore"])
+@pytest.mark.parametrize("command", ["start", "kill", "delete", "update", "checkpoint", "restore"])
 def test_the_supervisor_s_calls_go_to_python(setup: Setup, command: str) -> None:
     setup.register("/run/runc")
     assert setup.call(command, setup.id) == NO_PYTHON

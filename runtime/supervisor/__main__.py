@@ -39,17 +39,10 @@ def main() -> None:
     )
     os.dup2(fd, 2)
     os.close(fd)
+    # The shim's spawn put us in our cgroup before this interpreter started (spawn._enter);
+    # at the end we go back where the shim was, so that it can be removed.
     place = plan.get("cgroup")
-    origin = cgroups.own()
-    if place:
-        try:
-            cgroups.enter(place)
-        except cgroups.CgroupError as e:
-            # The shim quotes this last line: the container is not created.
-            cgroups.leave(place, origin)
-            cgroups.remove(place, timeout=0)
-            print(f"cannot put the supervisor in its cgroup: {e}", file=sys.stderr, flush=True)
-            sys.exit(1)
+    origin = (place or {}).get("origin") or {}
     retention.record(log_dir, plan)
 
     async def run() -> None:

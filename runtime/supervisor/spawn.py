@@ -111,8 +111,13 @@ def _write_json(path: str, value: object) -> None:
         json.dump(value, f)
 
 
-def spawn(container_dir: str, log_path: str) -> None:
-    """Start the supervisor detached from the caller and wait until its socket is bound."""
+def spawn(container_dir: str, log_path: str, cgroup: dict[str, Any] | None = None) -> None:
+    """Start the supervisor detached from the caller and wait until its socket is bound.
+
+    `cgroup` (cgroups.placement) is joined before the interpreter starts: memory is charged
+    to the cgroup that was current when it was allocated and never moves with the process, so
+    a supervisor that joined its own after its imports left ~9 MB on the caller (measured:
+    its cgroup showed 0.3 MiB idle)."""
     try:
         with open(os.path.join(container_dir, "plan.json")) as f:
             flags = python_flags(json.load(f))
@@ -133,6 +138,8 @@ def spawn(container_dir: str, log_path: str) -> None:
             os.closerange(3, w)
             os.closerange(w + 1, 1 << 16)
             os.set_inheritable(w, True)
+            if cgroup:
+                _enter(cgroup, log_path)
             import _signal  # type: ignore[import-not-found]
 
             for sig in (_signal.SIGPIPE, _signal.SIGXFSZ):
@@ -157,6 +164,25 @@ def spawn(container_dir: str, log_path: str) -> None:
         raise RetinueError(
             f"the supervisor did not start{': ' + detail if detail else ''} (see {log_path})"
         )
+
+
+def _enter(place: dict[str, Any], log_path: str) -> None:  # pragma: no cover - child
+    """In the supervisor's process, before its exec: its cgroup, or its one error line in its
+    log (the shim quotes it) and exit."""
+    from .. import cgroups
+
+    try:
+        notes = cgroups.enter(place)
+        status = 0
+    except cgroups.CgroupError as e:
+        cgroups.leave(place, place.get("origin") or {})
+        cgroups.remove(place, timeout=0)
+        notes, status = [f"cannot put the supervisor in its cgroup: {e}"], 1
+    if notes:
+        with open(log_path, "a") as f:
+            f.write("".join(note + "\n" for note in notes))
+    if status:
+        os._exit(status)
 
 
 def _tail(path: str) -> str:

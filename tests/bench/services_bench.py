@@ -9,6 +9,11 @@
   ~0.5 s after they start (a file readiness check) vs a container with none; parallel means close
   to the slowest one (0.5 s), not the sum (1.5 s).
 - supervisor RSS: VmRSS of the supervisor while the three services run.
+- supervisor cost (issue 16, what a RuntimeClass `overhead` should reserve): read from the
+  supervisor's own cgroup (`<container cgroup>.retinue`: cpuacct/memory on v1, cpu.stat and
+  memory.current/peak on v2), which holds the supervisor and the `runc exec` it runs per service
+  start: CPU ms to come up (create), CPU ms to start three services (start), CPU while idle
+  with them running (millicores over IDLE_SECONDS), and its memory (peak, and once idle).
 Targets: gate ≤ 10 ms beyond readiness; three services ≈ the slowest, not the sum; RSS < 25 MB.
 """
 
@@ -121,10 +126,71 @@ def start_time(ctx: dict[str, Any], i: int, services: str) -> tuple[float, float
     return elapsed, rss
 
 
+IDLE_SECONDS = 3.0
+
+
+def supervisor_cgroup(pid: int) -> dict[str, str]:
+    """'cpu' and 'memory' -> the directory of the supervisor's cgroup (v1, else v2)."""
+    paths: dict[str, str] = {}
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        for c in controllers.split(",") if controllers else [""]:
+            paths[c] = path
+    if os.path.exists("/sys/fs/cgroup/cpuacct/cpuacct.usage"):
+        return {"cpu": f"/sys/fs/cgroup/cpuacct{paths['cpuacct']}",
+                "memory": f"/sys/fs/cgroup/memory{paths['memory']}"}
+    if os.path.exists("/sys/fs/cgroup/cpu,cpuacct/cpuacct.usage"):
+        return {"cpu": f"/sys/fs/cgroup/cpu,cpuacct{paths['cpuacct']}",
+                "memory": f"/sys/fs/cgroup/memory{paths['memory']}"}
+    return {"cpu": f"/sys/fs/cgroup{paths['']}", "memory": f"/sys/fs/cgroup{paths['']}"}
+
+
+def cpu_ms(cg: dict[str, str]) -> float:
+    usage = Path(cg["cpu"]) / "cpuacct.usage"
+    if usage.exists():
+        return int(usage.read_text()) / 1e6
+    for line in (Path(cg["cpu"]) / "cpu.stat").read_text().splitlines():
+        if line.startswith("usage_usec "):
+            return int(line.split()[1]) / 1e3
+    raise RuntimeError(f"no CPU usage in {cg['cpu']}")
+
+
+def memory_mb(cg: dict[str, str], peak: bool) -> float:
+    d = Path(cg["memory"])
+    names = (["memory.max_usage_in_bytes", "memory.peak"] if peak
+             else ["memory.usage_in_bytes", "memory.current"])
+    for name in names:
+        if (d / name).exists():
+            return int((d / name).read_text()) / (1 << 20)
+    return float("nan")
+
+
+def supervisor_cost(ctx: dict[str, Any], i: int) -> dict[str, float]:
+    """One container with three services: what its supervisor's cgroup was charged."""
+    cid = f"cost-{os.getpid()}-{i}"
+    b = bundle(ctx, cid, "a,b,c", ["sleep", "1000"])
+    runtime(ctx, "create", "--bundle", str(b), cid)
+    try:
+        cg = supervisor_cgroup(status(ctx, cid)["supervisor_pid"])
+        created = cpu_ms(cg)
+        runtime(ctx, "start", cid)
+        started = cpu_ms(cg)
+        peak = memory_mb(cg, peak=True)
+        time.sleep(0.5)  # the services' last `runc exec` children are reaped
+        before = cpu_ms(cg)
+        time.sleep(IDLE_SECONDS)
+        idle = (cpu_ms(cg) - before) / IDLE_SECONDS  # ms per s = millicores
+        return {"create_cpu_ms": created, "start_cpu_ms": started - created,
+                "idle_millicores": idle, "peak_mb": peak, "idle_mb": memory_mb(cg, peak=False)}
+    finally:
+        runtime(ctx, "delete", "--force", cid)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--json", dest="json_out")
+    parser.add_argument("--cost-rounds", type=int, default=5)
     ns = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="retinue-svc-bench-"))
     try:
@@ -137,6 +203,7 @@ def main() -> int:
             three.append(t)
             if r is not None:
                 rss.append(r)
+        costs = [supervisor_cost(ctx, i) for i in range(ns.cost_rounds)]
     finally:
         subprocess.run(["runc", "--root", str(work / "root"), "list", "-q"], capture_output=True)
         if not os.environ.get("KEEP"):
@@ -147,6 +214,8 @@ def main() -> int:
         "start_no_services_ms": med(none),
         "start_three_services_ms": med(three),
         "supervisor_rss_mb": max(rss),
+        **{f"supervisor_{k}": med([c[k] for c in costs]) for k in costs[0]},
+        "supervisor_peak_mb_max": max(c["peak_mb"] for c in costs),
     }
     print(f"services ({ns.rounds} rounds, medians)")
     print(f"  gate latency (service ready -> main's first output): {med(gates):7.1f} ms   "
@@ -157,6 +226,15 @@ def main() -> int:
           f"{'PASS' if med(three) < 1000 else 'MISS'}")
     print(f"  supervisor RSS with three services: {max(rss):7.1f} MB (max)  "
           f"target < 25 MB: {'PASS' if max(rss) < 25 else 'MISS'}")
+    print(f"supervisor cost, from its own cgroup ({ns.cost_rounds} containers with three "
+          "services, medians)")
+    print(f"  CPU to come up (create):            {results['supervisor_create_cpu_ms']:7.1f} ms")
+    print(f"  CPU to start three services:        {results['supervisor_start_cpu_ms']:7.1f} ms")
+    print(f"  CPU while idle, services running:   "
+          f"{results['supervisor_idle_millicores']:7.2f} millicores")
+    print(f"  memory: peak {results['supervisor_peak_mb']:.1f} MiB "
+          f"(max {results['supervisor_peak_mb_max']:.1f}), idle "
+          f"{results['supervisor_idle_mb']:.1f} MiB")
     if ns.json_out:
         Path(ns.json_out).write_text(json.dumps(results, indent=2))
     return 0

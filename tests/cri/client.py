@@ -123,8 +123,10 @@ class CRI:
     def container_config(
         name: str, image: str, command: Sequence[str], *, attempt: int = 0,
         env: Mapping[str, str] | None = None, mounts: Mapping[str, str] | None = None,
+        resources: Mapping[str, Any] | None = None,
     ) -> Any:
-        """`mounts` maps container paths to host paths (read-write)."""
+        """`mounts` maps container paths to host paths (read-write); `resources` are
+        LinuxContainerResources fields (cpu_quota=..., memory_limit_in_bytes=...)."""
         return pb.ContainerConfig(
             metadata=pb.ContainerMetadata(name=name, attempt=attempt),
             image=pb.ImageSpec(image=image),
@@ -133,6 +135,7 @@ class CRI:
             mounts=[pb.Mount(container_path=c, host_path=h) for c, h in (mounts or {}).items()],
             log_path=f"{name}/{attempt}.log",
             linux=pb.LinuxContainerConfig(
+                resources=pb.LinuxContainerResources(**(resources or {})),
                 security_context=pb.LinuxContainerSecurityContext(
                     namespace_options=pb.NamespaceOption(network=pb.NODE, pid=pb.CONTAINER,
                                                          ipc=pb.POD),
@@ -162,6 +165,14 @@ class CRI:
     def remove(self, container_id: str) -> None:
         self.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=container_id),
                                      timeout=RPC_TIMEOUT)
+
+    def update(self, container_id: str, **resources: Any) -> None:
+        """UpdateContainerResources, as the kubelet's CPU manager or an in-place resize sends
+        it (LinuxContainerResources fields)."""
+        request = pb.UpdateContainerResourcesRequest(
+            container_id=container_id, linux=pb.LinuxContainerResources(**resources)
+        )
+        self.runtime.UpdateContainerResources(request, timeout=RPC_TIMEOUT)
 
     def status(self, container_id: str) -> Any:
         request = pb.ContainerStatusRequest(container_id=container_id)
