@@ -184,8 +184,13 @@ class Supervisor:
                     pass
             statedir.remove(self.dir)
             # After the state directory: a v1 rmdir can take milliseconds each, and until the
-            # directory is gone a delete would take this supervisor for one that died.
-            self.exec_runner.remove_cgroups(list(self.services))
+            # directory is gone a delete would take this supervisor for one that died. Only
+            # once the lower runtime has forgotten the container: until then an engine may walk
+            # its cgroup tree (`kill --all`, the delete of a container without its own PID
+            # namespace), which fails on a child removed under it; the lower delete removes the
+            # children with the container's cgroup (runc since 1.0).
+            if not self.lower_knows_container():
+                self.exec_runner.remove_cgroups(list(self.services))
 
     def seccomp_agent(self) -> Coroutine[Any, Any, None] | None:
         """Bind the seccomp listener now (runc connects to it during create) and return the
@@ -345,6 +350,12 @@ class Supervisor:
             await self.stop_services(force=True)
         self.phase = "stopped"
         self.finish("the container's main process exited; its services were stopped")
+
+    def lower_knows_container(self) -> bool:
+        """Whether the lower runtime still has the container (its directory under --root)."""
+        lower = self.lower
+        root = lower[lower.index("--root") + 1] if "--root" in lower[:-1] else "/run/runc"
+        return os.path.isdir(os.path.join(root, self.id))
 
     async def lower_state(self) -> dict[str, Any] | None:
         status, out = await procs.run(self.reaper, [*self.lower, "state", self.id], timeout=30)

@@ -80,3 +80,35 @@ def test_recorded_dirs_maps_each_path_to_its_hierarchy() -> None:
         "/sys/fs/cgroup/net_cls": "/sys/fs/cgroup/net_cls/a/c1",
         "/sys/fs/cgroup/unified": "/sys/fs/cgroup/unified/a/c1",
     }
+
+
+def test_kill_all_never_races_the_removal_of_service_sub_cgroups(rig: Rig) -> None:
+    """`runc kill --all` walks the container's cgroup tree (and so does a delete of a container
+    without its own PID namespace); a sub-cgroup removed meanwhile failed it with "no such file
+    or directory". The supervisor leaves the sub-cgroups of a container that still exists to
+    the lower runtime's delete (runc removes a cgroup's children with it): it never removes one
+    while an engine may still walk the tree. Here kill --all runs in a loop while each container
+    ends by itself and its supervisor exits."""
+    names = [f"s{i}" for i in range(6)]
+    for name in names:
+        rig.service(name, "exec sleep 1000\n")
+    bundle = rig.bundle(main_args("sleep 0.2; exit 0"), env=[f"RETINUE_SERVICES={','.join(names)}"])
+    failures = []
+    for i in range(8):
+        cid = f"race-{i}"
+        assert rig.create(cid, bundle).returncode == 0, rig.log_entries()
+        assert rig.rt("start", cid).returncode == 0, rig.log_entries()
+        recorded = memory_cgroup(int(rig.state(cid)["pid"]))  # type: ignore[index]
+        wait_for(lambda: rig.runc_status(cid) == "stopped", timeout=20)
+        while rig.supervisor_pids(cid):
+            r = rig.runc("kill", "--all", cid, "KILL")
+            if r.returncode != 0:
+                failures.append(r.stderr)
+        r = rig.runc("kill", "--all", cid, "KILL")
+        if r.returncode != 0:
+            failures.append(r.stderr)
+        # What runc recorded is still whole until its delete: nothing walks a half-removed tree.
+        assert all((MEMORY / recorded.lstrip("/") / f"retinue-{n}").is_dir() for n in names)
+        assert rig.rt("delete", cid).returncode == 0
+        assert not (MEMORY / recorded.lstrip("/")).exists()
+    assert failures == []
