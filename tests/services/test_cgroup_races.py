@@ -7,7 +7,6 @@ runc records the container's cgroups at create (its state.json) and uses that re
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -99,7 +98,7 @@ def test_kill_all_never_races_the_removal_of_service_sub_cgroups(rig: Rig) -> No
         assert rig.create(cid, bundle).returncode == 0, rig.log_entries()
         assert rig.rt("start", cid).returncode == 0, rig.log_entries()
         recorded = memory_cgroup(int(rig.state(cid)["pid"]))  # type: ignore[index]
-        wait_for(lambda: rig.runc_status(cid) == "stopped", timeout=20)
+        wait_for(lambda c=cid: rig.runc_status(c) == "stopped", timeout=20)
         while rig.supervisor_pids(cid):
             r = rig.runc("kill", "--all", cid, "KILL")
             if r.returncode != 0:
