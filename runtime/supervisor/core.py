@@ -26,7 +26,7 @@ from .. import graph, statedir
 from . import control, procs
 from .logs import RotatingLog
 from .notify import NotifySockets
-from .runner import ExecRunner, Runner
+from .runner import ExecRunner, Runner, lower_root
 from .unit import Context, Unit
 
 if TYPE_CHECKING:
@@ -353,9 +353,7 @@ class Supervisor:
 
     def lower_knows_container(self) -> bool:
         """Whether the lower runtime still has the container (its directory under --root)."""
-        lower = self.lower
-        root = lower[lower.index("--root") + 1] if "--root" in lower[:-1] else "/run/runc"
-        return os.path.isdir(os.path.join(root, self.id))
+        return os.path.isdir(os.path.join(lower_root(self.lower), self.id))
 
     async def lower_state(self) -> dict[str, Any] | None:
         status, out = await procs.run(self.reaper, [*self.lower, "state", self.id], timeout=30)

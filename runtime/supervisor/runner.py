@@ -202,10 +202,8 @@ class ExecRunner:
         """The container's cgroups as runc recorded them at create, which is what its
         `exec --cgroup` joins (init's current cgroup may differ: something may have moved it);
         None when the lower runtime keeps no such record (crun)."""
-        lower = self.ctx.lower
-        root = lower[lower.index("--root") + 1] if "--root" in lower[:-1] else "/run/runc"
         try:
-            with open(os.path.join(root, self.ctx.id, "state.json")) as f:
+            with open(os.path.join(lower_root(self.ctx.lower), self.ctx.id, "state.json")) as f:
                 paths = json.load(f).get("cgroup_paths")
             with open("/proc/self/mountinfo") as f:
                 mountinfo = f.read()
@@ -248,6 +246,11 @@ class ExecRunner:
                 1 << 8, f"could not be started (cannot create its cgroup: {e})"
             ) from None
         return ["--cgroup", cgroups.SUB_PREFIX + name]
+
+
+def lower_root(lower: list[str]) -> str:
+    """The lower runtime's --root in its argv (the shim always passes one)."""
+    return lower[lower.index("--root") + 1] if "--root" in lower[:-1] else "/run/runc"
 
 
 def _kill_tree(pid: int, sig: int) -> None:

@@ -81,7 +81,9 @@ def test_recorded_dirs_maps_each_path_to_its_hierarchy() -> None:
     }
 
 
-def test_kill_all_never_races_the_removal_of_service_sub_cgroups(rig: Rig) -> None:
+def test_kill_all_never_races_the_removal_of_service_sub_cgroups(
+    rig: Rig, container_id: str
+) -> None:
     """`runc kill --all` walks the container's cgroup tree (and so does a delete of a container
     without its own PID namespace); a sub-cgroup removed meanwhile failed it with "no such file
     or directory". The supervisor leaves the sub-cgroups of a container that still exists to
@@ -91,13 +93,15 @@ def test_kill_all_never_races_the_removal_of_service_sub_cgroups(rig: Rig) -> No
     names = [f"s{i}" for i in range(6)]
     for name in names:
         rig.service(name, "exec sleep 1000\n")
-    bundle = rig.bundle(main_args("sleep 0.2; exit 0"), env=[f"RETINUE_SERVICES={','.join(names)}"])
+    bundle = rig.bundle(main_args("while [ ! -e /shared/go ]; do sleep 0.02; done; exit 0"),
+                        env=[f"RETINUE_SERVICES={','.join(names)}"])
     failures = []
     for i in range(8):
-        cid = f"race-{i}"
+        cid = f"{container_id}-{i}"
         assert rig.create(cid, bundle).returncode == 0, rig.log_entries()
         assert rig.rt("start", cid).returncode == 0, rig.log_entries()
         recorded = memory_cgroup(int(rig.state(cid)["pid"]))  # type: ignore[index]
+        (rig.shared / "go").touch()
         wait_for(lambda c=cid: rig.runc_status(c) == "stopped", timeout=20)
         while rig.supervisor_pids(cid):
             r = rig.runc("kill", "--all", cid, "KILL")
@@ -107,7 +111,9 @@ def test_kill_all_never_races_the_removal_of_service_sub_cgroups(rig: Rig) -> No
         if r.returncode != 0:
             failures.append(r.stderr)
         # What runc recorded is still whole until its delete: nothing walks a half-removed tree.
-        assert all((MEMORY / recorded.lstrip("/") / f"retinue-{n}").is_dir() for n in names)
+        left = [n for n in names if (MEMORY / recorded.lstrip("/") / f"retinue-{n}").is_dir()]
+        assert left == names, (i, rig.service_log(cid, names[0]))
         assert rig.rt("delete", cid).returncode == 0
         assert not (MEMORY / recorded.lstrip("/")).exists()
+        (rig.shared / "go").unlink()
     assert failures == []
