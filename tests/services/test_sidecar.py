@@ -474,3 +474,24 @@ def test_init_true_still_injects_init_with_sidecars_only(
     wait_for(lambda: rig.runc_status(container_id) == "stopped")
     assert siblings(rig) == []  # init waited for the sidecar's stop before it exited
     assert rig.rt("delete", container_id).returncode == 0
+
+
+def test_without_init_the_stop_budget_caps_a_sidecar_that_ignores_sigterm(
+    rig: Rig, container_id: str, layouts: dict[str, Path]
+) -> None:
+    setup(rig, layouts, "busybox")
+    rig.write_config(f'image_dir = "{rig.base / "images"}"\nstop_budget = "1s"\n')
+    sidecar(rig, "stubborn", 'placement = "container"\nimage = "busybox"\n'
+            "command = [\"sh\", \"-c\", \"trap '' TERM; echo up; while :; do sleep 1; done\"]\n"
+            '[stop]\ntimeout = "30s"\n')
+    bundle = rig.bundle(main_args(f"ev main; {FOREVER}"), env=["RETINUE_SERVICES=stubborn"])
+    assert rig.create(container_id, bundle).returncode == 0, rig.log_entries()
+    assert rig.rt("start", container_id).returncode == 0, rig.log_entries()
+    wait_for(lambda: "up" in rig.service_log(container_id, "stubborn"))
+    assert rig.rt("kill", container_id, "TERM").returncode == 0
+    wait_for(lambda: rig.runc_status(container_id) == "stopped")
+    t0 = time.monotonic()
+    wait_for(lambda: siblings(rig) == [], timeout=20)
+    assert time.monotonic() - t0 < 5  # the budget (1 s), not the service's 30 s stop timeout
+    assert "stop budget of 1s spent: killed" in rig.service_log(container_id, "stubborn")
+    assert rig.rt("delete", container_id).returncode == 0
