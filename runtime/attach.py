@@ -115,8 +115,19 @@ INIT_MARGIN_MS = 2000
 
 def wants_init(rules: list[CompiledRule], services: list[CompiledService]) -> bool:
     """A rule's `init = false` wins (an image whose entrypoint must be PID 1, like systemd);
-    then a rule's `init = true`; else a container gets an init exactly when it has services."""
+    then a rule's `init = true`; else a container gets an init exactly when it has an exec
+    service. Exec services live in the app's PID namespace, which dies with its PID 1: init
+    keeps it alive until they have stopped. Sidecars have their own PID namespace and outlive
+    the main process anyway, so a container with only sidecars keeps its own entrypoint as
+    PID 1 (what apps, preStop hooks and the CRI validation suite expect)."""
     asked = [r["init"] for r in rules if r["init"] is not None]
     if False in asked:
         return False
-    return bool(asked) or bool(services)
+    return bool(asked) or any(s.get("placement", "exec") == "exec" for s in services)
+
+
+def watches_main(init: dict[str, Any] | None, services: list[CompiledService]) -> bool:
+    """Whether the supervisor itself learns of the main process's exit (the pidfd of the
+    container's PID 1) and only then stops the services: no init, and no exec service (those
+    would die with the main's PID namespace, so without init they are stopped first)."""
+    return init is None and not any(s.get("placement", "exec") == "exec" for s in services)

@@ -478,6 +478,29 @@ def container_dirs(init_pid: int) -> dict[str, str]:
     return out
 
 
+def recorded_dirs(cgroup_paths: dict[str, Any], mountinfo: str) -> dict[str, str]:
+    """container_dirs() from the cgroup paths runc recorded at create (its state.json's
+    `cgroup_paths`: controller -> directory, '' for the v2 tree): where `runc exec --cgroup`
+    and `kill --all` look, even after something moved the container's init elsewhere."""
+    mounts = sorted(
+        {
+            line.split()[4].replace("\\040", " ")
+            for line in mountinfo.splitlines()
+            if " - cgroup " in line or " - cgroup2 " in line
+        },
+        key=len,
+        reverse=True,
+    )
+    out: dict[str, str] = {}
+    for path in cgroup_paths.values():
+        if not isinstance(path, str):
+            continue
+        mount = next((m for m in mounts if path.startswith(m + "/")), None)
+        if mount is not None:
+            out[mount] = path
+    return out
+
+
 def make_service_cgroup(dirs: dict[str, str], name: str) -> None:
     """Create the service's sub-cgroup in every hierarchy of the container."""
     for d in dirs.values():

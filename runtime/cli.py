@@ -148,6 +148,16 @@ def plan(config_path: str | None, container_id: str, root: str, bundle_dir: str)
             f"# init: retinue-init is PID 1; services stop after the main process, "
             f"within {found.stop_budget:g}s"
         )
+    elif found.services and attach.watches_main(found.init, found.services):
+        click.echo(
+            f"# init: none; the container's entrypoint stays PID 1 (only sidecars); they stop "
+            f"after the main process, within {found.stop_budget:g}s"
+        )
+    elif found.services:
+        click.echo(
+            "# init: none (init = false); the exec services stop before the main process is "
+            "signalled, and die with it if it exits by itself"
+        )
     before[-1] += "\n"
     after[-1] += "\n"
     shown = path.lstrip("/")

@@ -147,6 +147,9 @@ class Plan(CriNames):
     notify_rate: float
     seccomp_rate: float
     init: bool  # retinue-init is PID 1 and talks to the supervisor
+    # No init and only sidecars: the supervisor watches the container's own PID 1 and stops
+    # the sidecars after it (attach.watches_main).
+    watch_main: NotRequired[bool]
     stop_budget: float
     cgroup: dict[str, Any] | None  # where the supervisor's own cost is charged
     image_dir: NotRequired[str]  # service images (images.py)

@@ -73,7 +73,7 @@ class Rule:
     seccomp: list[SeccompRule] = attrs.field(factory=list)
     # retinue-init as PID 1: true gives it to every selected container (as `docker run --init`);
     # false keeps the image's entrypoint as PID 1 even with services (systemd images); unset,
-    # a container gets it exactly when it has services.
+    # a container gets it exactly when it has exec services (sidecars need none).
     init: bool | None = None
     # Caps the services' part of the container's stop (see Settings.stop_budget).
     stop_budget: str | float | None = None

@@ -111,6 +111,12 @@ def run(
     finally:
         if restore is not None:
             restore()
+    # Without retinue-init (a container with only sidecars), the supervisor stops them after
+    # the main process on its own: `run` returns once they have stopped, as with init.
+    try:
+        control.request(socket_path, {"op": "stop"}, 60)
+    except (control.SupervisorGone, OSError, ValueError):
+        pass
     if "keep" not in args.options:
         result = _lower(lower, globals_, "delete", "--force", container_id)
         if result.returncode != 0:

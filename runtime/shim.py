@@ -163,7 +163,7 @@ def create(args: runc_argv.RuncArgs, compiled: Compiled) -> Attachment | None:
 def start_supervisor(
     args: runc_argv.RuncArgs, compiled: Compiled, spec: dict[str, Any], found: Attachment
 ) -> None:
-    from . import cgroups, execspec, policy
+    from . import attach, cgroups, execspec, policy
     from .supervisor import spawn
 
     container_id, container_dir = args.container_id, found.container_dir
@@ -210,6 +210,8 @@ def start_supervisor(
         # retinue-init is PID 1 and connects to the supervisor: the services stop after the main
         # process, and kill goes straight to the lower runtime.
         "init": bool(found.init and found.init["supervised"]),
+        # Or, with sidecars only and no init, the supervisor watches the main process itself.
+        "watch_main": attach.watches_main(found.init, found.services),
         "stop_budget": found.stop_budget,
         "cgroup": cgroup,
         # Sidecar-placed services: their images, and the runtime root of their containers.
@@ -293,10 +295,11 @@ def supervised(args: runc_argv.RuncArgs, runtime: str, log_dir: str, container_d
             ) from None
         if not reply.get("ok"):
             raise RetinueError(str(reply.get("error")))
-    elif command == "kill" and plan.get("init") is True:
-        # retinue-init is PID 1: the signal goes straight to it and on to the main process, and
-        # the services stop after the main process has exited (init tells the supervisor). A
-        # kill that waited for the services would eat the engine's grace period; only whether
+    elif command == "kill" and (plan.get("init") is True or plan.get("watch_main") is True):
+        # retinue-init is PID 1, or the container has only sidecars (its own entrypoint is
+        # PID 1): the signal goes straight to the main process, and the services stop after it
+        # has exited (init tells the supervisor, or the supervisor sees the exit on its pidfd).
+        # A kill that waited for the services would eat the engine's grace period; only whether
         # anyone will stop them is asked (answered at once, bounded anyway).
         sig = _signal_number(args.positionals[1] if len(args.positionals) > 1 else "SIGTERM")
         if sig in GRACEFUL_SIGNALS or sig == SIGKILL:

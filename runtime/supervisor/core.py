@@ -26,7 +26,7 @@ from .. import graph, statedir
 from . import control, procs
 from .logs import RotatingLog
 from .notify import NotifySockets
-from .runner import ExecRunner, Runner
+from .runner import ExecRunner, Runner, lower_root
 from .unit import Context, Unit
 
 if TYPE_CHECKING:
@@ -63,6 +63,8 @@ class Supervisor:
         self.done = asyncio.Event()
         self.started: asyncio.Task[str | None] | None = None
         self.stop_task: asyncio.Task[None] | None = None
+        # Stopping the services after the main process, when no init does it (watch_main).
+        self.after_main: asyncio.Task[None] | None = None
         self.poststart_seen = False
         self.ctx = Context(
             self.lower,
@@ -182,8 +184,13 @@ class Supervisor:
                     pass
             statedir.remove(self.dir)
             # After the state directory: a v1 rmdir can take milliseconds each, and until the
-            # directory is gone a delete would take this supervisor for one that died.
-            self.exec_runner.remove_cgroups(list(self.services))
+            # directory is gone a delete would take this supervisor for one that died. Only
+            # once the lower runtime has forgotten the container: until then an engine may walk
+            # its cgroup tree (`kill --all`, the delete of a container without its own PID
+            # namespace), which fails on a child removed under it; the lower delete removes the
+            # children with the container's cgroup (runc since 1.0).
+            if not self.lower_knows_container():
+                self.exec_runner.remove_cgroups(list(self.services))
 
     def seccomp_agent(self) -> Coroutine[Any, Any, None] | None:
         """Bind the seccomp listener now (runc connects to it during create) and return the
@@ -312,9 +319,41 @@ class Supervisor:
         # services' exits follow through the reaper. The container has ended. With retinue-init
         # as PID 1 this is init's exit, after the services were stopped (see initlink) unless
         # the engine killed it.
+        if self.plan.get("watch_main"):
+            # PID 1 is the main process itself and the services are sidecars, which outlive
+            # it (their own PID namespaces; the app's network, IPC and UTS namespaces stay
+            # while they hold them): they are stopped now, as init would have had them.
+            if self.after_main is None and not self.done.is_set():
+                self.after_main = self.tg.create_task(self.stop_after_main())
+            return
         self.phase = "stopped"
         self.stopping = True
         self.finish("the container's main process exited")
+
+    async def stop_after_main(self) -> None:
+        """The services in reverse dependency order within the container's stop budget, then
+        whatever is left at once; then the supervisor ends."""
+        budget = float(self.plan.get("stop_budget", 5.0))
+        self.phase = "stopping"
+        print(
+            f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {self.id}: the main process exited; "
+            f"stopping the services within {budget:g}s",
+            file=sys.stderr,
+            flush=True,
+        )
+        try:
+            await asyncio.wait_for(self.stop_services(force=False), budget)
+        except TimeoutError:
+            for unit in self.services.values():
+                if unit.pid is not None:
+                    unit.note(f"stop budget of {budget:g}s spent: killed")
+            await self.stop_services(force=True)
+        self.phase = "stopped"
+        self.finish("the container's main process exited; its services were stopped")
+
+    def lower_knows_container(self) -> bool:
+        """Whether the lower runtime still has the container (its directory under --root)."""
+        return os.path.isdir(os.path.join(lower_root(self.lower), self.id))
 
     async def lower_state(self) -> dict[str, Any] | None:
         status, out = await procs.run(self.reaper, [*self.lower, "state", self.id], timeout=30)
@@ -434,7 +473,10 @@ class Supervisor:
     def unit_failed(self, unit: Unit) -> None:
         """A unit gave up for good. With on_failure = "stop-container", once the container has
         started, the container ends: SIGTERM to the main process through init (which forwards
-        every signal), SIGKILL of init after FATE_GRACE; init exits with FATE_EXIT_CODE."""
+        every signal), SIGKILL of the main after FATE_GRACE; init exits with FATE_EXIT_CODE.
+        Without init (only sidecars) the pidfd is the main process's own: the same signals go
+        to it directly, and the container's exit code is whatever the main process makes of
+        them (its SIGTERM handler's code, else 143; 137 after the SIGKILL)."""
         if unit.spec.get("on_failure") != "stop-container" or self.stopping:
             return
         if self.started is None or not self.started.done() or self.started.result():

@@ -9,6 +9,7 @@ five methods, chosen by the compiled service's "placement".
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 from collections.abc import Callable
@@ -197,18 +198,33 @@ class ExecRunner:
         if self.cgroups:
             cgroups.remove_service_cgroups(self.cgroups, names)
 
+    def recorded_cgroups(self) -> dict[str, str] | None:
+        """The container's cgroups as runc recorded them at create, which is what its
+        `exec --cgroup` joins (init's current cgroup may differ: something may have moved it);
+        None when the lower runtime keeps no such record (crun)."""
+        try:
+            with open(os.path.join(lower_root(self.ctx.lower), self.ctx.id, "state.json")) as f:
+                paths = json.load(f).get("cgroup_paths")
+            with open("/proc/self/mountinfo") as f:
+                mountinfo = f.read()
+        except (OSError, ValueError, AttributeError):
+            return None
+        return cgroups.recorded_dirs(paths, mountinfo) if isinstance(paths, dict) else None
+
     def cgroup_args(self, unit: Unit) -> list[str]:
         """`--cgroup retinue-NAME`: the service runs in its own sub-cgroup of the container's,
         so that whatever it forks (a daemon that left its process tree) is found at its stop.
         Empty where the container's cgroups are unknown; raises StartFailed on error."""
         if self.cgroups is None:
-            self.cgroups = {}
+            self.cgroups = self.recorded_cgroups()
             init_pid = self.ctx.init_pid()
-            if init_pid is not None:
+            if self.cgroups is None and init_pid is not None:
                 try:
                     self.cgroups = cgroups.container_dirs(init_pid)
                 except OSError:
                     pass
+            if self.cgroups is None:
+                self.cgroups = {}
         name = unit.name
         limits = unit.spec.get("resources") or {}
         if not self.cgroups:
@@ -230,6 +246,11 @@ class ExecRunner:
                 1 << 8, f"could not be started (cannot create its cgroup: {e})"
             ) from None
         return ["--cgroup", cgroups.SUB_PREFIX + name]
+
+
+def lower_root(lower: list[str]) -> str:
+    """The lower runtime's --root in its argv (the shim always passes one)."""
+    return lower[lower.index("--root") + 1] if "--root" in lower[:-1] else "/run/runc"
 
 
 def _kill_tree(pid: int, sig: int) -> None:

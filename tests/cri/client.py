@@ -178,6 +178,11 @@ class CRI:
         request = pb.ContainerStatusRequest(container_id=container_id)
         return self.runtime.ContainerStatus(request, timeout=RPC_TIMEOUT).status
 
+    def exec_sync(self, container_id: str, cmd: Sequence[str], timeout: int = 60) -> Any:
+        """Run `cmd` in the container as `crictl exec` and the kubelet's exec probes do."""
+        request = pb.ExecSyncRequest(container_id=container_id, cmd=list(cmd), timeout=timeout)
+        return self.runtime.ExecSync(request, timeout=RPC_TIMEOUT + timeout)
+
     def pod_status(self, pod_id: str) -> Any:
         request = pb.PodSandboxStatusRequest(pod_sandbox_id=pod_id)
         return self.runtime.PodSandboxStatus(request, timeout=RPC_TIMEOUT).status

@@ -364,3 +364,27 @@ def test_without_its_supervisor_init_exits_at_once(rig: Rig, container_id: str) 
     wait_for(lambda: exiting(state["pid"]), 10, 0.01)
     exited = uptime()
     assert exited - rig.event_time("main-exit") < 0.3
+
+
+@pytest.mark.parametrize(
+    ("rule_init", "placements", "init", "watch"),
+    [
+        (None, ["exec"], True, False),
+        (None, ["container"], False, True),  # sidecars only: the entrypoint stays PID 1
+        (None, ["exec", "container"], True, False),
+        (None, [], False, True),  # seccomp handlers only
+        (True, ["container"], True, False),  # an explicit init = true still injects it
+        (False, ["exec"], False, False),  # exec services stopped before the main instead
+        (False, ["container"], False, True),
+    ],
+)
+def test_who_gets_init_and_who_watches_the_main(
+    rule_init: bool | None, placements: list[str], init: bool, watch: bool
+) -> None:
+    from retinue import attach
+
+    rules = [{"init": rule_init}]
+    services = [{"name": f"s{i}", "placement": p} for i, p in enumerate(placements)]
+    got = attach.wants_init(rules, services)  # type: ignore[arg-type]
+    assert got is init
+    assert attach.watches_main({} if got else None, services) is watch  # type: ignore[arg-type]

@@ -471,3 +471,108 @@ def test_the_image_store_is_root_only_and_a_sidecar_still_gets_its_image_as_it_i
     assert not (rootfs / "drop" / "x").exists()
     assert rig.rt("delete", "--force", container_id).returncode == 0
     assert siblings(rig) == []
+# -- PID 1 without retinue-init (issue 16 item 5) ------------------------------------------------
+
+FLUSHER = (
+    'placement = "container"\nimage = "busybox"\n'
+    "command = [\"sh\", \"-c\", \"trap 'echo flushed; exit 0' TERM; echo up; "
+    'sleep 1000 & wait"]\n'
+)
+
+
+def test_an_all_sidecar_container_keeps_its_entrypoint_as_pid_1(
+    rig: Rig, container_id: str, layouts: dict[str, Path]
+) -> None:
+    """No exec service: no retinue-init. The app's own entrypoint is PID 1 in its PID namespace;
+    the engine's SIGTERM reaches it at once; the supervisor sees it exit (its pidfd) and only
+    then stops the sidecar, gracefully; the exit code is the main's own."""
+    setup(rig, layouts, "busybox")
+    sidecar(rig, "flusher", FLUSHER)
+    body = f"tr '\\0' ' ' < /proc/1/cmdline > /shared/pid1; ev main; {FOREVER}"
+    bundle = rig.bundle(main_args(body), env=["RETINUE_SERVICES=flusher"])
+    original = json.loads((bundle / "config.json").read_text())["process"]["args"]
+    r = rig.retinue("plan", "--id", container_id, "--root", str(rig.root), str(bundle))
+    assert r.returncode == 0, r.stderr
+    assert "# init: none; the container's entrypoint stays PID 1" in r.stdout, r.stdout
+    assert '+      "/.retinue/init",' not in r.stdout  # the app's args (the sidecar has one)
+    assert rig.create(container_id, bundle).returncode == 0, rig.log_entries()
+    edited = json.loads((bundle / "config.json").read_text())
+    assert edited["process"]["args"] == original
+    assert "io.retinue.init" not in edited["annotations"]
+    assert all(m["destination"] != "/.retinue/init" for m in edited["mounts"])
+    assert rig.rt("start", container_id).returncode == 0, rig.log_entries()
+    wait_for(lambda: "main" in [w for _, w in rig.events()])
+    assert (rig.shared / "pid1").read_text().startswith("sh -c ")
+    wait_for(lambda: "up" in rig.service_log(container_id, "flusher"))
+    t0 = time.monotonic()
+    assert rig.rt("kill", container_id, "TERM").returncode == 0
+    assert time.monotonic() - t0 < 0.5  # kill does not wait for the sidecar
+    wait_for(lambda: rig.runc_status(container_id) == "stopped")
+    assert "main-term" in [w for _, w in rig.events()]
+    # Nobody deleted the container yet: the supervisor stopped the sidecar on the main's exit.
+    wait_for(lambda: siblings(rig) == [], timeout=20)
+    log = rig.service_log(container_id, "flusher")
+    assert log.index("stopping with SIGTERM") < log.index("flushed"), log
+    assert rig.rt("delete", container_id).returncode == 0
+    assert rig.errors() == [] and rig.warnings() == []
+
+
+def test_fate_sharing_without_init_ends_the_main_with_its_own_code(
+    rig: Rig, container_id: str, layouts: dict[str, Path]
+) -> None:
+    setup(rig, layouts, "busybox")
+    sidecar(rig, "upstream", 'placement = "container"\nimage = "busybox"\n'
+            'command = ["sh", "-c", "sleep 0.5; exit 1"]\non_failure = "stop-container"\n'
+            '[restart]\npolicy = "no"\n')
+    bundle = rig.bundle(main_args('trap "ev main-term; exit 5" TERM; ev main; '
+                                  "sleep 1000 & wait"), env=["RETINUE_SERVICES=upstream"])
+    out = rig.base / "run.out"
+    with open(out, "w") as f:
+        proc = subprocess.run(rig.rt_argv("run", "--bundle", str(bundle), container_id),
+                              stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
+                              timeout=60)
+    # No init to report a distinct code: the main's SIGTERM handler chose it.
+    assert proc.returncode == 5, out.read_text()
+    assert "main-term" in [w for _, w in rig.events()]
+    assert "stopping the container" in rig.service_log(container_id, "upstream")
+    assert siblings(rig) == []
+
+
+def test_init_true_still_injects_init_with_sidecars_only(
+    rig: Rig, container_id: str, layouts: dict[str, Path]
+) -> None:
+    setup(rig, layouts, "busybox")
+    sidecar(rig, "idle", IDLE)
+    rig.policy('[[attach]]\nname = "tini-like"\nwhen.always = true\ninit = true\n'
+               'services = ["idle"]\n')
+    bundle = rig.bundle(main_args(f"ev main; {FOREVER}"))
+    assert rig.create(container_id, bundle).returncode == 0, rig.log_entries()
+    edited = json.loads((bundle / "config.json").read_text())
+    assert edited["process"]["args"][0] == "/.retinue/init"
+    assert rig.rt("start", container_id).returncode == 0, rig.log_entries()
+    wait_for(lambda: "main" in [w for _, w in rig.events()])
+    assert rig.rt("kill", container_id, "TERM").returncode == 0
+    wait_for(lambda: rig.runc_status(container_id) == "stopped")
+    assert siblings(rig) == []  # init waited for the sidecar's stop before it exited
+    assert rig.rt("delete", container_id).returncode == 0
+
+
+def test_without_init_the_stop_budget_caps_a_sidecar_that_ignores_sigterm(
+    rig: Rig, container_id: str, layouts: dict[str, Path]
+) -> None:
+    setup(rig, layouts, "busybox")
+    rig.write_config(f'image_dir = "{rig.base / "images"}"\nstop_budget = "1s"\n')
+    sidecar(rig, "stubborn", 'placement = "container"\nimage = "busybox"\n'
+            "command = [\"sh\", \"-c\", \"trap '' TERM; echo up; while :; do sleep 1; done\"]\n"
+            '[stop]\ntimeout = "30s"\n')
+    bundle = rig.bundle(main_args(f"ev main; {FOREVER}"), env=["RETINUE_SERVICES=stubborn"])
+    assert rig.create(container_id, bundle).returncode == 0, rig.log_entries()
+    assert rig.rt("start", container_id).returncode == 0, rig.log_entries()
+    wait_for(lambda: "up" in rig.service_log(container_id, "stubborn"))
+    assert rig.rt("kill", container_id, "TERM").returncode == 0
+    wait_for(lambda: rig.runc_status(container_id) == "stopped")
+    t0 = time.monotonic()
+    wait_for(lambda: siblings(rig) == [], timeout=20)
+    assert time.monotonic() - t0 < 5  # the budget (1 s), not the service's 30 s stop timeout
+    assert "stop budget of 1s spent: killed" in rig.service_log(container_id, "stubborn")
+    assert rig.rt("delete", container_id).returncode == 0
