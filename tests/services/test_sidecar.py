@@ -388,3 +388,32 @@ def test_a_sidecar_health_probe_runs_inside_it_and_restarts_it(
     assert rig.runc_status(container_id) == "running"
     assert rig.rt("delete", "--force", container_id).returncode == 0
     assert siblings(rig) == []
+
+
+def test_a_sidecar_that_cannot_start_says_why_in_its_log(
+    rig: Rig, container_id: str, layouts: dict[str, Path]
+) -> None:
+    """Issue 15 item 15: every failed start says its reason in the service's log, beside the
+    "restarting in" that follows it (a share that is not there, runc's own error)."""
+    setup(rig, layouts, "busybox")
+    restart = 'required = false\n[restart]\npolicy = "always"\ndelay = "100ms"\nburst = 50\n'
+    sidecar(rig, "noshare", IDLE + 'share = ["/not-in-the-app"]\n' + restart)
+    # runc refuses it: the working directory is a file.
+    sidecar(rig, "badcwd", IDLE + 'working_dir = "/bin/busybox"\n' + restart)
+    bundle = rig.bundle(main_args(FOREVER), env=["RETINUE_SERVICES=noshare,badcwd"])
+    assert rig.create(container_id, bundle).returncode == 0, rig.log_entries()
+    assert rig.rt("start", container_id).returncode == 0, rig.log_entries()
+    for name in ("noshare", "badcwd"):
+        wait_for(lambda n=name: rig.service_log(container_id, n).count("restarting in") >= 2,
+                 timeout=30)
+    noshare = rig.service_log(container_id, "noshare").splitlines()
+    badcwd = rig.service_log(container_id, "badcwd").splitlines()
+    # The reason is a retinue line of its own, just before each "restarting in".
+    for lines, reason in ((noshare, "share: /not-in-the-app: No such file or directory"),
+                          (badcwd, "not a directory")):
+        for i, line in enumerate(lines):
+            if "restarting in" in line:
+                assert i > 0 and lines[i - 1].startswith("retinue: "), lines
+                assert "could not be started" in lines[i - 1] and reason in lines[i - 1], lines
+    assert rig.rt("delete", "--force", container_id).returncode == 0
+    wait_for(lambda: siblings(rig) == [], timeout=20)
