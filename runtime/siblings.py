@@ -14,7 +14,7 @@ import os
 import subprocess
 from typing import Any
 
-from .sidecar import SIDECAR_DIR, SIDECAR_IMAGE
+from .sidecar import SIDECAR_DIR, SIDECAR_IMAGE, SIDECAR_SERVICE
 
 ROOT_NAME = "sidecars"
 
@@ -95,4 +95,14 @@ def collect(runtime: str, root: str) -> list[str]:
             continue
         if remove(runtime, root, s["id"]):
             removed.append(s["id"])
+            _unstage(s["annotations"])
     return removed
+
+
+def _unstage(annotations: dict[str, Any]) -> None:
+    """The sidecar's shares, if its supervisor was killed while it staged them."""
+    container_dir, service = annotations.get(SIDECAR_DIR), annotations.get(SIDECAR_SERVICE)
+    if isinstance(container_dir, str) and isinstance(service, str) and container_dir:
+        from . import mounts
+
+        mounts.clear(os.path.join(bundle_dir(container_dir, service), "share"))

@@ -276,7 +276,7 @@ def test_a_job_whose_shipper_sidecar_reads_its_output_and_flushes_after_it(
 
 
 def test_a_shared_path_never_resolves_outside_the_app_root(tmp_path: Path) -> None:
-    from retinue.supervisor.containerrunner import ShareError, resolve_in_root
+    from retinue.supervisor.apphandles import ShareError, resolve_in_root
 
     root = tmp_path / "root"
     (root / "etc").mkdir(parents=True)
@@ -417,3 +417,41 @@ def test_a_sidecar_that_cannot_start_says_why_in_its_log(
                 assert "could not be started" in lines[i - 1] and reason in lines[i - 1], lines
     assert rig.rt("delete", "--force", container_id).returncode == 0
     wait_for(lambda: siblings(rig) == [], timeout=20)
+
+
+def test_a_share_swapped_for_a_symlink_never_gives_the_sidecar_a_host_directory(
+    rig: Rig, container_id: str, layouts: dict[str, Path]
+) -> None:
+    """Issue 15 item 2: the app swaps its shared directory with a symlink to a host directory,
+    over and over, while its sidecar restarts; the sidecar never sees the host's file."""
+    setup(rig, layouts, "busybox")
+    secret = rig.base / "root-only"
+    secret.mkdir(mode=0o700)
+    (secret / "marker").write_text("HOST-MARKER\n")
+    (secret / "marker").chmod(0o600)
+    sidecar(rig, "reader", 'placement = "container"\nimage = "busybox"\nshare = ["/shared/d"]\n'
+            'command = ["sh", "-c", "cat /shared/d/marker /shared/d/own 2>/dev/null; exit 0"]\n'
+            'required = false\n'
+            '[restart]\npolicy = "always"\ndelay = "10ms"\nmax_delay = "20ms"\nburst = 100000\n')
+    swap = (f"mkdir -p /shared/d; echo APP-OWN > /shared/d/own; while :; do "
+            f"mv /shared/d /shared/d.real; ln -s {secret} /shared/d; "
+            f"rm /shared/d; mv /shared/d.real /shared/d; done")
+    bundle = rig.bundle(main_args(swap), env=["RETINUE_SERVICES=reader"])
+    assert rig.create(container_id, bundle).returncode == 0, rig.log_entries()
+    assert rig.rt("start", container_id).returncode == 0, rig.log_entries()
+    began = time.monotonic()
+    starts = 0
+    while time.monotonic() - began < 40:
+        starts = rig.service_status(container_id, "reader")["restarts"]
+        log = rig.service_log(container_id, "reader")
+        if starts >= 150 or "HOST-MARKER" in log:
+            break
+        time.sleep(0.5)
+    log = rig.service_log(container_id, "reader")
+    leaks, own = log.count("HOST-MARKER"), log.count("APP-OWN")
+    print(f"{starts} starts in {time.monotonic() - began:.1f}s: {leaks} saw the host's file, "
+          f"{own} the app's own directory")
+    assert rig.rt("delete", "--force", container_id).returncode == 0
+    wait_for(lambda: siblings(rig) == [], timeout=20)
+    assert leaks == 0, log[-2000:]
+    assert own > 0, log[-2000:]  # the race was run: shares did reach the sidecar
