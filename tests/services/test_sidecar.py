@@ -455,3 +455,85 @@ def test_a_share_swapped_for_a_symlink_never_gives_the_sidecar_a_host_directory(
     wait_for(lambda: siblings(rig) == [], timeout=20)
     assert leaks == 0, log[-2000:]
     assert own > 0, log[-2000:]  # the race was run: shares did reach the sidecar
+
+
+HOLDING_RUNC = """#!/bin/sh
+# runc, except that a sidecar's create waits while GATE/hold exists, and then records the
+# namespaces the sidecar joined in GATE/joined.
+case " $* " in
+*" --root SIDEROOT create "*)
+  : > GATE/waiting
+  while [ -e GATE/hold ]; do sleep 0.02; done
+  prev=
+  for arg in "$@"; do [ "$prev" = --pid-file ] && pid_file=$arg; prev=$arg; done
+  RUNC "$@"; rc=$?
+  if [ $rc = 0 ]; then
+    pid=$(cat "$pid_file")
+    { readlink /proc/$pid/ns/net; readlink /proc/$pid/ns/uts; } > GATE/joined.tmp
+    mv GATE/joined.tmp GATE/joined
+  fi
+  exit $rc;;
+esac
+exec RUNC "$@"
+"""
+
+
+def take_pid(pid: int) -> subprocess.Popen[bytes]:
+    """A process with its own network and UTS namespaces that has pid `pid` (free now)."""
+    mine = os.readlink("/proc/self/ns/net")
+    for _ in range(300):
+        with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+            f.write(str(pid - 1))
+        proc = subprocess.Popen(["unshare", "-n", "-u", "sleep", "120"])
+        if proc.pid == pid:
+            wait_for(lambda: os.readlink(f"/proc/{pid}/ns/net") != mine)
+            return proc
+        proc.kill()
+        proc.wait()
+    raise AssertionError(f"could not get pid {pid} again")
+
+
+def test_a_sidecar_restarting_after_the_apps_init_died_never_joins_the_pids_next_owner(
+    rig: Rig, container_id: str, layouts: dict[str, Path]
+) -> None:
+    """Issue 15 item 8: the sidecar restarts; while its create is under way, the app's PID 1
+    dies and its pid goes to another process. The sidecar never joins that process's
+    namespaces, and the start is refused with the reason."""
+    images = setup(rig, layouts, "busybox")
+    gate = rig.base / "gate"
+    gate.mkdir()
+    wrapper = rig.base / "holding-runc"
+    wrapper.write_text(HOLDING_RUNC.replace("GATE", str(gate)).replace("RUNC", RUNC)
+                       .replace("SIDEROOT", str(rig.state_dir / "sidecars")))
+    wrapper.chmod(0o755)
+    rig.write_config(f'image_dir = "{images}"\nruntime = "{wrapper}"\n')
+    sidecar(rig, "idle", IDLE + 'required = false\n[restart]\npolicy = "always"\ndelay = "100ms"\n')
+    bundle = rig.bundle(main_args(FOREVER), env=["RETINUE_SERVICES=idle"])
+    assert rig.create(container_id, bundle).returncode == 0, rig.log_entries()
+    assert rig.rt("start", container_id).returncode == 0, rig.log_entries()
+    sid = f"{container_id}.idle"
+    wait_for(lambda: siblings(rig) == [sid] and sibling_state(rig, sid)["status"] == "running")
+    app_pid = rig.state(container_id)["pid"]  # type: ignore[index]
+    app_net = os.readlink(f"/proc/{app_pid}/ns/net")
+    (gate / "hold").touch()
+    (gate / "waiting").unlink(missing_ok=True)
+    os.kill(int(sibling_state(rig, sid)["pid"]), signal.SIGKILL)  # type: ignore[call-overload]
+    wait_for(lambda: (gate / "waiting").exists(), timeout=20)
+    os.kill(app_pid, signal.SIGKILL)
+    wait_for(lambda: not os.path.exists(f"/proc/{app_pid}"), timeout=20)
+    impostor = take_pid(app_pid)
+    try:
+        theirs = [os.readlink(f"/proc/{app_pid}/ns/{ns}") for ns in ("net", "uts")]
+        assert theirs[0] != app_net
+        (gate / "hold").unlink()
+        wait_for(lambda: not rig.supervisor_pids(container_id), timeout=30)
+        joined = (gate / "joined").read_text().split() if (gate / "joined").exists() else []
+        print(f"app {app_net}, next owner of pid {app_pid} {theirs}, sidecar joined {joined}")
+        assert not set(joined) & set(theirs), (joined, theirs)
+        log = rig.service_log(container_id, "idle")
+        assert f"the app container's init (pid {app_pid}) has exited" in log, log
+    finally:
+        impostor.kill()
+        impostor.wait()
+    assert rig.rt("delete", "--force", container_id).returncode == 0
+    assert siblings(rig) == []
