@@ -116,6 +116,8 @@ class ContainerRunner:
         if any(ns.get("type") == "user" for ns in (app.get("linux") or {}).get("namespaces")
                or []):
             namespaces.append("user")
+        # The last run's sibling goes first: the handles are held only while this one is made.
+        await self.remove(unit)
         try:
             handles = AppHandles(init_pid, namespaces, ctx.init_exited)
         except AppGone as e:
@@ -156,7 +158,6 @@ class ContainerRunner:
             os.unlink(pid_file)
         except FileNotFoundError:
             pass
-        await self.remove(unit)
         sid = self.sid(unit)
         wfd = unit.open_output()
         try:

@@ -458,12 +458,15 @@ def test_a_share_swapped_for_a_symlink_never_gives_the_sidecar_a_host_directory(
 
 
 HOLDING_RUNC = """#!/bin/sh
-# runc, except that a sidecar's create waits while GATE/hold exists, and then records the
-# namespaces the sidecar joined in GATE/joined.
+# runc, except that a sidecar's STEP (delete or create) waits while GATE/hold exists, and a
+# sidecar's create records the namespaces the sidecar joined in GATE/joined.
+case " $* " in
+*" --root SIDEROOT STEP "*)
+  : > GATE/waiting
+  while [ -e GATE/hold ]; do sleep 0.02; done;;
+esac
 case " $* " in
 *" --root SIDEROOT create "*)
-  : > GATE/waiting
-  while [ -e GATE/hold ]; do sleep 0.02; done
   prev=
   for arg in "$@"; do [ "$prev" = --pid-file ] && pid_file=$arg; prev=$arg; done
   RUNC "$@"; rc=$?
@@ -493,18 +496,20 @@ def take_pid(pid: int) -> subprocess.Popen[bytes]:
     raise AssertionError(f"could not get pid {pid} again")
 
 
+@pytest.mark.parametrize("step", ["delete", "create"])
 def test_a_sidecar_restarting_after_the_apps_init_died_never_joins_the_pids_next_owner(
-    rig: Rig, container_id: str, layouts: dict[str, Path]
+    rig: Rig, container_id: str, layouts: dict[str, Path], step: str
 ) -> None:
-    """Issue 15 item 8: the sidecar restarts; while its create is under way, the app's PID 1
-    dies and its pid goes to another process. The sidecar never joins that process's
-    namespaces, and the start is refused with the reason."""
+    """Issue 15 item 8: the sidecar restarts; while the lower runtime deletes its last run
+    (before anything of the app is opened) or creates the new one, the app's PID 1 dies and
+    its pid goes to another process. The sidecar never joins that process's namespaces, and
+    the start is refused with the reason."""
     images = setup(rig, layouts, "busybox")
     gate = rig.base / "gate"
     gate.mkdir()
     wrapper = rig.base / "holding-runc"
     wrapper.write_text(HOLDING_RUNC.replace("GATE", str(gate)).replace("RUNC", RUNC)
-                       .replace("SIDEROOT", str(rig.state_dir / "sidecars")))
+                       .replace("SIDEROOT", str(rig.state_dir / "sidecars")).replace("STEP", step))
     wrapper.chmod(0o755)
     rig.write_config(f'image_dir = "{images}"\nruntime = "{wrapper}"\n')
     sidecar(rig, "idle", IDLE + 'required = false\n[restart]\npolicy = "always"\ndelay = "100ms"\n')
@@ -517,6 +522,7 @@ def test_a_sidecar_restarting_after_the_apps_init_died_never_joins_the_pids_next
     app_net = os.readlink(f"/proc/{app_pid}/ns/net")
     (gate / "hold").touch()
     (gate / "waiting").unlink(missing_ok=True)
+    (gate / "joined").unlink()  # the first run's
     os.kill(int(sibling_state(rig, sid)["pid"]), signal.SIGKILL)  # type: ignore[call-overload]
     wait_for(lambda: (gate / "waiting").exists(), timeout=20)
     os.kill(app_pid, signal.SIGKILL)
@@ -530,6 +536,8 @@ def test_a_sidecar_restarting_after_the_apps_init_died_never_joins_the_pids_next
         joined = (gate / "joined").read_text().split() if (gate / "joined").exists() else []
         print(f"app {app_net}, next owner of pid {app_pid} {theirs}, sidecar joined {joined}")
         assert not set(joined) & set(theirs), (joined, theirs)
+        if step == "delete":
+            assert joined == []  # refused before anything was created
         log = rig.service_log(container_id, "idle")
         assert f"the app container's init (pid {app_pid}) has exited" in log, log
     finally:
