@@ -106,3 +106,26 @@ def _unstage(annotations: dict[str, Any]) -> None:
         from . import mounts
 
         mounts.clear(os.path.join(bundle_dir(container_dir, service), "share"))
+
+
+def unstage_orphans(state_dir: str) -> list[str]:
+    """Unmount the shares staged by supervisors that are gone (killed while a sibling was being
+    created: the sibling itself then fails, its namespaces being the dead supervisor's
+    descriptors); the mount points unmounted."""
+    from . import mounts
+
+    top = os.path.abspath(state_dir)
+    done = []
+    for point in mounts.mounted_under(top):
+        parts = os.path.relpath(point, top).split(os.sep)
+        # <root key>/<id>/sidecars/<service>/share/<n>
+        if len(parts) != 6 or parts[2] != ROOT_NAME or parts[4] != "share":
+            continue
+        if supervised(os.path.join(top, parts[0], parts[1])):
+            continue
+        try:
+            mounts.unmount(point)
+        except OSError:
+            continue
+        done.append(point)
+    return done

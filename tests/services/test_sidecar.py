@@ -18,7 +18,7 @@ from pathlib import Path
 
 import imagekit
 import pytest
-from conftest import FOREVER, RUNC, Rig, main_args, wait_for
+from conftest import FOREVER, RUNC, Rig, main_args, mounts_under, wait_for
 
 PORT = 8080
 
@@ -545,3 +545,46 @@ def test_a_sidecar_restarting_after_the_apps_init_died_never_joins_the_pids_next
         impostor.wait()
     assert rig.rt("delete", "--force", container_id).returncode == 0
     assert siblings(rig) == []
+
+
+@pytest.mark.parametrize("remover", ["gc", "delete"])
+def test_a_share_staged_by_a_killed_supervisor_is_unmounted_and_the_apps_files_kept(
+    rig: Rig, container_id: str, layouts: dict[str, Path], remover: str
+) -> None:
+    """Issue 15 item 2: a share is mounted on its staging point only while the sibling is
+    created; a supervisor killed then leaves it, and `retinue gc` or the delete unmounts it
+    without removing anything through it."""
+    images = setup(rig, layouts, "busybox")
+    gate = rig.base / "gate"
+    gate.mkdir()
+    wrapper = rig.base / "holding-runc"
+    wrapper.write_text(HOLDING_RUNC.replace("GATE", str(gate)).replace("RUNC", RUNC)
+                       .replace("SIDEROOT", str(rig.state_dir / "sidecars"))
+                       .replace("STEP", "create"))
+    wrapper.chmod(0o755)
+    rig.write_config(f'image_dir = "{images}"\nruntime = "{wrapper}"\n')
+    (rig.shared / "d").mkdir()
+    (rig.shared / "d" / "own").write_text("APP-OWN\n")
+    sidecar(rig, "reader", IDLE + 'share = ["/shared/d"]\nrequired = false\n')
+    bundle = rig.bundle(main_args(FOREVER), env=["RETINUE_SERVICES=reader"])
+    (gate / "hold").touch()
+    assert rig.create(container_id, bundle).returncode == 0, rig.log_entries()
+    starting = subprocess.Popen(rig.rt_argv("start", container_id), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: (gate / "waiting").exists(), timeout=20)
+    staged = str(rig.container_dir(container_id) / "sidecars" / "reader" / "share" / "0")
+    assert mounts_under(staged) == [staged]
+    for pid in rig.supervisor_pids(container_id):
+        os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not rig.supervisor_pids(container_id))
+    (gate / "hold").unlink()
+    starting.wait(timeout=30)
+    if remover == "gc":
+        r = rig.retinue("gc")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == f"unmounted share {staged}\n"
+        assert mounts_under(staged) == []
+    assert rig.rt("delete", "--force", container_id).returncode == 0
+    assert mounts_under(str(rig.base)) == []
+    assert siblings(rig) == []
+    assert (rig.shared / "d" / "own").read_text() == "APP-OWN\n"
