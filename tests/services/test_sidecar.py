@@ -588,3 +588,32 @@ def test_a_share_staged_by_a_killed_supervisor_is_unmounted_and_the_apps_files_k
     assert mounts_under(str(rig.base)) == []
     assert siblings(rig) == []
     assert (rig.shared / "d" / "own").read_text() == "APP-OWN\n"
+
+
+def test_a_share_on_the_apps_root_reaches_the_sidecar_and_a_symlink_in_it_stays_inside(
+    rig: Rig, container_id: str, layouts: dict[str, Path]
+) -> None:
+    """A share that is on the app's root (no bind mount of its own): opened below the root's
+    host directory, and a symlink in the path resolved against the app's root."""
+    setup(rig, layouts, "busybox")
+    app_root = rig.base / "approot"
+    imagekit.busybox_rootfs(app_root)
+    for point in ("proc", "dev", "sys", "tmp", "shared", ".retinue"):
+        (app_root / point).mkdir(exist_ok=True)
+    for name in ("init", "init.sock"):
+        (app_root / ".retinue" / name).touch()
+    (app_root / "srv" / "conf").mkdir(parents=True)
+    (app_root / "srv" / "conf" / "app.conf").write_text("APP-CONF\n")
+    os.symlink("/srv/conf", app_root / "conf")  # absolute: the app's /srv, not the host's
+
+    def own_root(spec: dict[str, object]) -> None:
+        spec["root"] = {"path": str(app_root), "readonly": True}
+
+    sidecar(rig, "reader", 'placement = "container"\nimage = "busybox"\nshare = ["/conf"]\n'
+            'command = ["sh", "-c", "head -1 /conf/app.conf; sleep 1000"]\n')
+    bundle = rig.bundle(main_args(FOREVER), env=["RETINUE_SERVICES=reader"], edit=own_root)
+    assert rig.create(container_id, bundle).returncode == 0, rig.log_entries()
+    assert rig.rt("start", container_id).returncode == 0, rig.log_entries()
+    wait_for(lambda: "APP-CONF" in rig.service_log(container_id, "reader"))
+    assert rig.rt("delete", "--force", container_id).returncode == 0
+    assert siblings(rig) == []
