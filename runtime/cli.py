@@ -536,13 +536,16 @@ def image_rm(config_path: str | None, ref: str) -> None:
 @main.command()
 @config_option
 def gc(config_path: str | None) -> None:
-    """Remove sibling containers whose app's supervisor is gone."""
+    """Remove sibling containers whose app's supervisor is gone, and the shares such a
+    supervisor left mounted."""
     from . import siblings
 
     cfg = _load(config_path)
     runtime = _lower_runtime(cfg)
     for sid in siblings.collect(runtime, siblings.runtime_root(cfg.settings.state_dir)):
         click.echo(f"removed sidecar {sid}")
+    for point in siblings.unstage_orphans(cfg.settings.state_dir):
+        click.echo(f"unmounted share {point}")
 
 
 def _control_service(config_path: str | None, container_id: str, service: str, op: str) -> None:

@@ -14,7 +14,7 @@ import os
 import subprocess
 from typing import Any
 
-from .sidecar import SIDECAR_DIR, SIDECAR_IMAGE
+from .sidecar import SIDECAR_DIR, SIDECAR_IMAGE, SIDECAR_SERVICE
 
 ROOT_NAME = "sidecars"
 
@@ -95,4 +95,37 @@ def collect(runtime: str, root: str) -> list[str]:
             continue
         if remove(runtime, root, s["id"]):
             removed.append(s["id"])
+            _unstage(s["annotations"])
     return removed
+
+
+def _unstage(annotations: dict[str, Any]) -> None:
+    """The sidecar's shares, if its supervisor was killed while it staged them."""
+    container_dir, service = annotations.get(SIDECAR_DIR), annotations.get(SIDECAR_SERVICE)
+    if isinstance(container_dir, str) and isinstance(service, str) and container_dir:
+        from . import mounts
+
+        mounts.clear(os.path.join(bundle_dir(container_dir, service), "share"))
+
+
+def unstage_orphans(state_dir: str) -> list[str]:
+    """Unmount the shares staged by supervisors that are gone (killed while a sibling was being
+    created: the sibling itself then fails, its namespaces being the dead supervisor's
+    descriptors); the mount points unmounted."""
+    from . import mounts
+
+    top = os.path.abspath(state_dir)
+    done = []
+    for point in mounts.mounted_under(top):
+        parts = os.path.relpath(point, top).split(os.sep)
+        # <root key>/<id>/sidecars/<service>/share/<n>
+        if len(parts) != 6 or parts[2] != ROOT_NAME or parts[4] != "share":
+            continue
+        if supervised(os.path.join(top, parts[0], parts[1])):
+            continue
+        try:
+            mounts.unmount(point)
+        except OSError:
+            continue
+        done.append(point)
+    return done

@@ -2,7 +2,8 @@
 
 The sibling is a container of its own (its image as a read-only root, its own PID and mount
 namespaces, its own cgroup beside the app's) that joins the app container's network, IPC and
-UTS namespaces (and its user namespace when it has one) by path, through the app's init:
+UTS namespaces (and its user namespace when it has one) by path: the supervisor gives descriptors
+it opened through the app's init (supervisor/apphandles.py); `retinue plan` shows
 `/proc/<app init pid>/ns/...`. What runs, as whom, with which capabilities and environment
 comes from the administrator's service file and the image; from the app's spec only its
 confinement (seccomp without retinue's notify rules, AppArmor, SELinux) and its user
@@ -57,11 +58,19 @@ def sidecar_cgroup(app_cgroup: str, service: str) -> str:
 
 
 def host_path(app: Spec, bundle: str, path: str) -> str:
-    """Where the host sees the app container's `path` (absolute, normalized, symlinks already
-    resolved inside the container): under the last of the app's bind mounts that covers it,
-    else under its root. A mount of the app's own mount namespace cannot be the source of
-    another container's bind mount (the kernel refuses it), so a share names the host's copy;
-    what is on none of them (a tmpfs, /proc) cannot be shared."""
+    """Where the host sees the app container's `path` (see host_place)."""
+    base, rest = host_place(app, bundle, path)
+    return posixpath.normpath(posixpath.join(base, rest))
+
+
+def host_place(app: Spec, bundle: str, path: str) -> tuple[str, str]:
+    """(host directory, path below it) where the host sees the app container's `path`
+    (absolute, normalized, symlinks already resolved inside the container): under the last of
+    the app's bind mounts that covers it, else under its root. The directory is the engine's
+    (a mount's source, the root); what is below it is the app's to change. A mount of the app's
+    own mount namespace cannot be the source of another container's bind mount (the kernel
+    refuses it), so a share is made from the host's copy; what is on none of them (a tmpfs,
+    /proc) cannot be shared."""
     covering: Spec | None = None
     for mount in app.get("mounts") or []:
         dest = posixpath.normpath(str(mount.get("destination") or "/"))
@@ -70,7 +79,7 @@ def host_path(app: Spec, bundle: str, path: str) -> str:
             where = dest
     if covering is None:
         root = str((app.get("root") or {}).get("path") or "rootfs")
-        return posixpath.normpath(posixpath.join(bundle, root) + path)
+        return posixpath.normpath(posixpath.join(bundle, root)), path.lstrip("/")
     options = covering.get("options") or []
     if covering.get("type") != "bind" and "bind" not in options and "rbind" not in options:
         raise SpecError(
@@ -78,7 +87,7 @@ def host_path(app: Spec, bundle: str, path: str) -> str:
             "which has no host directory to share"
         )
     source = posixpath.join(bundle, str(covering.get("source") or ""))
-    return posixpath.normpath(source + path[len(where.rstrip("/")):])
+    return posixpath.normpath(source), path[len(where.rstrip("/")):].lstrip("/")
 
 
 def _process(app: Spec, svc: dict[str, Any], image: dict[str, Any], app_id: str) -> Spec:
@@ -153,6 +162,7 @@ def sibling_spec(
     container_dir: str,
     shared: dict[str, str] | None = None,
     init: str | None = None,
+    ns_paths: dict[str, str] | None = None,
 ) -> Spec:
     """The sibling container's config.json.
 
@@ -160,15 +170,17 @@ def sibling_spec(
     `app_cgroup` the app's cgroup path in the hierarchy; `image` what images.resolve gives;
     `shared` maps each `share` path to the host path it was resolved to (default: through
     app_proc/root, as `retinue plan` shows it); `init`, retinue-init's host path, makes it the
-    sibling's PID 1 (a service as PID 1 would ignore SIGTERM without a handler of its own).
+    sibling's PID 1 (a service as PID 1 would ignore SIGTERM without a handler of its own);
+    `ns_paths` maps a namespace type to the path to join (default: app_proc/ns/...).
     """
+    joined = {t: f"{app_proc}/ns/{NS_FILE[t]}" for t in NS_FILE} | (ns_paths or {})
     linux_app = app.get("linux") or {}
     app_ns = {ns.get("type") for ns in linux_app.get("namespaces") or []}
     namespaces: list[Spec] = [{"type": "pid"}, {"type": "mount"}, {"type": "cgroup"}]
-    namespaces += [{"type": t, "path": f"{app_proc}/ns/{NS_FILE[t]}"} for t in JOINED]
+    namespaces += [{"type": t, "path": joined[t]} for t in JOINED]
     linux: Spec = {}
     if "user" in app_ns:
-        namespaces.append({"type": "user", "path": f"{app_proc}/ns/user"})
+        namespaces.append({"type": "user", "path": joined["user"]})
         for key in ("uidMappings", "gidMappings"):
             if linux_app.get(key):
                 linux[key] = linux_app[key]

@@ -380,6 +380,8 @@ def remove(container_dir: str) -> None:
     """
     _remove_stale_listener(os.path.join(container_dir, "plan.json"))
     _remove_stale_cgroup(os.path.join(container_dir, "plan.json"))
+    if not unmount_staged(container_dir):
+        return
     # Out of the way at once, then emptied: the supervisor, the hook and `delete` can all be
     # removing it at the same moment, and none may meet a half-removed directory.
     doomed = temp_dir(container_dir)
@@ -392,6 +394,17 @@ def remove(container_dir: str) -> None:
     except OSError:
         pass  # what cannot be removed (a mount point) stays; the rest is gone
     remove_marker(container_dir)
+
+
+def unmount_staged(container_dir: str) -> bool:
+    """Detach the sidecar shares a supervisor killed during a sibling's create left mounted in
+    its state directory (supervisor/apphandles.py); False if one is still there, and then the
+    directory must not be removed: a walk would go through the mount into the app's files."""
+    if not os.path.isdir(os.path.join(container_dir, "sidecars")):
+        return True
+    from . import mounts
+
+    return mounts.clear(container_dir)
 
 
 # Directories deeper than this below the top are moved up to the top before they are entered:

@@ -16,75 +16,32 @@ import json
 import os
 import shutil
 import signal
-import stat
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .. import images, sidecar
+from .. import images, mounts, sidecar
 from ..errors import SpecError
 from . import probes, procs
+from .apphandles import AppGone, AppHandles, ShareError
 from .runner import Run, StartFailed
 
 if TYPE_CHECKING:
     from ..compiled import Plan
     from .unit import Context, Unit
 
-SYMLINK_HOPS = 40
 # Built beside the package, as compile_config finds it for the app containers.
 INIT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "libexec",
-                    "retinue-init")  # as the kernel's own limit on one path walk
+                    "retinue-init")
 # util-linux, on every Debian and Red Hat system; a path, as posix_spawn needs.
 UNSHARE = shutil.which("unshare") or "/usr/bin/unshare"
 
 
-def in_userns(app: dict[str, Any]) -> bool:
-    return any(ns.get("type") == "user" for ns in (app.get("linux") or {}).get("namespaces") or [])
-
-
-class ShareError(Exception):
-    pass
-
-
-def resolve_in_root(root: str, path: str) -> str:
-    """`path` in the app container (whose root is `root`, /proc/PID/root) without a symlink
-    left in it: a symlink is resolved against the container's root, never the host's, so the
-    app's owner cannot point a shared path at a host file. (A component swapped after this
-    check is a race the mount itself does not close; runc 1.1 has no mount-source fd.)"""
-    parts = [p for p in path.split("/") if p]
-    resolved: list[str] = []
-    hops = 0
-    while parts:
-        part = parts.pop(0)
-        if part == ".":
-            continue
-        if part == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        candidate = os.path.join(root, *resolved, part)
-        try:
-            st = os.lstat(candidate)
-        except OSError as e:
-            raise ShareError(f"share: {path}: {e.strerror} in the app container") from None
-        if stat.S_ISLNK(st.st_mode):
-            hops += 1
-            if hops > SYMLINK_HOPS:
-                raise ShareError(f"share: {path}: too many symbolic links in the app container")
-            target = os.readlink(candidate)
-            if target.startswith("/"):
-                resolved = []
-            parts = [p for p in target.split("/") if p] + parts
-        else:
-            resolved.append(part)
-    return "/" + "/".join(resolved)
-
-
-def app_cgroup(init_pid: int) -> str:
-    """The app's cgroup path in the hierarchy runc places siblings by (memory on v1)."""
+def app_cgroup(proc_cgroup: str) -> str:
+    """The app's cgroup path in the hierarchy runc places siblings by (memory on v1), from
+    its init's /proc/PID/cgroup."""
     from .. import cgroups
 
-    with open(f"/proc/{init_pid}/cgroup") as f:
-        paths = cgroups.parse_proc_cgroup(f.read())
+    paths = cgroups.parse_proc_cgroup(proc_cgroup)
     return paths.get("memory") or paths.get("", "/")
 
 
@@ -150,27 +107,58 @@ class ContainerRunner:
             image = images.resolve(self.image_dir, unit.spec["image"])
         except images.ImageError as e:
             raise StartFailed(1 << 8, f"could not be started: {e}", permanent=True) from None
-        # In the app's user namespace the lower runtime reaches the image through a view at
-        # the store's own path (images.behind_view): the store stays root-only.
-        view = image["rootfs"] if in_userns(self.app_spec()) else None
-        if view:
+        app = self.app_spec()
+        bundle = os.path.join(ctx.dir, "sidecars", unit.name)
+        os.makedirs(bundle, mode=0o700, exist_ok=True)
+        # What a start cut short (the supervisor killed) left; never removed recursively.
+        staging = os.path.join(bundle, "share")
+        if not mounts.clear(staging):
+            raise StartFailed(1 << 8, f"could not be started ({staging} is still mounted)")
+        _remove_points(staging)
+        namespaces = [*sidecar.JOINED]
+        view = None
+        if any(ns.get("type") == "user" for ns in (app.get("linux") or {}).get("namespaces")
+               or []):
+            namespaces.append("user")
+            # In the app's user namespace the lower runtime reaches the image through a view at
+            # the store's own path (images.behind_view): the store stays root-only.
+            view = image["rootfs"]
             image = {**image, "rootfs": self.image_dir}
-        proc = f"/proc/{init_pid}"
+        # The last run's sibling goes first: the handles are held only while this one is made.
+        await self.remove(unit)
         try:
-            app = self.app_spec()
-            shared = {
-                p: sidecar.host_path(app, self.bundle, resolve_in_root(f"{proc}/root", p))
-                for p in unit.spec["share"]
-            }
+            handles = AppHandles(init_pid, namespaces, ctx.init_exited)
+        except AppGone as e:
+            raise StartFailed(1 << 8, f"could not be started: {e}", permanent=True) from None
+        except OSError as e:
+            raise StartFailed(1 << 8, f"could not be started (the app's init: {e})") from None
+        try:
+            return await self._create(unit, image, app, bundle, handles, view)
+        finally:
+            handles.release()
+
+    async def _create(
+        self, unit: Unit, image: dict[str, Any], app: dict[str, Any], bundle: str,
+        handles: AppHandles, view: str | None,
+    ) -> Run:
+        ctx = self.ctx
+        try:
+            shared = {}
+            if unit.spec["share"]:
+                os.mkdir(os.path.join(bundle, "share"), 0o700)
+            for i, path in enumerate(unit.spec["share"]):
+                shared[path] = handles.share(
+                    path, lambda p: sidecar.host_place(app, self.bundle, p),
+                    os.path.join(bundle, "share", str(i)),
+                )
             spec = sidecar.sibling_spec(
-                app, dict(unit.spec), image, app_id=ctx.id, app_proc=proc,
-                app_cgroup=app_cgroup(init_pid), container_dir=ctx.dir, shared=shared,
-                init=INIT if os.path.isfile(INIT) else None,
+                app, dict(unit.spec), image, app_id=ctx.id, app_proc=f"/proc/{handles.pid}",
+                app_cgroup=app_cgroup(handles.cgroup_file), container_dir=ctx.dir,
+                shared=shared, init=INIT if os.path.isfile(INIT) else None,
+                ns_paths=handles.ns_paths(),
             )
         except (ShareError, OSError, SpecError) as e:
             raise StartFailed(1 << 8, f"could not be started: {e}") from None
-        bundle = os.path.join(ctx.dir, "sidecars", unit.name)
-        os.makedirs(bundle, mode=0o700, exist_ok=True)
         with open(os.path.join(bundle, "config.json"), "w") as f:
             json.dump(spec, f)
         pid_file = os.path.join(bundle, "pid")
@@ -178,7 +166,6 @@ class ContainerRunner:
             os.unlink(pid_file)
         except FileNotFoundError:
             pass
-        await self.remove(unit)
         sid = self.sid(unit)
         wfd = unit.open_output()
         try:
@@ -196,6 +183,11 @@ class ContainerRunner:
                 status, f"could not be started ({self.lower} create {procs.describe_status(status)}"
                 f": {unit.last_output()})",
             )
+        if ctx.init_exited():
+            # It joined the namespaces of descriptors held since the init was checked: the
+            # app's, never another process's; but the app is gone.
+            await self.remove(unit)
+            raise StartFailed(1 << 8, f"could not be started: {handles.gone()}", permanent=True)
         try:
             with open(pid_file) as f:
                 pid = int(f.read().strip())
@@ -204,14 +196,16 @@ class ContainerRunner:
             raise StartFailed(1 << 8, "could not be started (no pid file)") from None
         pidfd = self.ctx.reaper.pidfd(pid)
         exit_future = ctx.reaper.wait(pid)
-        status, _ = await procs.run(ctx.reaper, self._argv("start", sid), timeout=30)
+        status, out = await procs.run(ctx.reaper, self._argv("start", sid), timeout=30)
         if status != 0:
             if pidfd is not None:
                 signal.pidfd_send_signal(pidfd, signal.SIGKILL)
                 os.close(pidfd)
             await exit_future
             await self.remove(unit)
-            raise StartFailed(status, f"could not be started ({self.lower} start failed)")
+            said = out.decode("utf-8", "replace").strip().splitlines()
+            raise StartFailed(status, f"could not be started ({self.lower} start "
+                              f"{procs.describe_status(status)}: {said[-1][:200] if said else ''})")
         self.digests[unit.name] = image["digest"]
         cgroup = spec["linux"]["cgroupsPath"]
         # Read before the sibling is deleted (its cgroup with it): why it died is in there.
@@ -274,7 +268,9 @@ class ContainerRunner:
 
     async def cleanup(self, unit: Unit) -> None:
         await self.remove(unit)
-        shutil.rmtree(os.path.join(self.ctx.dir, "sidecars", unit.name), ignore_errors=True)
+        bundle = os.path.join(self.ctx.dir, "sidecars", unit.name)
+        if mounts.clear(bundle):
+            shutil.rmtree(bundle, ignore_errors=True)
 
     def describe(self, unit: Unit) -> dict[str, Any]:
         return {
@@ -283,3 +279,24 @@ class ContainerRunner:
             "container": self.sid(unit),
         }
 
+
+
+def _remove_points(staging: str) -> None:
+    """The staging points (empty directories or files once unmounted) and their directory."""
+    try:
+        names = os.listdir(staging)
+    except FileNotFoundError:
+        return
+    for name in names:
+        path = os.path.join(staging, name)
+        try:
+            if os.path.isdir(path):
+                os.rmdir(path)
+            else:
+                os.unlink(path)
+        except OSError:
+            pass
+    try:
+        os.rmdir(staging)
+    except OSError:
+        pass

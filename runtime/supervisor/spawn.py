@@ -76,7 +76,9 @@ def prepare(container_dir: str, plan: Plan, processes: dict[str, dict[str, Any]]
     if os.path.isdir(container_dir):
         if alive(container_dir):
             return False
-        statedir.remove_tree(container_dir)  # a stale directory from a supervisor that died
+        # A stale directory from a supervisor that died (a share it staged is unmounted first).
+        if statedir.unmount_staged(container_dir):
+            statedir.remove_tree(container_dir)
     parent = os.path.dirname(container_dir)
     statedir.private_dir(os.path.dirname(parent))
     statedir.private_dir(parent)

@@ -319,6 +319,10 @@ class Unit:
                 self.last_exit = e.why
                 if e.permanent:
                     self.fail(e.why, f'service "{self.name}" {e.why}')
+                else:
+                    # The log is where an administrator looks first: "restarting in" alone
+                    # would not say what to fix.
+                    self.note(e.why)
                 return e.status
             self.current = run
             self.pid = run.pid

@@ -119,3 +119,61 @@ def test_docker_stop_of_a_sidecar_only_container_keeps_pid_1_and_the_main_exit_c
     finally:
         service.unlink()
         shutil.rmtree(images, ignore_errors=True)
+
+
+def test_a_docker_apps_share_swapped_for_a_symlink_never_gives_its_sidecar_a_host_directory(
+    docker: engines.Dockerd,
+    docker_name: str,
+    e2e_dir: Path,
+    retinue_config: Path,
+    swap_config: Callable[[str], None],
+    retinue_admin: Callable[..., subprocess.CompletedProcess[str]],
+    tmp_path: Path,
+) -> None:
+    """Issue 15 item 2 through Docker: the app swaps a directory of its volume with a symlink
+    to a root-only host directory while its sidecar restarts; the sidecar never reads it."""
+    images = e2e_dir / "images"
+    swap_config(config_text(e2e_dir) + f'image_dir = "{images}"\n')
+    layout = imagekit.oci_layout(
+        imagekit.busybox_rootfs(tmp_path / "bb", ("sh", "cat", "sleep")), tmp_path / "layout",
+        ["sleep", "1000"],
+    )
+    r = retinue_admin("image", "import", "bb-e2e", str(layout))
+    assert r.returncode == 0, r.stderr
+    secret = tmp_path / "root-only"
+    secret.mkdir(mode=0o700)
+    (secret / "marker").write_text("HOST-MARKER\n")
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    service = retinue_config.parent / "services" / "reader-sc.toml"
+    service.write_text(
+        'placement = "container"\nimage = "bb-e2e"\nshare = ["/data/d"]\nrequired = false\n'
+        'command = ["sh", "-c", "cat /data/d/marker /data/d/own 2>/dev/null; exit 0"]\n'
+        '[restart]\npolicy = "always"\ndelay = "10ms"\nmax_delay = "20ms"\nburst = 100000\n'
+    )
+    swap = (f"mkdir -p /data/d; echo APP-OWN > /data/d/own; while :; do "
+            f"mv /data/d /data/d.real; ln -s {secret} /data/d; "
+            f"rm /data/d; mv /data/d.real /data/d; done")
+    try:
+        cid = docker.docker(
+            "run", "-d", "--name", docker_name, "--runtime", "retinue", "--network", "none",
+            "-v", f"{volume}:/data", "-e", "RETINUE_SERVICES=reader-sc", docker.image,
+            "sh", "-c", swap,
+        ).stdout.strip()
+        began = time.monotonic()
+        log = ""
+        while time.monotonic() - began < 40:
+            starts = service_status(retinue_admin, cid)["by_name"]["reader-sc"]["restarts"]
+            log = retinue_admin("logs", cid, "reader-sc").stdout
+            if starts >= 100 or "HOST-MARKER" in log:
+                break
+            time.sleep(0.5)
+        leaks, own = log.count("HOST-MARKER"), log.count("APP-OWN")
+        print(f"{starts} starts in {time.monotonic() - began:.1f}s: {leaks} saw the host's "
+              f"file, {own} the app's own directory")
+        docker.docker("rm", "-f", docker_name)
+        assert leaks == 0, log[-2000:]
+        assert own > 0, log[-2000:]
+    finally:
+        service.unlink()
+        shutil.rmtree(images, ignore_errors=True)

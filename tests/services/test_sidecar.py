@@ -19,7 +19,7 @@ from pathlib import Path
 
 import imagekit
 import pytest
-from conftest import FOREVER, RUNC, Rig, main_args, wait_for
+from conftest import FOREVER, RUNC, Rig, main_args, mounts_under, wait_for
 
 PORT = 8080
 
@@ -277,7 +277,7 @@ def test_a_job_whose_shipper_sidecar_reads_its_output_and_flushes_after_it(
 
 
 def test_a_shared_path_never_resolves_outside_the_app_root(tmp_path: Path) -> None:
-    from retinue.supervisor.containerrunner import ShareError, resolve_in_root
+    from retinue.supervisor.apphandles import ShareError, resolve_in_root
 
     root = tmp_path / "root"
     (root / "etc").mkdir(parents=True)
@@ -576,3 +576,230 @@ def test_without_init_the_stop_budget_caps_a_sidecar_that_ignores_sigterm(
     assert time.monotonic() - t0 < 5  # the budget (1 s), not the service's 30 s stop timeout
     assert "stop budget of 1s spent: killed" in rig.service_log(container_id, "stubborn")
     assert rig.rt("delete", container_id).returncode == 0
+
+
+def test_a_sidecar_that_cannot_start_says_why_in_its_log(
+    rig: Rig, container_id: str, layouts: dict[str, Path]
+) -> None:
+    """Issue 15 item 15: every failed start says its reason in the service's log, beside the
+    "restarting in" that follows it (a share that is not there, runc's own error)."""
+    setup(rig, layouts, "busybox")
+    restart = 'required = false\n[restart]\npolicy = "always"\ndelay = "100ms"\nburst = 50\n'
+    sidecar(rig, "noshare", IDLE + 'share = ["/not-in-the-app"]\n' + restart)
+    # runc refuses it: the working directory is a file.
+    sidecar(rig, "badcwd", IDLE + 'working_dir = "/bin/busybox"\n' + restart)
+    bundle = rig.bundle(main_args(FOREVER), env=["RETINUE_SERVICES=noshare,badcwd"])
+    assert rig.create(container_id, bundle).returncode == 0, rig.log_entries()
+    assert rig.rt("start", container_id).returncode == 0, rig.log_entries()
+    for name in ("noshare", "badcwd"):
+        wait_for(lambda n=name: rig.service_log(container_id, n).count("restarting in") >= 2,
+                 timeout=30)
+    noshare = rig.service_log(container_id, "noshare").splitlines()
+    badcwd = rig.service_log(container_id, "badcwd").splitlines()
+    # The reason is a retinue line of its own, just before each "restarting in".
+    for lines, reason in ((noshare, "share: /not-in-the-app: No such file or directory"),
+                          (badcwd, "not a directory")):
+        for i, line in enumerate(lines):
+            if "restarting in" in line:
+                assert i > 0 and lines[i - 1].startswith("retinue: "), lines
+                assert "could not be started" in lines[i - 1] and reason in lines[i - 1], lines
+    assert rig.rt("delete", "--force", container_id).returncode == 0
+    wait_for(lambda: siblings(rig) == [], timeout=20)
+
+
+def test_a_share_swapped_for_a_symlink_never_gives_the_sidecar_a_host_directory(
+    rig: Rig, container_id: str, layouts: dict[str, Path]
+) -> None:
+    """Issue 15 item 2: the app swaps its shared directory with a symlink to a host directory,
+    over and over, while its sidecar restarts; the sidecar never sees the host's file."""
+    setup(rig, layouts, "busybox")
+    secret = rig.base / "root-only"
+    secret.mkdir(mode=0o700)
+    (secret / "marker").write_text("HOST-MARKER\n")
+    (secret / "marker").chmod(0o600)
+    sidecar(rig, "reader", 'placement = "container"\nimage = "busybox"\nshare = ["/shared/d"]\n'
+            'command = ["sh", "-c", "cat /shared/d/marker /shared/d/own 2>/dev/null; exit 0"]\n'
+            'required = false\n'
+            '[restart]\npolicy = "always"\ndelay = "10ms"\nmax_delay = "20ms"\nburst = 100000\n')
+    swap = (f"mkdir -p /shared/d; echo APP-OWN > /shared/d/own; while :; do "
+            f"mv /shared/d /shared/d.real; ln -s {secret} /shared/d; "
+            f"rm /shared/d; mv /shared/d.real /shared/d; done")
+    bundle = rig.bundle(main_args(swap), env=["RETINUE_SERVICES=reader"])
+    assert rig.create(container_id, bundle).returncode == 0, rig.log_entries()
+    assert rig.rt("start", container_id).returncode == 0, rig.log_entries()
+    began = time.monotonic()
+    starts = 0
+    while time.monotonic() - began < 40:
+        starts = rig.service_status(container_id, "reader")["restarts"]
+        log = rig.service_log(container_id, "reader")
+        if starts >= 150 or "HOST-MARKER" in log:
+            break
+        time.sleep(0.5)
+    log = rig.service_log(container_id, "reader")
+    leaks, own = log.count("HOST-MARKER"), log.count("APP-OWN")
+    print(f"{starts} starts in {time.monotonic() - began:.1f}s: {leaks} saw the host's file, "
+          f"{own} the app's own directory")
+    assert rig.rt("delete", "--force", container_id).returncode == 0
+    wait_for(lambda: siblings(rig) == [], timeout=20)
+    assert leaks == 0, log[-2000:]
+    assert own > 0, log[-2000:]  # the race was run: shares did reach the sidecar
+
+
+HOLDING_RUNC = """#!/bin/sh
+# runc, except that a sidecar's STEP (delete or create) waits while GATE/hold exists, and a
+# sidecar's create records the namespaces the sidecar joined in GATE/joined.
+case " $* " in
+*" --root SIDEROOT STEP "*)
+  : > GATE/waiting
+  while [ -e GATE/hold ]; do sleep 0.02; done;;
+esac
+case " $* " in
+*" --root SIDEROOT create "*)
+  prev=
+  for arg in "$@"; do [ "$prev" = --pid-file ] && pid_file=$arg; prev=$arg; done
+  RUNC "$@"; rc=$?
+  if [ $rc = 0 ]; then
+    pid=$(cat "$pid_file")
+    { readlink /proc/$pid/ns/net; readlink /proc/$pid/ns/uts; } > GATE/joined.tmp
+    mv GATE/joined.tmp GATE/joined
+  fi
+  exit $rc;;
+esac
+exec RUNC "$@"
+"""
+
+
+def take_pid(pid: int) -> subprocess.Popen[bytes]:
+    """A process with its own network and UTS namespaces that has pid `pid` (free now)."""
+    mine = os.readlink("/proc/self/ns/net")
+    for _ in range(300):
+        with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+            f.write(str(pid - 1))
+        proc = subprocess.Popen(["unshare", "-n", "-u", "sleep", "120"])
+        if proc.pid == pid:
+            wait_for(lambda: os.readlink(f"/proc/{pid}/ns/net") != mine)
+            return proc
+        proc.kill()
+        proc.wait()
+    raise AssertionError(f"could not get pid {pid} again")
+
+
+def test_a_sidecar_restarting_after_the_apps_init_died_never_joins_the_pids_next_owner(
+    rig: Rig, container_id: str, layouts: dict[str, Path], step: str
+) -> None:
+    """Issue 15 item 8: the sidecar restarts; while the lower runtime deletes its last run
+    (before anything of the app is opened) or creates the new one, the app's PID 1 dies and
+    its pid goes to another process. The sidecar never joins that process's namespaces, and
+    the start is refused with the reason."""
+    images = setup(rig, layouts, "busybox")
+    gate = rig.base / "gate"
+    gate.mkdir()
+    wrapper = rig.base / "holding-runc"
+    wrapper.write_text(HOLDING_RUNC.replace("GATE", str(gate)).replace("RUNC", RUNC)
+                       .replace("SIDEROOT", str(rig.state_dir / "sidecars")).replace("STEP", step))
+    wrapper.chmod(0o755)
+    rig.write_config(f'image_dir = "{images}"\nruntime = "{wrapper}"\n')
+    sidecar(rig, "idle", IDLE + 'required = false\n[restart]\npolicy = "always"\ndelay = "100ms"\n')
+    bundle = rig.bundle(main_args(FOREVER), env=["RETINUE_SERVICES=idle"])
+    assert rig.create(container_id, bundle).returncode == 0, rig.log_entries()
+    assert rig.rt("start", container_id).returncode == 0, rig.log_entries()
+    sid = f"{container_id}.idle"
+    wait_for(lambda: siblings(rig) == [sid] and sibling_state(rig, sid)["status"] == "running")
+    app_pid = rig.state(container_id)["pid"]  # type: ignore[index]
+    app_net = os.readlink(f"/proc/{app_pid}/ns/net")
+    (gate / "hold").touch()
+    (gate / "waiting").unlink(missing_ok=True)
+    (gate / "joined").unlink()  # the first run's
+    os.kill(int(sibling_state(rig, sid)["pid"]), signal.SIGKILL)  # type: ignore[call-overload]
+    wait_for(lambda: (gate / "waiting").exists(), timeout=20)
+    os.kill(app_pid, signal.SIGKILL)
+    wait_for(lambda: not os.path.exists(f"/proc/{app_pid}"), timeout=20)
+    impostor = take_pid(app_pid)
+    try:
+        theirs = [os.readlink(f"/proc/{app_pid}/ns/{ns}") for ns in ("net", "uts")]
+        assert theirs[0] != app_net
+        (gate / "hold").unlink()
+        wait_for(lambda: not rig.supervisor_pids(container_id), timeout=30)
+        joined = (gate / "joined").read_text().split() if (gate / "joined").exists() else []
+        print(f"app {app_net}, next owner of pid {app_pid} {theirs}, sidecar joined {joined}")
+        assert not set(joined) & set(theirs), (joined, theirs)
+        if step == "delete":
+            assert joined == []  # refused before anything was created
+        log = rig.service_log(container_id, "idle")
+        assert f"the app container's init (pid {app_pid}) has exited" in log, log
+    finally:
+        impostor.kill()
+        impostor.wait()
+    assert rig.rt("delete", "--force", container_id).returncode == 0
+    assert siblings(rig) == []
+
+
+def test_a_share_staged_by_a_killed_supervisor_is_unmounted_and_the_apps_files_kept(
+    rig: Rig, container_id: str, layouts: dict[str, Path], remover: str
+) -> None:
+    """Issue 15 item 2: a share is mounted on its staging point only while the sibling is
+    created; a supervisor killed then leaves it, and `retinue gc` or the delete unmounts it
+    without removing anything through it."""
+    images = setup(rig, layouts, "busybox")
+    gate = rig.base / "gate"
+    gate.mkdir()
+    wrapper = rig.base / "holding-runc"
+    wrapper.write_text(HOLDING_RUNC.replace("GATE", str(gate)).replace("RUNC", RUNC)
+                       .replace("SIDEROOT", str(rig.state_dir / "sidecars"))
+                       .replace("STEP", "create"))
+    wrapper.chmod(0o755)
+    rig.write_config(f'image_dir = "{images}"\nruntime = "{wrapper}"\n')
+    (rig.shared / "d").mkdir()
+    (rig.shared / "d" / "own").write_text("APP-OWN\n")
+    sidecar(rig, "reader", IDLE + 'share = ["/shared/d"]\nrequired = false\n')
+    bundle = rig.bundle(main_args(FOREVER), env=["RETINUE_SERVICES=reader"])
+    (gate / "hold").touch()
+    assert rig.create(container_id, bundle).returncode == 0, rig.log_entries()
+    starting = subprocess.Popen(rig.rt_argv("start", container_id), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: (gate / "waiting").exists(), timeout=20)
+    staged = str(rig.container_dir(container_id) / "sidecars" / "reader" / "share" / "0")
+    assert mounts_under(staged) == [staged]
+    for pid in rig.supervisor_pids(container_id):
+        os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not rig.supervisor_pids(container_id))
+    (gate / "hold").unlink()
+    starting.wait(timeout=30)
+    if remover == "gc":
+        r = rig.retinue("gc")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == f"unmounted share {staged}\n"
+        assert mounts_under(staged) == []
+    assert rig.rt("delete", "--force", container_id).returncode == 0
+    assert mounts_under(str(rig.base)) == []
+    assert siblings(rig) == []
+    assert (rig.shared / "d" / "own").read_text() == "APP-OWN\n"
+
+
+def test_a_share_on_the_apps_root_reaches_the_sidecar_and_a_symlink_in_it_stays_inside(
+    rig: Rig, container_id: str, layouts: dict[str, Path]
+) -> None:
+    """A share that is on the app's root (no bind mount of its own): opened below the root's
+    host directory, and a symlink in the path resolved against the app's root."""
+    setup(rig, layouts, "busybox")
+    app_root = rig.base / "approot"
+    imagekit.busybox_rootfs(app_root)
+    for point in ("proc", "dev", "sys", "tmp", "shared", ".retinue"):
+        (app_root / point).mkdir(exist_ok=True)
+    for name in ("init", "init.sock"):
+        (app_root / ".retinue" / name).touch()
+    (app_root / "srv" / "conf").mkdir(parents=True)
+    (app_root / "srv" / "conf" / "app.conf").write_text("APP-CONF\n")
+    os.symlink("/srv/conf", app_root / "conf")  # absolute: the app's /srv, not the host's
+
+    def own_root(spec: dict[str, object]) -> None:
+        spec["root"] = {"path": str(app_root), "readonly": True}
+
+    sidecar(rig, "reader", 'placement = "container"\nimage = "busybox"\nshare = ["/conf"]\n'
+            'command = ["sh", "-c", "head -1 /conf/app.conf; sleep 1000"]\n')
+    bundle = rig.bundle(main_args(FOREVER), env=["RETINUE_SERVICES=reader"], edit=own_root)
+    assert rig.create(container_id, bundle).returncode == 0, rig.log_entries()
+    assert rig.rt("start", container_id).returncode == 0, rig.log_entries()
+    wait_for(lambda: "APP-CONF" in rig.service_log(container_id, "reader"))
+    assert rig.rt("delete", "--force", container_id).returncode == 0
+    assert siblings(rig) == []
