@@ -153,6 +153,9 @@ class Unit:
             "health": self.health,
             "probe": self.probe_result,
             "stopped_by": self.stopped_by if self.state == "stopped" else None,
+            # Bytes of its output lost to a full log filesystem, the container's cap or the
+            # node's floor (see logs.py).
+            "log_dropped": self.log.drops.total,
         }
 
     def fail(self, reason: str, error: str) -> None:
