@@ -204,10 +204,12 @@ class Supervisor:
         path = self.plan["seccomp_listener"]
         statedir.private_dir(os.path.dirname(os.path.dirname(path)))
         statedir.private_dir(os.path.dirname(path))
-        log = agent.setup_log(
-            os.path.join(self.plan["log_dir"], self.id, "seccomp.log"),
-            name=f"retinue.seccomp.{self.id}",
-        )
+        log_path = os.path.join(self.plan["log_dir"], self.id, "seccomp.log")
+        log = agent.setup_log(log_path, name=f"retinue.seccomp.{self.id}")
+        try:
+            os.chmod(log_path, 0o600)  # as every log (one an older version made may be 0644)
+        except OSError:
+            pass
         sock = agent.bind(path)
         routes = agent.Routes.from_rules(rules, log)
         self.seccomp = agent.Agent(routes, log, rate=self.plan.get("seccomp_rate"))

@@ -231,7 +231,8 @@ class RotatingLog:
         # boundary when there is one.
         try:
             while data:
-                room = self.max_bytes - self._size
+                # Never below 0: a file a failed rename left in place may be past the cap.
+                room = max(0, self.max_bytes - self._size)
                 if len(data) <= room:
                     self._append(data)
                     return ""
