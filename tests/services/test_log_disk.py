@@ -122,6 +122,8 @@ def test_a_full_log_filesystem_ends_no_supervisor(
     assert top["log_dropped"] > 0, top
     assert status["logs"]["writing"] is False
     assert "No space left on device" in status["logs"]["why"]
+    table = rig.retinue("status", quiet).stdout
+    assert f"{quiet[:20]}: service output is being dropped (No space left on device)" in table
     assert rig.status(chatty)["logs"]["dropped"] > 0
     # A create meanwhile works (its own logs are dropped too) and leaves nothing once deleted.
     third = "d" + container_id
