@@ -331,6 +331,13 @@ class DiagnosticLog:
         self.space = space
 
     def write(self, text: str) -> int:
+        try:
+            self._line(text)
+        except Exception:  # late in the interpreter's exit, anything may be gone
+            pass
+        return len(text)
+
+    def _line(self, text: str) -> None:
         data = text.encode("utf-8", "replace")
         why = ""
         if self.drops.writes:
@@ -340,7 +347,6 @@ class DiagnosticLog:
         why = why or self._write(data)
         if why:
             self.drops.drop(len(data), why)
-        return len(text)
 
     def _write(self, data: bytes) -> str:
         view = memoryview(data)
