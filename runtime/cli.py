@@ -391,6 +391,16 @@ def status(config_path: str | None, as_json: bool, container_id: str | None) -> 
     widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
     for r in rows:
         click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=False)) + "  " + r[-1])
+    # A full log filesystem, the container's cap or the node's floor: what the services say is
+    # being lost, and the table alone would not show it.
+    for c in found:
+        logs = c.get("logs") or {}
+        if logs.get("writing") is False:
+            click.echo(f"{c['id'][:20]}: service output is being dropped ({logs.get('why')}); "
+                       f"{logs.get('dropped', 0)} bytes so far")
+        elif logs.get("dropped"):
+            click.echo(f"{c['id'][:20]}: {logs['dropped']} bytes of service output were dropped "
+                       "(each service's log says when and why)")
 
 
 @main.command()

@@ -111,6 +111,8 @@ class Compiled(TypedDict):
     log_keep: int
     log_retention: float
     log_keep_containers: int
+    log_max_container_bytes: int
+    log_min_free: float
     supervisor_cpu: float
     supervisor_memory: int
     notify_rate: float
@@ -140,6 +142,8 @@ class Plan(CriNames):
     log_keep: int
     log_retention: float
     log_keep_containers: int
+    log_max_container_bytes: int
+    log_min_free: float
     services: list[CompiledService]
     seccomp: list[CompiledSeccompRule]
     seccomp_listener: str

@@ -106,6 +106,13 @@ class Settings:
     # beyond this many, newest kept; never while the container lives.
     log_retention: str = "7d"
     log_keep_containers: int = 100
+    # All of one container's log files together (its services' logs, rotated ones included,
+    # and supervisor.log); 0: no cap. A service over it gives up its own oldest output first.
+    log_max_container_bytes: int = 64 << 20
+    # No service output is written while the log filesystem has less free than this (a size,
+    # or a percentage of the filesystem; "0": no floor), so that no container's output can
+    # fill the node's disk.
+    log_min_free: str = "5%"
     # The hook program; empty means `retinue-hook` beside the running retinue-runtime.
     hook: str = ""
     # Each container's supervisor (and its helpers) runs in a cgroup beside the container's,
@@ -175,8 +182,40 @@ def check_settings(s: Settings, source: str) -> list[str]:
         )
     if s.log_keep_containers < 0:
         errors.append(f"log_keep_containers: expected 0 or more, got {s.log_keep_containers}")
+    if s.log_max_container_bytes != 0 and s.log_max_container_bytes < MIN_CONTAINER_LOG:
+        errors.append(
+            f"log_max_container_bytes: expected 0 (no cap) or at least {MIN_CONTAINER_LOG}, "
+            f"got {s.log_max_container_bytes}"
+        )
+    if parse_min_free(s.log_min_free) is None:
+        errors.append(
+            'log_min_free: expected a size like "256M" or a percentage like "5%" (at most '
+            f'50%; "0": no floor), got {s.log_min_free[:100]!r}'
+        )
     errors += check_supervisor_bounds(s)
     return [f"{source}: {e}" for e in errors]
+
+
+# One pipe read of a service's output is up to 64 KiB: a cap must hold a few of them.
+MIN_CONTAINER_LOG = 1 << 20
+
+
+def parse_min_free(text: str) -> float | None:
+    """log_min_free: bytes (a size), or a fraction of the filesystem below 1 ("5%" -> 0.05);
+    None if it is neither."""
+    from .cgroups import parse_size
+
+    t = text.strip()
+    if t.endswith("%"):
+        try:
+            percent = float(t[:-1])
+        except ValueError:
+            return None
+        if not math.isfinite(percent) or not 0 <= percent <= 50:
+            return None
+        return percent / 100
+    size = parse_size(t) if t else None
+    return None if size is None else float(size)
 
 
 MIN_SUPERVISOR_MEMORY = 32 << 20  # below this the supervisor's interpreter alone is killed
@@ -375,6 +414,8 @@ def compile_config(cfg: Config, runtime: str, hook: str) -> Compiled:
         "log_keep": s.log_keep,
         "log_retention": parse_retention(s.log_retention),
         "log_keep_containers": s.log_keep_containers,
+        "log_max_container_bytes": s.log_max_container_bytes,
+        "log_min_free": parse_min_free(s.log_min_free) or 0.0,
         "supervisor_cpu": s.supervisor_cpu,
         "supervisor_memory": parse_size(s.supervisor_memory) or 0,
         "notify_rate": s.notify_rate,

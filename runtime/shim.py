@@ -199,6 +199,8 @@ def start_supervisor(
         "log_keep": compiled["log_keep"],
         "log_retention": compiled["log_retention"],
         "log_keep_containers": compiled["log_keep_containers"],
+        "log_max_container_bytes": compiled.get("log_max_container_bytes", 0),
+        "log_min_free": compiled.get("log_min_free", 0.0),
         # Pod and container names, when the CRI created it: `retinue status` and `logs` take them.
         **policy.cri_names(spec),
         "services": found.services,

@@ -15,9 +15,10 @@ import asyncio  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 
-from .. import cgroups  # noqa: E402
+from .. import cgroups, statedir  # noqa: E402
 from . import retention  # noqa: E402
 from .core import Supervisor  # noqa: E402
+from .logs import DiagnosticLog  # noqa: E402
 
 if _SSL_BLOCKED:
     del sys.modules["ssl"]
@@ -30,30 +31,42 @@ def main() -> None:
     with open(os.path.join(container_dir, PLAN)) as f:
         plan = json.load(f)
     log_dir = os.path.join(plan["log_dir"], plan["id"])
-    os.makedirs(log_dir, mode=0o750, exist_ok=True)
+    # Every file it makes (logs, the seccomp agent's log) is root's alone, whatever the umask
+    # of whoever ran the create.
+    os.umask(0o077)
+    statedir.private_dir(log_dir)
     # Our own diagnostics (a traceback if something is very wrong) go next to the services' logs.
     fd = os.open(
         os.path.join(log_dir, "supervisor.log"),
         os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
-        0o640,
+        0o600,
     )
+    os.fchmod(fd, 0o600)
     os.dup2(fd, 2)
     os.close(fd)
+    # The log filesystem fills up (other containers' output): a line that cannot be written
+    # is dropped and counted, never an exception that ends the supervisor.
+    sys.stderr = DiagnosticLog(2)
     # The shim's spawn put us in our cgroup before this interpreter started (spawn._enter);
     # at the end we go back where the shim was, so that it can be removed.
     place = plan.get("cgroup")
     origin = (place or {}).get("origin") or {}
-    retention.record(log_dir, plan)
-
-    async def run() -> None:
-        await Supervisor(container_dir, plan).run(ready_fd)
-
     try:
+        try:
+            retention.record(log_dir, plan)
+        except OSError as e:  # `retinue logs` then finds it by id only
+            print(f"{log_dir}: cannot record the container's names: {e.strerror}",
+                  file=sys.stderr, flush=True)
+
+        async def run() -> None:
+            await Supervisor(container_dir, plan).run(ready_fd)
+
         asyncio.run(run())
     finally:
+        # Whatever ended us (a refused create included): the cgroup goes with us.
         if place:
             cgroups.leave(place, origin)
-            for d in cgroups.remove(place):
+            for d in cgroups.remove(place, timeout=2.0):
                 print(f"cgroup {d} is still busy; left in place", file=sys.stderr, flush=True)
     # Off the create and start paths: the container is gone, its engine is not waiting on us.
     state_dir = os.path.dirname(os.path.dirname(container_dir))

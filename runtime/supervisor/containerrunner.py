@@ -229,6 +229,7 @@ class ContainerRunner:
                 self._argv("exec", "--user", f"{spec['uid']}:{spec['gid']}", self.sid(unit),
                            *argv),
                 timeout=timeout,
+                keep=0,  # the probe's output is the container's, and only its status counts
             )
         except TimeoutError:
             return 1

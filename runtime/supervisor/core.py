@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import graph, statedir
 from . import control, procs
-from .logs import RotatingLog
+from .logs import DiagnosticLog, LogSpace, RotatingLog
 from .notify import NotifySockets
 from .runner import ExecRunner, Runner, lower_root
 from .unit import Context, Unit
@@ -82,6 +82,12 @@ class Supervisor:
 
             self.runners["container"] = ContainerRunner(self.ctx, plan)
         log_dir = os.path.join(plan["log_dir"], self.id)
+        # The container's share of the log filesystem, which all its files draw on.
+        self.log_space = LogSpace(
+            log_dir, plan.get("log_max_container_bytes", 0), plan.get("log_min_free", 0.0)
+        )
+        if isinstance(sys.stderr, DiagnosticLog):
+            sys.stderr.attach(self.log_space)
         self.services: dict[str, Unit] = {
             s["name"]: Unit(
                 s,
@@ -89,6 +95,7 @@ class Supervisor:
                     os.path.join(log_dir, f"{s['name']}.log"),
                     plan["log_max_bytes"],
                     plan["log_keep"],
+                    self.log_space,
                 ),
                 self.runners[s.get("placement", "exec")],
                 self.ctx,
@@ -204,10 +211,12 @@ class Supervisor:
         path = self.plan["seccomp_listener"]
         statedir.private_dir(os.path.dirname(os.path.dirname(path)))
         statedir.private_dir(os.path.dirname(path))
-        log = agent.setup_log(
-            os.path.join(self.plan["log_dir"], self.id, "seccomp.log"),
-            name=f"retinue.seccomp.{self.id}",
-        )
+        log_path = os.path.join(self.plan["log_dir"], self.id, "seccomp.log")
+        log = agent.setup_log(log_path, name=f"retinue.seccomp.{self.id}")
+        try:
+            os.chmod(log_path, 0o600)  # as every log (one an older version made may be 0644)
+        except OSError:
+            pass
         sock = agent.bind(path)
         routes = agent.Routes.from_rules(rules, log)
         self.seccomp = agent.Agent(routes, log, rate=self.plan.get("seccomp_rate"))
@@ -566,6 +575,7 @@ class Supervisor:
             "supervisor_pid": os.getpid(),
             "services": [self.services[n].status() for n in self.order],
             "seccomp": self.seccomp.stats.as_dict() if self.seccomp is not None else None,
+            "logs": self.log_space.status([u.log for u in self.services.values()]),
         }
 
     # -- start and the gate -----------------------------------------------------------------

@@ -27,6 +27,31 @@ from . import procs, readiness
 
 CLONE_NEWNET = 0x40000000
 MAX_RESPONSE_LINE = 4096
+# What is kept of a probe command's output: its last words are what status shows, and the
+# container decides how much it prints (an endless stream took a supervisor to its memory
+# limit within a second).
+MAX_PROBE_OUTPUT = 4096
+
+
+class Tail:
+    """The last `limit` bytes of a stream, however long it is."""
+
+    __slots__ = ("data", "limit")
+
+    def __init__(self, limit: int = MAX_PROBE_OUTPUT) -> None:
+        self.limit = limit
+        self.data = b""
+
+    def append(self, chunk: bytes) -> None:
+        if len(chunk) >= self.limit:
+            self.data = chunk[-self.limit :]
+        else:
+            self.data = (self.data + chunk)[-self.limit :]
+
+    def last_line(self, width: int) -> str:
+        """The last non-empty line, cut to `width` characters ("" if none)."""
+        lines = self.data.decode("utf-8", "replace").strip().splitlines()
+        return lines[-1][:width] if lines else ""
 
 _libc: ctypes.CDLL | None = None
 
@@ -203,8 +228,9 @@ async def exec_inside(
             _end(pid, pidfd)
         if pidfd is not None:
             os.close(pidfd)
-        # What is left in the pipe (a grandchild that kept it open is not waited for).
-        while True:
+        # What is left in the pipe (a grandchild that kept it open is not waited for, nor read
+        # for ever while it keeps writing).
+        for _ in range(procs.DRAIN_READS):
             try:
                 data = os.read(r, 65536)
             except OSError:

@@ -109,11 +109,27 @@ def spawn(argv: list[str], stdout: int) -> int:
         os.close(devnull)
 
 
-async def run(reaper: Reaper, argv: list[str], timeout: float | None = None) -> tuple[int, bytes]:
-    """Run argv to completion; returns (wait status, combined output). Kills it on timeout."""
+# Reads of what a finished command left in its pipe: a grandchild that kept the pipe and keeps
+# writing would otherwise hold the loop for good.
+DRAIN_READS = 64
+
+
+async def run(
+    reaper: Reaper, argv: list[str], timeout: float | None = None, keep: int = 1 << 20
+) -> tuple[int, bytes]:
+    """Run argv to completion; returns (wait status, combined output, at most its first `keep`
+    bytes: a command run inside a container prints what the container wants). Kills it on
+    timeout."""
     loop = asyncio.get_running_loop()
     r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
     chunks: list[bytes] = []
+    kept = 0
+
+    def take(data: bytes) -> None:
+        nonlocal kept
+        if kept < keep:
+            chunks.append(data[: keep - kept])
+            kept += len(chunks[-1])
 
     def readable() -> None:
         try:
@@ -121,7 +137,7 @@ async def run(reaper: Reaper, argv: list[str], timeout: float | None = None) -> 
         except BlockingIOError:
             return
         if data:
-            chunks.append(data)
+            take(data)
         else:
             loop.remove_reader(r)
 
@@ -143,15 +159,16 @@ async def run(reaper: Reaper, argv: list[str], timeout: float | None = None) -> 
                 pass
             status = await reaper.wait(pid)
             raise
-        # Drain what is left without blocking on grandchildren that kept the pipe.
-        while True:
+        # Drain what is left without blocking on grandchildren that kept the pipe, nor reading
+        # for ever from one that keeps writing.
+        for _ in range(DRAIN_READS):
             try:
                 data = os.read(r, 65536)
             except BlockingIOError:
                 break
             if not data:
                 break
-            chunks.append(data)
+            take(data)
         return status, b"".join(chunks)
     finally:
         loop.remove_reader(r)

@@ -33,8 +33,8 @@ def record(log_dir: str, plan: dict[str, Any]) -> None:
         "created": time.time(),
     }
     tmp = os.path.join(log_dir, f".{RECORD}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
-    os.fchmod(fd, 0o640)  # as the services' logs, whatever the umask
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    os.fchmod(fd, 0o600)  # as the services' logs, whatever the umask
     with os.fdopen(fd, "w") as f:
         json.dump(names, f)
     os.replace(tmp, os.path.join(log_dir, RECORD))

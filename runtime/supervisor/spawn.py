@@ -61,16 +61,21 @@ def prepare(container_dir: str, plan: Plan, processes: dict[str, dict[str, Any]]
     """
     log_dir = os.path.join(plan["log_dir"], plan["id"])
     try:
+        # Root's alone, as the state: the directory names every container with services, and
+        # the logs are the services' output. Trees left open by older versions are narrowed.
+        statedir.private_dir(plan["log_dir"])
+        statedir.private_dir(log_dir)
         # The supervisor's own log must exist before it runs: else "see supervisor.log" would
         # point at a file that cannot exist.
-        os.makedirs(log_dir, mode=0o750, exist_ok=True)
-        os.close(
-            os.open(
-                os.path.join(log_dir, "supervisor.log"),
-                os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
-                0o640,
-            )
+        fd = os.open(
+            os.path.join(log_dir, "supervisor.log"),
+            os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+            0o600,
         )
+        try:
+            os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
     except OSError as e:
         raise RetinueError(f"{e.filename or log_dir}: cannot create: {e.strerror}") from None
     if os.path.isdir(container_dir):

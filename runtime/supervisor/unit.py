@@ -153,6 +153,9 @@ class Unit:
             "health": self.health,
             "probe": self.probe_result,
             "stopped_by": self.stopped_by if self.state == "stopped" else None,
+            # Bytes of its output lost to a full log filesystem, the container's cap or the
+            # node's floor (see logs.py).
+            "log_dropped": self.log.drops.total,
         }
 
     def fail(self, reason: str, error: str) -> None:
@@ -456,10 +459,10 @@ class Unit:
     async def health_probe(self, run: Run, timeout: float) -> tuple[bool, str]:
         kind, target = self.spec["health"], self.spec["health_target"]
         if kind == "exec":
-            out: list[bytes] = []
+            out = probes.Tail()
             status, why = await self.runner.command(self, "health", timeout, out.append)
-            last = b"".join(out).decode("utf-8", "replace").strip().splitlines()
-            detail = f": {last[-1][:120]}" if last else ""
+            last = out.last_line(120)
+            detail = f": {last}" if last else ""
             if status is None:
                 return False, why
             return status == 0, procs.describe_status(status) + detail

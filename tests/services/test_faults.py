@@ -164,9 +164,47 @@ def test_state_and_logs_are_root_only(rig: Rig, container_id: str) -> None:
     assert (directory / "notify" / "ntf.sock").exists()
     assert not (directory / "notify" / "svc.sock").exists()
     logs = rig.log_dir / container_id
-    assert logs.stat().st_mode & 0o777 == 0o750
+    for d in (rig.log_dir, logs):
+        assert d.stat().st_mode & 0o777 == 0o700, d
     for f in logs.iterdir():
-        assert f.stat().st_mode & 0o777 == 0o640, f
+        assert f.stat().st_mode & 0o777 == 0o600, f
+
+
+def as_nobody(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *argv],
+        capture_output=True, text=True, timeout=10,
+    )
+
+
+def test_logs_are_root_only_and_an_open_tree_is_narrowed(rig: Rig, container_id: str) -> None:
+    # Left by an older version (or made by hand): a 0755 tree of 0644 files. The rig's base is
+    # opened up so that only the log directory's own modes stand between nobody and the logs.
+    os.chmod(rig.base, 0o755)
+    old = rig.log_dir / "t-older"
+    old.mkdir(parents=True)
+    os.chmod(rig.log_dir, 0o755)
+    os.chmod(old, 0o755)
+    mine = rig.log_dir / container_id
+    mine.mkdir()
+    os.chmod(mine, 0o755)
+    (mine / "svc.log").write_text("from before\n")
+    os.chmod(mine / "svc.log", 0o644)
+    rig.service("svc", SLEEP)
+    bundle = rig.bundle(env=["RETINUE_SERVICES=svc"], args=main_args(FOREVER))
+    assert rig.create(container_id, bundle).returncode == 0
+    assert rig.rt("start", container_id).returncode == 0
+    wait_for(lambda: "started" in rig.service_log(container_id, "svc"))
+    listed = as_nobody("ls", str(rig.log_dir))
+    assert listed.returncode != 0 and "Permission denied" in listed.stderr, listed
+    for target in (mine, mine / "svc.log", mine / "supervisor.log"):
+        seen = as_nobody("cat", str(target))
+        assert seen.returncode != 0 and "Permission denied" in seen.stderr, (target, seen)
+    assert rig.log_dir.stat().st_mode & 0o777 == 0o700
+    assert mine.stat().st_mode & 0o777 == 0o700
+    for f in mine.iterdir():
+        assert f.stat().st_mode & 0o777 == 0o600, f
+    assert rig.rt("delete", "--force", container_id).returncode == 0
 
 
 def snapshot(rig: Rig, rootfs: Path) -> dict[str, object]:
