@@ -71,56 +71,6 @@ def test_a_docker_app_is_gated_on_and_served_by_an_nginx_sidecar(
         shutil.rmtree(images, ignore_errors=True)
 
 
-def test_docker_stop_of_a_sidecar_only_container_keeps_pid_1_and_the_main_exit_code(
-    docker: engines.Dockerd,
-    docker_name: str,
-    e2e_dir: Path,
-    retinue_config: Path,
-    swap_config: Callable[[str], None],
-    retinue_admin: Callable[..., subprocess.CompletedProcess[str]],
-    tmp_path: Path,
-) -> None:
-    """No exec service, no retinue-init: `docker exec` sees the entrypoint as PID 1; `docker
-    stop`'s SIGTERM reaches it at once; its exit code is Docker's ExitCode; the sidecar is
-    stopped after it without `docker rm`."""
-    images = e2e_dir / "images"
-    swap_config(config_text(e2e_dir) + f'image_dir = "{images}"\n')
-    layout = imagekit.oci_layout(imagekit.busybox_rootfs(tmp_path / "busybox"),
-                                 tmp_path / "layout", ["sleep", "1000"])
-    assert retinue_admin("image", "import", "agent-e2e", str(layout)).returncode == 0
-    service = retinue_config.parent / "services" / "agent-sc.toml"
-    service.write_text('placement = "container"\nimage = "agent-e2e"\n'
-                       "command = [\"sh\", \"-c\", \"trap 'exit 0' TERM; sleep 1000 & wait\"]\n")
-    sidecars = e2e_dir / "state" / "sidecars"
-
-    def listed() -> list[str]:
-        return subprocess.run([engines.RUNC, "--root", str(sidecars), "list", "-q"],
-                              capture_output=True, text=True).stdout.split()
-
-    try:
-        cid = docker.docker(
-            "run", "-d", "--name", docker_name, "--runtime", "retinue", "--network", "none",
-            "-e", "RETINUE_SERVICES=agent-sc", docker.image,
-            "sh", "-c", "trap 'exit 7' TERM; sleep 1000 & wait",
-        ).stdout.strip()
-        assert listed() == [f"{cid}.agent-sc"]
-        pid1 = docker.docker("exec", docker_name, "cat", "/proc/1/cmdline").stdout
-        assert pid1.split("\0")[:2] == ["sh", "-c"], pid1
-        t0 = time.monotonic()
-        docker.docker("stop", "-t", "10", docker_name)
-        assert time.monotonic() - t0 < 5  # the main got SIGTERM; no SIGKILL after 10 s
-        code = docker.docker("inspect", "-f", "{{.State.ExitCode}}", docker_name).stdout
-        assert code.strip() == "7"
-        deadline = time.monotonic() + 10
-        while listed():
-            assert time.monotonic() < deadline, "the sidecar outlived its app's main process"
-            time.sleep(0.1)
-        docker.docker("rm", docker_name)
-    finally:
-        service.unlink()
-        shutil.rmtree(images, ignore_errors=True)
-
-
 def test_a_docker_apps_share_swapped_for_a_symlink_never_gives_its_sidecar_a_host_directory(
     docker: engines.Dockerd,
     docker_name: str,
@@ -174,6 +124,56 @@ def test_a_docker_apps_share_swapped_for_a_symlink_never_gives_its_sidecar_a_hos
         docker.docker("rm", "-f", docker_name)
         assert leaks == 0, log[-2000:]
         assert own > 0, log[-2000:]
+    finally:
+        service.unlink()
+        shutil.rmtree(images, ignore_errors=True)
+
+
+def test_docker_stop_of_a_sidecar_only_container_keeps_pid_1_and_the_main_exit_code(
+    docker: engines.Dockerd,
+    docker_name: str,
+    e2e_dir: Path,
+    retinue_config: Path,
+    swap_config: Callable[[str], None],
+    retinue_admin: Callable[..., subprocess.CompletedProcess[str]],
+    tmp_path: Path,
+) -> None:
+    """No exec service, no retinue-init: `docker exec` sees the entrypoint as PID 1; `docker
+    stop`'s SIGTERM reaches it at once; its exit code is Docker's ExitCode; the sidecar is
+    stopped after it without `docker rm`."""
+    images = e2e_dir / "images"
+    swap_config(config_text(e2e_dir) + f'image_dir = "{images}"\n')
+    layout = imagekit.oci_layout(imagekit.busybox_rootfs(tmp_path / "busybox"),
+                                 tmp_path / "layout", ["sleep", "1000"])
+    assert retinue_admin("image", "import", "agent-e2e", str(layout)).returncode == 0
+    service = retinue_config.parent / "services" / "agent-sc.toml"
+    service.write_text('placement = "container"\nimage = "agent-e2e"\n'
+                       "command = [\"sh\", \"-c\", \"trap 'exit 0' TERM; sleep 1000 & wait\"]\n")
+    sidecars = e2e_dir / "state" / "sidecars"
+
+    def listed() -> list[str]:
+        return subprocess.run([engines.RUNC, "--root", str(sidecars), "list", "-q"],
+                              capture_output=True, text=True).stdout.split()
+
+    try:
+        cid = docker.docker(
+            "run", "-d", "--name", docker_name, "--runtime", "retinue", "--network", "none",
+            "-e", "RETINUE_SERVICES=agent-sc", docker.image,
+            "sh", "-c", "trap 'exit 7' TERM; sleep 1000 & wait",
+        ).stdout.strip()
+        assert listed() == [f"{cid}.agent-sc"]
+        pid1 = docker.docker("exec", docker_name, "cat", "/proc/1/cmdline").stdout
+        assert pid1.split("\0")[:2] == ["sh", "-c"], pid1
+        t0 = time.monotonic()
+        docker.docker("stop", "-t", "10", docker_name)
+        assert time.monotonic() - t0 < 5  # the main got SIGTERM; no SIGKILL after 10 s
+        code = docker.docker("inspect", "-f", "{{.State.ExitCode}}", docker_name).stdout
+        assert code.strip() == "7"
+        deadline = time.monotonic() + 10
+        while listed():
+            assert time.monotonic() < deadline, "the sidecar outlived its app's main process"
+            time.sleep(0.1)
+        docker.docker("rm", docker_name)
     finally:
         service.unlink()
         shutil.rmtree(images, ignore_errors=True)

@@ -391,193 +391,6 @@ def test_a_sidecar_health_probe_runs_inside_it_and_restarts_it(
     assert siblings(rig) == []
 
 
-def as_nobody(*argv: str | Path) -> subprocess.CompletedProcess[str]:
-    # Through a shell: setpriv keeps its capabilities until its own execve, so a path it
-    # execs directly is walked with root's.
-    return subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--",
-         "/bin/sh", "-c", 'exec "$@"', "sh", *map(str, argv)],
-        capture_output=True, text=True, timeout=30,
-    )
-
-
-def test_the_image_store_is_root_only_and_a_sidecar_still_gets_its_image_as_it_is(
-    rig: Rig, container_id: str
-) -> None:
-    # An image with what a host user must never reach: setuid and setgid root programs (the
-    # host's own `id` runs from the store with the host's libraries), a device node and a
-    # world-writable directory.
-    root = imagekit.busybox_rootfs(rig.base / "hostile", ("sh", "sleep", "stat", "touch"))
-    (root / "usr" / "bin").mkdir(parents=True)
-    for name, mode in (("id", 0o4755), ("gid", 0o2755)):
-        shutil.copy("/usr/bin/id", root / "usr" / "bin" / name)
-        os.chmod(root / "usr" / "bin" / name, mode)
-    os.mknod(root / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
-    os.chmod(root / "null", 0o666)
-    (root / "drop").mkdir(mode=0o777)
-    os.chmod(root / "drop", 0o777)
-    layout = imagekit.oci_layout(root, rig.base / "hostile-layout", ["sleep", "1000"])
-    images = rig.base / "images"
-    rig.write_config(f'image_dir = "{images}"\n')
-    r = rig.retinue("image", "import", "hostile", str(layout), timeout=120)
-    assert r.returncode == 0, r.stderr
-    rootfs = images / "sha256" / r.stdout.split()[1][7:] / "rootfs"
-    # Every directory above the store lets others through: only the store itself may stop them.
-    os.chmod(rig.base, 0o755)
-    for parent in images.parents:
-        assert parent.stat().st_mode & 0o001, parent
-    def nobody_is_kept_out() -> None:
-        assert as_nobody("ls", images).returncode != 0
-        ran = as_nobody(rootfs / "usr" / "bin" / "id")
-        assert ran.returncode != 0 and "euid=0" not in ran.stdout, ran
-        assert "egid=0" not in as_nobody(rootfs / "usr" / "bin" / "gid").stdout
-        assert as_nobody("stat", rootfs / "null").returncode != 0
-        assert as_nobody("touch", rootfs / "drop" / "x").returncode != 0
-        assert not (rootfs / "drop" / "x").exists()
-
-    nobody_is_kept_out()
-    assert stat.S_IMODE(images.stat().st_mode) == 0o700
-    # A store an older version left open to everyone is narrowed when a sidecar starts from it.
-    for path in (images, images / "sha256", images / "names"):
-        os.chmod(path, 0o755)
-    sidecar(rig, "hostile", 'placement = "container"\nimage = "hostile"\nuser = "65534:65534"\n')
-    bundle = rig.bundle(main_args(FOREVER), env=["RETINUE_SERVICES=hostile"])
-    assert rig.create(container_id, bundle).returncode == 0, rig.log_entries()
-    assert rig.rt("start", container_id).returncode == 0, rig.log_entries()
-    assert stat.S_IMODE(images.stat().st_mode) == 0o700
-    nobody_is_kept_out()
-    # A host user with the sidecar's own uid reaches its root through /proc/PID/root, as for
-    # any container without a user namespace; the kernel honours setuid bits only inside the
-    # mount's own namespace, so from there they give nothing.
-    sid = f"{container_id}.hostile"
-    side_pid = sibling_state(rig, sid)["pid"]
-    ran = as_nobody(f"/proc/{side_pid}/root/usr/bin/id")
-    assert ran.returncode == 0 and "euid=0" not in ran.stdout, ran
-    assert "egid=0" not in as_nobody(f"/proc/{side_pid}/root/usr/bin/gid").stdout
-
-    def inside(*argv: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([RUNC, "--root", str(rig.state_dir / "sidecars"), "exec", sid,
-                               *argv], capture_output=True, text=True, timeout=30)
-
-    listed = inside("stat", "-c", "%n %a %F %t,%T", "/usr/bin/id", "/usr/bin/gid", "/drop",
-                    "/null")
-    assert listed.stdout.splitlines() == [
-        "/usr/bin/id 4755 regular file 0,0", "/usr/bin/gid 2755 regular file 0,0",
-        "/drop 777 directory 0,0", "/null 666 character special file 1,3",
-    ], listed
-    # ... and a read-only one: no sidecar can leave anything there for the next.
-    wrote = inside("touch", "/drop/x")
-    assert wrote.returncode != 0 and "Read-only file system" in wrote.stderr, wrote
-    assert not (rootfs / "drop" / "x").exists()
-    assert rig.rt("delete", "--force", container_id).returncode == 0
-    assert siblings(rig) == []
-# -- PID 1 without retinue-init (issue 16 item 5) ------------------------------------------------
-
-FLUSHER = (
-    'placement = "container"\nimage = "busybox"\n'
-    "command = [\"sh\", \"-c\", \"trap 'echo flushed; exit 0' TERM; echo up; "
-    'sleep 1000 & wait"]\n'
-)
-
-
-def test_an_all_sidecar_container_keeps_its_entrypoint_as_pid_1(
-    rig: Rig, container_id: str, layouts: dict[str, Path]
-) -> None:
-    """No exec service: no retinue-init. The app's own entrypoint is PID 1 in its PID namespace;
-    the engine's SIGTERM reaches it at once; the supervisor sees it exit (its pidfd) and only
-    then stops the sidecar, gracefully; the exit code is the main's own."""
-    setup(rig, layouts, "busybox")
-    sidecar(rig, "flusher", FLUSHER)
-    body = f"tr '\\0' ' ' < /proc/1/cmdline > /shared/pid1; ev main; {FOREVER}"
-    bundle = rig.bundle(main_args(body), env=["RETINUE_SERVICES=flusher"])
-    original = json.loads((bundle / "config.json").read_text())["process"]["args"]
-    r = rig.retinue("plan", "--id", container_id, "--root", str(rig.root), str(bundle))
-    assert r.returncode == 0, r.stderr
-    assert "# init: none; the container's entrypoint stays PID 1" in r.stdout, r.stdout
-    assert '+      "/.retinue/init",' not in r.stdout  # the app's args (the sidecar has one)
-    assert rig.create(container_id, bundle).returncode == 0, rig.log_entries()
-    edited = json.loads((bundle / "config.json").read_text())
-    assert edited["process"]["args"] == original
-    assert "io.retinue.init" not in edited["annotations"]
-    assert all(m["destination"] != "/.retinue/init" for m in edited["mounts"])
-    assert rig.rt("start", container_id).returncode == 0, rig.log_entries()
-    wait_for(lambda: "main" in [w for _, w in rig.events()])
-    assert (rig.shared / "pid1").read_text().startswith("sh -c ")
-    wait_for(lambda: "up" in rig.service_log(container_id, "flusher"))
-    t0 = time.monotonic()
-    assert rig.rt("kill", container_id, "TERM").returncode == 0
-    assert time.monotonic() - t0 < 0.5  # kill does not wait for the sidecar
-    wait_for(lambda: rig.runc_status(container_id) == "stopped")
-    assert "main-term" in [w for _, w in rig.events()]
-    # Nobody deleted the container yet: the supervisor stopped the sidecar on the main's exit.
-    wait_for(lambda: siblings(rig) == [], timeout=20)
-    log = rig.service_log(container_id, "flusher")
-    assert log.index("stopping with SIGTERM") < log.index("flushed"), log
-    assert rig.rt("delete", container_id).returncode == 0
-    assert rig.errors() == [] and rig.warnings() == []
-
-
-def test_fate_sharing_without_init_ends_the_main_with_its_own_code(
-    rig: Rig, container_id: str, layouts: dict[str, Path]
-) -> None:
-    setup(rig, layouts, "busybox")
-    sidecar(rig, "upstream", 'placement = "container"\nimage = "busybox"\n'
-            'command = ["sh", "-c", "sleep 0.5; exit 1"]\non_failure = "stop-container"\n'
-            '[restart]\npolicy = "no"\n')
-    bundle = rig.bundle(main_args('trap "ev main-term; exit 5" TERM; ev main; '
-                                  "sleep 1000 & wait"), env=["RETINUE_SERVICES=upstream"])
-    out = rig.base / "run.out"
-    with open(out, "w") as f:
-        proc = subprocess.run(rig.rt_argv("run", "--bundle", str(bundle), container_id),
-                              stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
-                              timeout=60)
-    # No init to report a distinct code: the main's SIGTERM handler chose it.
-    assert proc.returncode == 5, out.read_text()
-    assert "main-term" in [w for _, w in rig.events()]
-    assert "stopping the container" in rig.service_log(container_id, "upstream")
-    assert siblings(rig) == []
-
-
-def test_init_true_still_injects_init_with_sidecars_only(
-    rig: Rig, container_id: str, layouts: dict[str, Path]
-) -> None:
-    setup(rig, layouts, "busybox")
-    sidecar(rig, "idle", IDLE)
-    rig.policy('[[attach]]\nname = "tini-like"\nwhen.always = true\ninit = true\n'
-               'services = ["idle"]\n')
-    bundle = rig.bundle(main_args(f"ev main; {FOREVER}"))
-    assert rig.create(container_id, bundle).returncode == 0, rig.log_entries()
-    edited = json.loads((bundle / "config.json").read_text())
-    assert edited["process"]["args"][0] == "/.retinue/init"
-    assert rig.rt("start", container_id).returncode == 0, rig.log_entries()
-    wait_for(lambda: "main" in [w for _, w in rig.events()])
-    assert rig.rt("kill", container_id, "TERM").returncode == 0
-    wait_for(lambda: rig.runc_status(container_id) == "stopped")
-    assert siblings(rig) == []  # init waited for the sidecar's stop before it exited
-    assert rig.rt("delete", container_id).returncode == 0
-
-
-def test_without_init_the_stop_budget_caps_a_sidecar_that_ignores_sigterm(
-    rig: Rig, container_id: str, layouts: dict[str, Path]
-) -> None:
-    setup(rig, layouts, "busybox")
-    rig.write_config(f'image_dir = "{rig.base / "images"}"\nstop_budget = "1s"\n')
-    sidecar(rig, "stubborn", 'placement = "container"\nimage = "busybox"\n'
-            "command = [\"sh\", \"-c\", \"trap '' TERM; echo up; while :; do sleep 1; done\"]\n"
-            '[stop]\ntimeout = "30s"\n')
-    bundle = rig.bundle(main_args(f"ev main; {FOREVER}"), env=["RETINUE_SERVICES=stubborn"])
-    assert rig.create(container_id, bundle).returncode == 0, rig.log_entries()
-    assert rig.rt("start", container_id).returncode == 0, rig.log_entries()
-    wait_for(lambda: "up" in rig.service_log(container_id, "stubborn"))
-    assert rig.rt("kill", container_id, "TERM").returncode == 0
-    wait_for(lambda: rig.runc_status(container_id) == "stopped")
-    t0 = time.monotonic()
-    wait_for(lambda: siblings(rig) == [], timeout=20)
-    assert time.monotonic() - t0 < 5  # the budget (1 s), not the service's 30 s stop timeout
-    assert "stop budget of 1s spent: killed" in rig.service_log(container_id, "stubborn")
-    assert rig.rt("delete", container_id).returncode == 0
-
-
 def test_a_sidecar_that_cannot_start_says_why_in_its_log(
     rig: Rig, container_id: str, layouts: dict[str, Path]
 ) -> None:
@@ -684,6 +497,7 @@ def take_pid(pid: int) -> subprocess.Popen[bytes]:
     raise AssertionError(f"could not get pid {pid} again")
 
 
+@pytest.mark.parametrize("step", ["delete", "create"])
 def test_a_sidecar_restarting_after_the_apps_init_died_never_joins_the_pids_next_owner(
     rig: Rig, container_id: str, layouts: dict[str, Path], step: str
 ) -> None:
@@ -734,6 +548,7 @@ def test_a_sidecar_restarting_after_the_apps_init_died_never_joins_the_pids_next
     assert siblings(rig) == []
 
 
+@pytest.mark.parametrize("remover", ["gc", "delete"])
 def test_a_share_staged_by_a_killed_supervisor_is_unmounted_and_the_apps_files_kept(
     rig: Rig, container_id: str, layouts: dict[str, Path], remover: str
 ) -> None:
@@ -803,3 +618,190 @@ def test_a_share_on_the_apps_root_reaches_the_sidecar_and_a_symlink_in_it_stays_
     wait_for(lambda: "APP-CONF" in rig.service_log(container_id, "reader"))
     assert rig.rt("delete", "--force", container_id).returncode == 0
     assert siblings(rig) == []
+
+
+def as_nobody(*argv: str | Path) -> subprocess.CompletedProcess[str]:
+    # Through a shell: setpriv keeps its capabilities until its own execve, so a path it
+    # execs directly is walked with root's.
+    return subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--",
+         "/bin/sh", "-c", 'exec "$@"', "sh", *map(str, argv)],
+        capture_output=True, text=True, timeout=30,
+    )
+
+
+def test_the_image_store_is_root_only_and_a_sidecar_still_gets_its_image_as_it_is(
+    rig: Rig, container_id: str
+) -> None:
+    # An image with what a host user must never reach: setuid and setgid root programs (the
+    # host's own `id` runs from the store with the host's libraries), a device node and a
+    # world-writable directory.
+    root = imagekit.busybox_rootfs(rig.base / "hostile", ("sh", "sleep", "stat", "touch"))
+    (root / "usr" / "bin").mkdir(parents=True)
+    for name, mode in (("id", 0o4755), ("gid", 0o2755)):
+        shutil.copy("/usr/bin/id", root / "usr" / "bin" / name)
+        os.chmod(root / "usr" / "bin" / name, mode)
+    os.mknod(root / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    os.chmod(root / "null", 0o666)
+    (root / "drop").mkdir(mode=0o777)
+    os.chmod(root / "drop", 0o777)
+    layout = imagekit.oci_layout(root, rig.base / "hostile-layout", ["sleep", "1000"])
+    images = rig.base / "images"
+    rig.write_config(f'image_dir = "{images}"\n')
+    r = rig.retinue("image", "import", "hostile", str(layout), timeout=120)
+    assert r.returncode == 0, r.stderr
+    rootfs = images / "sha256" / r.stdout.split()[1][7:] / "rootfs"
+    # Every directory above the store lets others through: only the store itself may stop them.
+    os.chmod(rig.base, 0o755)
+    for parent in images.parents:
+        assert parent.stat().st_mode & 0o001, parent
+    def nobody_is_kept_out() -> None:
+        assert as_nobody("ls", images).returncode != 0
+        ran = as_nobody(rootfs / "usr" / "bin" / "id")
+        assert ran.returncode != 0 and "euid=0" not in ran.stdout, ran
+        assert "egid=0" not in as_nobody(rootfs / "usr" / "bin" / "gid").stdout
+        assert as_nobody("stat", rootfs / "null").returncode != 0
+        assert as_nobody("touch", rootfs / "drop" / "x").returncode != 0
+        assert not (rootfs / "drop" / "x").exists()
+
+    nobody_is_kept_out()
+    assert stat.S_IMODE(images.stat().st_mode) == 0o700
+    # A store an older version left open to everyone is narrowed when a sidecar starts from it.
+    for path in (images, images / "sha256", images / "names"):
+        os.chmod(path, 0o755)
+    sidecar(rig, "hostile", 'placement = "container"\nimage = "hostile"\nuser = "65534:65534"\n')
+    bundle = rig.bundle(main_args(FOREVER), env=["RETINUE_SERVICES=hostile"])
+    assert rig.create(container_id, bundle).returncode == 0, rig.log_entries()
+    assert rig.rt("start", container_id).returncode == 0, rig.log_entries()
+    assert stat.S_IMODE(images.stat().st_mode) == 0o700
+    nobody_is_kept_out()
+    # A host user with the sidecar's own uid reaches its root through /proc/PID/root, as for
+    # any container without a user namespace; the kernel honours setuid bits only inside the
+    # mount's own namespace, so from there they give nothing.
+    sid = f"{container_id}.hostile"
+    side_pid = sibling_state(rig, sid)["pid"]
+    ran = as_nobody(f"/proc/{side_pid}/root/usr/bin/id")
+    assert ran.returncode == 0 and "euid=0" not in ran.stdout, ran
+    assert "egid=0" not in as_nobody(f"/proc/{side_pid}/root/usr/bin/gid").stdout
+
+    def inside(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([RUNC, "--root", str(rig.state_dir / "sidecars"), "exec", sid,
+                               *argv], capture_output=True, text=True, timeout=30)
+
+    listed = inside("stat", "-c", "%n %a %F %t,%T", "/usr/bin/id", "/usr/bin/gid", "/drop",
+                    "/null")
+    assert listed.stdout.splitlines() == [
+        "/usr/bin/id 4755 regular file 0,0", "/usr/bin/gid 2755 regular file 0,0",
+        "/drop 777 directory 0,0", "/null 666 character special file 1,3",
+    ], listed
+    # ... and a read-only one: no sidecar can leave anything there for the next.
+    wrote = inside("touch", "/drop/x")
+    assert wrote.returncode != 0 and "Read-only file system" in wrote.stderr, wrote
+    assert not (rootfs / "drop" / "x").exists()
+    assert rig.rt("delete", "--force", container_id).returncode == 0
+    assert siblings(rig) == []
+
+
+FLUSHER = (
+    'placement = "container"\nimage = "busybox"\n'
+    "command = [\"sh\", \"-c\", \"trap 'echo flushed; exit 0' TERM; echo up; "
+    'sleep 1000 & wait"]\n'
+)
+
+
+def test_an_all_sidecar_container_keeps_its_entrypoint_as_pid_1(
+    rig: Rig, container_id: str, layouts: dict[str, Path]
+) -> None:
+    """No exec service: no retinue-init. The app's own entrypoint is PID 1 in its PID namespace;
+    the engine's SIGTERM reaches it at once; the supervisor sees it exit (its pidfd) and only
+    then stops the sidecar, gracefully; the exit code is the main's own."""
+    setup(rig, layouts, "busybox")
+    sidecar(rig, "flusher", FLUSHER)
+    body = f"tr '\\0' ' ' < /proc/1/cmdline > /shared/pid1; ev main; {FOREVER}"
+    bundle = rig.bundle(main_args(body), env=["RETINUE_SERVICES=flusher"])
+    original = json.loads((bundle / "config.json").read_text())["process"]["args"]
+    r = rig.retinue("plan", "--id", container_id, "--root", str(rig.root), str(bundle))
+    assert r.returncode == 0, r.stderr
+    assert "# init: none; the container's entrypoint stays PID 1" in r.stdout, r.stdout
+    assert '+      "/.retinue/init",' not in r.stdout  # the app's args (the sidecar has one)
+    assert rig.create(container_id, bundle).returncode == 0, rig.log_entries()
+    edited = json.loads((bundle / "config.json").read_text())
+    assert edited["process"]["args"] == original
+    assert "io.retinue.init" not in edited["annotations"]
+    assert all(m["destination"] != "/.retinue/init" for m in edited["mounts"])
+    assert rig.rt("start", container_id).returncode == 0, rig.log_entries()
+    wait_for(lambda: "main" in [w for _, w in rig.events()])
+    assert (rig.shared / "pid1").read_text().startswith("sh -c ")
+    wait_for(lambda: "up" in rig.service_log(container_id, "flusher"))
+    t0 = time.monotonic()
+    assert rig.rt("kill", container_id, "TERM").returncode == 0
+    assert time.monotonic() - t0 < 0.5  # kill does not wait for the sidecar
+    wait_for(lambda: rig.runc_status(container_id) == "stopped")
+    assert "main-term" in [w for _, w in rig.events()]
+    # Nobody deleted the container yet: the supervisor stopped the sidecar on the main's exit.
+    wait_for(lambda: siblings(rig) == [], timeout=20)
+    log = rig.service_log(container_id, "flusher")
+    assert log.index("stopping with SIGTERM") < log.index("flushed"), log
+    assert rig.rt("delete", container_id).returncode == 0
+    assert rig.errors() == [] and rig.warnings() == []
+
+
+def test_fate_sharing_without_init_ends_the_main_with_its_own_code(
+    rig: Rig, container_id: str, layouts: dict[str, Path]
+) -> None:
+    setup(rig, layouts, "busybox")
+    sidecar(rig, "upstream", 'placement = "container"\nimage = "busybox"\n'
+            'command = ["sh", "-c", "sleep 0.5; exit 1"]\non_failure = "stop-container"\n'
+            '[restart]\npolicy = "no"\n')
+    bundle = rig.bundle(main_args('trap "ev main-term; exit 5" TERM; ev main; '
+                                  "sleep 1000 & wait"), env=["RETINUE_SERVICES=upstream"])
+    out = rig.base / "run.out"
+    with open(out, "w") as f:
+        proc = subprocess.run(rig.rt_argv("run", "--bundle", str(bundle), container_id),
+                              stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
+                              timeout=60)
+    # No init to report a distinct code: the main's SIGTERM handler chose it.
+    assert proc.returncode == 5, out.read_text()
+    assert "main-term" in [w for _, w in rig.events()]
+    assert "stopping the container" in rig.service_log(container_id, "upstream")
+    assert siblings(rig) == []
+
+
+def test_init_true_still_injects_init_with_sidecars_only(
+    rig: Rig, container_id: str, layouts: dict[str, Path]
+) -> None:
+    setup(rig, layouts, "busybox")
+    sidecar(rig, "idle", IDLE)
+    rig.policy('[[attach]]\nname = "tini-like"\nwhen.always = true\ninit = true\n'
+               'services = ["idle"]\n')
+    bundle = rig.bundle(main_args(f"ev main; {FOREVER}"))
+    assert rig.create(container_id, bundle).returncode == 0, rig.log_entries()
+    edited = json.loads((bundle / "config.json").read_text())
+    assert edited["process"]["args"][0] == "/.retinue/init"
+    assert rig.rt("start", container_id).returncode == 0, rig.log_entries()
+    wait_for(lambda: "main" in [w for _, w in rig.events()])
+    assert rig.rt("kill", container_id, "TERM").returncode == 0
+    wait_for(lambda: rig.runc_status(container_id) == "stopped")
+    assert siblings(rig) == []  # init waited for the sidecar's stop before it exited
+    assert rig.rt("delete", container_id).returncode == 0
+
+
+def test_without_init_the_stop_budget_caps_a_sidecar_that_ignores_sigterm(
+    rig: Rig, container_id: str, layouts: dict[str, Path]
+) -> None:
+    setup(rig, layouts, "busybox")
+    rig.write_config(f'image_dir = "{rig.base / "images"}"\nstop_budget = "1s"\n')
+    sidecar(rig, "stubborn", 'placement = "container"\nimage = "busybox"\n'
+            "command = [\"sh\", \"-c\", \"trap '' TERM; echo up; while :; do sleep 1; done\"]\n"
+            '[stop]\ntimeout = "30s"\n')
+    bundle = rig.bundle(main_args(f"ev main; {FOREVER}"), env=["RETINUE_SERVICES=stubborn"])
+    assert rig.create(container_id, bundle).returncode == 0, rig.log_entries()
+    assert rig.rt("start", container_id).returncode == 0, rig.log_entries()
+    wait_for(lambda: "up" in rig.service_log(container_id, "stubborn"))
+    assert rig.rt("kill", container_id, "TERM").returncode == 0
+    wait_for(lambda: rig.runc_status(container_id) == "stopped")
+    t0 = time.monotonic()
+    wait_for(lambda: siblings(rig) == [], timeout=20)
+    assert time.monotonic() - t0 < 5  # the budget (1 s), not the service's 30 s stop timeout
+    assert "stop budget of 1s spent: killed" in rig.service_log(container_id, "stubborn")
+    assert rig.rt("delete", container_id).returncode == 0
