@@ -8,9 +8,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import imagekit
 import pytest
 from conftest import FOREVER, Rig, main_args, wait_for
-from test_sidecar import layouts, setup, sidecar  # noqa: F401 (layouts: a fixture)
+from test_sidecar import setup, sidecar
 
 # A server that takes a moment before it binds, as most do: meanwhile the neighbour's socket is
 # already there.
@@ -123,13 +124,20 @@ def test_a_neighbours_server_does_not_keep_a_service_healthy(rig: Rig, kind: str
     assert rig.service_status(first, "web")["state"] == "ready"
 
 
+@pytest.fixture(scope="module")
+def sidecar_layouts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("pod-images")
+    busybox = imagekit.busybox_rootfs(base / "busybox")
+    return {"busybox": imagekit.oci_layout(busybox, base / "layout", ["sleep", "1000"])}
+
+
 def test_a_sidecars_own_http_server_makes_it_ready_and_healthy(
-    rig: Rig, container_id: str, layouts: dict[str, Path]
+    rig: Rig, container_id: str, sidecar_layouts: dict[str, Path]
 ) -> None:
     """For a sidecar, the sockets that count are its container's: its http server, started by
     a shell (a child of the sidecar's init), is ready and healthy; the app's server on another
     port of the same network namespace is not its own."""
-    setup(rig, layouts, "busybox")
+    setup(rig, sidecar_layouts, "busybox")
     sidecar(rig, "web", 'placement = "container"\nimage = "busybox"\n'
             'command = ["sh", "-c", "mkdir -p /tmp/www; echo ok > /tmp/www/index.html; '
             'httpd -f -p 8090 -h /tmp/www & wait"]\n'
