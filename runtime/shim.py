@@ -286,6 +286,11 @@ def supervised(args: runc_argv.RuncArgs, runtime: str, log_dir: str, container_d
         try:
             reply = _request(container_dir, {"op": "start"})
         except SupervisorGone:
+            # As the supervisor does when its gate fails: the entrypoint never runs, and the
+            # container's init (runc init, waiting for this start) is ended, so the engine sees
+            # it stopped. containerd refuses to delete a `created` task: Docker would keep the
+            # task, its shim and the services that already run for good.
+            _end_waiting_init(runtime, args)
             raise RetinueError(
                 f"{gone}: its services cannot run, so the container is not started; "
                 "delete it and create it again"
@@ -330,6 +335,29 @@ def supervised(args: runc_argv.RuncArgs, runtime: str, log_dir: str, container_d
                     )
                 statedir.remove(container_dir)
     return runtime
+
+
+def _end_waiting_init(runtime: str, args: runc_argv.RuncArgs) -> None:
+    """SIGKILL a created container's init through the lower runtime and wait (a few seconds at
+    most) until the lower runtime says it stopped; the services exec'd into it end with its
+    PID namespace."""
+    import json
+    import subprocess
+    import time
+
+    base = [runtime, *lower_globals(args)]
+    subprocess.run([*base, "kill", args.container_id, "KILL"], stdin=subprocess.DEVNULL,
+                   capture_output=True, timeout=30, check=False)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        out = subprocess.run([*base, "state", args.container_id], stdin=subprocess.DEVNULL,
+                             capture_output=True, timeout=30, check=False)
+        try:
+            if out.returncode != 0 or json.loads(out.stdout).get("status") != "created":
+                return
+        except (ValueError, AttributeError):
+            return
+        time.sleep(0.02)
 
 
 def _remove_siblings(plan: dict[str, Any], runtime: str, container_id: str) -> None:
