@@ -46,7 +46,8 @@ def processes_naming(cid: str) -> list[str]:
 
 def everything_of(docker: engines.Dockerd, e2e_dir: Path, cid: str) -> list[str]:
     left = sorted(f for f in services_footprint(e2e_dir) if cid in f)
-    tasks = docker.containerd.ctr("tasks", "ls", "-q", check=False).stdout.split()
+    tasks = docker.containerd.ctr("--namespace", "moby", "tasks", "ls", "-q",
+                                  check=False).stdout.split()
     left += [f"containerd task {t}" for t in tasks if t == cid]
     left += [f"cgroup {c}" for c in cgroups_naming(cid)]
     left += processes_naming(cid)
