@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from conftest import FOREVER, Rig, main_args, processes_mentioning, wait_for
 SLOW = ('ev "$RETINUE_SERVICE start"; (sleep 30; touch /tmp/slow.ready) & '
         'exec sleep 1000\n')
 QUICK = 'ev "$RETINUE_SERVICE start"; exec sleep 1000\n'
+ADMIN_BIN = os.path.join(sys.prefix, "bin", "retinue")
 
 
 def cgroups_of(cid: str) -> list[str]:
@@ -135,3 +137,33 @@ def test_kill_and_delete_when_the_supervisor_resets(rig: Rig, container_id: str)
     finally:
         server.close()
     wait_for(lambda: not rig.leftovers(container_id), 5)
+
+
+def test_gc_deletes_what_the_engine_no_longer_lists(
+    rig: Rig, container_id: str, rootfs_dir: Path
+) -> None:
+    rig.service("quick", QUICK)
+    kept, forgotten = container_id, container_id + "-f"
+    for cid in (kept, forgotten):
+        bundle = rig.bundle(main_args(f"ev main; {FOREVER}"), env=["RETINUE_SERVICES=quick"])
+        assert rig.create(cid, bundle).returncode == 0
+        assert rig.rt("start", cid).returncode == 0
+    # Bad uses say what is wrong and delete nothing.
+    for args, code, said in [
+        (["--root", str(rig.root)], 2, "--root goes with --keep-ids or --keep-none"),
+        (["--keep-none"], 2, "--root goes with --keep-ids or --keep-none"),
+        (["--root", str(rig.root), "--keep-none", "--keep-ids", "-"], 2, "not both"),
+        (["--root", str(rig.root), "--keep-ids", "-"], 1, "no ids read from --keep-ids"),
+    ]:
+        r = subprocess.run([ADMIN_BIN, "gc", *args], input="\n", capture_output=True, text=True,
+                           timeout=60)
+        assert (r.returncode, r.stderr.startswith("retinue: gc: ")) == (code, True), r
+        assert said in r.stderr, r.stderr
+    assert rig.runc_status(kept) == rig.runc_status(forgotten) == "running"
+    r = subprocess.run([ADMIN_BIN, "gc", "--root", str(rig.root), "--keep-ids", "-"],
+                       input=f"{kept}\n", capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [f"removed container {forgotten} (not known to its engine)"]
+    wait_for(lambda: not leftovers(rig, forgotten, rootfs_dir), 10)
+    assert rig.runc_status(kept) == "running"
+    assert rig.service_status(kept, "quick")["state"] == "ready"
