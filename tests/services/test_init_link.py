@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from conftest import Rig, main_args, wait_for
 
 # A service that drains on SIGTERM: "drained" in the events says it was stopped gracefully.
@@ -84,14 +85,18 @@ def test_a_copied_init_socket_cannot_stop_the_services(rig: Rig, container_id: s
     assert words.index("main-exit") < words.index("drained")
 
 
-def test_init_keeps_proc_1_readable_for_what_needs_it(rig: Rig, container_id: str) -> None:
+@pytest.mark.parametrize("uid", [0, 1000])
+def test_init_keeps_proc_1_readable_for_what_needs_it(
+    rig: Rig, container_id: str, uid: int
+) -> None:
     """A non-dumpable PID 1 has its /proc/1 files owned by root: what the container's processes
     read there (cmdline, status, stat) must still be readable, as the main's uid too."""
     bundle = rig.bundle(
         main_args("cat /proc/1/cmdline | tr '\\0' ' ' > /shared/cmdline; "
                   "grep -c . /proc/1/status > /shared/status; cat /proc/1/stat > /shared/stat; "
-                  "ps > /shared/ps; ev done"),
-        env=["RETINUE_SERVICES=svc"], edit=as_user(1000))
+                  "ps > /shared/ps; ls /proc/1/fd > /dev/null 2>&1; echo $? > /shared/fd-rc; "
+                  "cat /proc/1/environ > /dev/null 2>&1; echo $? > /shared/environ-rc; ev done"),
+        env=["RETINUE_SERVICES=svc"], edit=as_user(uid))
     rig.service("svc", DRAINS)
     assert rig.create(container_id, bundle).returncode == 0
     assert rig.rt("start", container_id).returncode == 0
@@ -100,6 +105,10 @@ def test_init_keeps_proc_1_readable_for_what_needs_it(rig: Rig, container_id: st
     assert int((rig.shared / "status").read_text()) > 10
     assert (rig.shared / "stat").read_text().startswith("1 (")
     assert "/.retinue/init" in (rig.shared / "ps").read_text()
+    # What a non-dumpable init takes away (README, Security): its environment is for
+    # CAP_SYS_PTRACE only, its fd list for root; the main's own /proc/self is unchanged.
+    assert (rig.shared / "environ-rc").read_text().strip() != "0"
+    assert ((rig.shared / "fd-rc").read_text().strip() == "0") is (uid == 0)
 
 
 
