@@ -92,6 +92,7 @@ class InitLink:
             except OSError:
                 return  # EMFILE and the like: the next readable event tries again
             try:
+                conn.setblocking(False)  # accept(2) does not pass O_NONBLOCK on
                 peer = _peer_pid(conn)
             except OSError:
                 conn.close()
