@@ -61,7 +61,7 @@ class InitLink:
         # connects, only init's connection is ever read.
         os.chmod(path, 0o666)
         # The largest backlog the kernel grants: strangers flooding the socket must fill more
-        # than one event-loop turn's worth before init's connect has to wait (init retries).
+        # than one event-loop turn's worth before init's connect has to wait (init then waits).
         sock.listen(socket.SOMAXCONN)
         self.listener = sock
         asyncio.get_running_loop().add_reader(sock.fileno(), self._accept_all)
@@ -155,8 +155,14 @@ class InitLink:
         loop = asyncio.get_running_loop()
         data = b""
         while not data.endswith(b"\n") and len(data) < 64:
-            readable = loop.create_future()
-            loop.add_reader(conn.fileno(), readable.set_result, None)
+            readable: asyncio.Future[None] = loop.create_future()
+
+            def ready(future: asyncio.Future[None] = readable) -> None:
+                # The loop may call a reader again before the awaiting task has resumed.
+                if not future.done():
+                    future.set_result(None)
+
+            loop.add_reader(conn.fileno(), ready)
             try:
                 await readable
             finally:
