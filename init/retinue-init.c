@@ -27,14 +27,18 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #define DEFAULT_WAIT_MS 12000
+/* How long a connect may wait for room in the supervisor's backlog (others may be flooding it). */
+#define CONNECT_WAIT_MS 2000
 
 static void say(const char *what, int err)
 {
@@ -74,13 +78,21 @@ static int connect_supervisor(const char *path)
 		return -1;
 	}
 	strcpy(addr.sun_path, path);
-	/* Non-blocking: a supervisor whose backlog is full must not hold up the container's start.
-	 * Close-on-exec: the child must not inherit the channel (nor could it speak on it: the
-	 * supervisor knows the peer by the pid that connected, which is init's). */
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	/* Close-on-exec: the child must not inherit the channel (nor could it speak on it: the
+	 * supervisor knows the peer by the pid that connected, and each message by the pid that
+	 * wrote it, which must be init's). */
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0) {
 		say("socket", errno);
 		return -1;
+	}
+	/* A blocking connect, bounded: processes of the container (services run before the main)
+	 * may keep the supervisor's backlog full; the supervisor empties it at once, and a
+	 * blocked connect takes the first free place, where a non-blocking one would give up. */
+	{
+		struct timeval tv = {.tv_sec = CONNECT_WAIT_MS / 1000,
+				     .tv_usec = (CONNECT_WAIT_MS % 1000) * 1000};
+		setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
 	}
 	if (connect(fd, (struct sockaddr *)&addr, sizeof addr) < 0) {
 		/* The supervisor is gone (or the container was created without one listening): the
@@ -89,6 +101,8 @@ static int connect_supervisor(const char *path)
 		close(fd);
 		return -1;
 	}
+	/* From here on non-blocking: a stop must never hang on the supervisor. */
+	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
 	return fd;
 }
 
@@ -251,6 +265,12 @@ int main(int argc, char **argv)
 	/* No program after "--": nothing to be init for. */
 	if (i >= argc)
 		usage();
+
+	/* Not dumpable: a process of the container with init's uid but without CAP_SYS_PTRACE can
+	 * then neither ptrace init nor copy its descriptors (pidfd_getfd), the supervisor channel
+	 * among them. The child gets a dumpable process back at its exec. */
+	if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
+		say("prctl(PR_SET_DUMPABLE)", errno);
 
 	/* Block every signal before anything can arrive, and take them from a signalfd: a blocked
 	 * signal is queued even for a PID-namespace init (a signal with the default action would be

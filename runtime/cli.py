@@ -6,6 +6,7 @@ import difflib
 import json
 import os
 import sys
+from typing import TextIO
 
 import click
 
@@ -545,17 +546,80 @@ def image_rm(config_path: str | None, ref: str) -> None:
 
 @main.command()
 @config_option
-def gc(config_path: str | None) -> None:
+@click.option("--root", default=None, help="With --keep-ids: the lower runtime's --root to sweep.")
+@click.option(
+    "--keep-ids",
+    "keep_ids",
+    type=click.File("r"),
+    default=None,
+    help="The ids the engine still knows, one per line ('-': stdin); every container with "
+    "services under --root that is not listed is deleted.",
+)
+@click.option(
+    "--keep-none",
+    is_flag=True,
+    help="Instead of --keep-ids: the engine knows no container under --root.",
+)
+def gc(
+    config_path: str | None, root: str | None, keep_ids: TextIO | None, keep_none: bool
+) -> None:
     """Remove sibling containers whose app's supervisor is gone, and the shares such a
-    supervisor left mounted."""
+    supervisor left mounted; with --root and --keep-ids
+    (or --keep-none), also containers with services that their engine forgot (an engine
+    killed while their start waited for the services)."""
     from . import siblings
 
     cfg = _load(config_path)
     runtime = _lower_runtime(cfg)
+    if keep_ids is not None and keep_none:
+        click.echo("retinue: gc: give --keep-ids or --keep-none, not both", err=True)
+        sys.exit(2)
+    if (root is not None) != (keep_ids is not None or keep_none):
+        click.echo("retinue: gc: --root goes with --keep-ids or --keep-none", err=True)
+        sys.exit(2)
+    if root is not None:
+        kept = set() if keep_ids is None else {ln.strip() for ln in keep_ids if ln.strip()}
+        if keep_ids is not None and not kept:
+            # An engine that could not be reached prints nothing: that must not read as "it
+            # knows no container", which would delete every one of them.
+            click.echo(f"retinue: gc: no ids read from --keep-ids {keep_ids.name}; nothing "
+                       "deleted (say --keep-none if the engine knows no container)", err=True)
+            sys.exit(1)
+        _collect_forgotten(cfg, config_path, root, kept)
     for sid in siblings.collect(runtime, siblings.runtime_root(cfg.settings.state_dir)):
         click.echo(f"removed sidecar {sid}")
     for point in siblings.unstage_orphans(cfg.settings.state_dir):
         click.echo(f"unmounted share {point}")
+
+
+def _collect_forgotten(
+    cfg: config.Config, config_path: str | None, root: str, kept: set[str]
+) -> None:
+    """Delete, through retinue-runtime's own `delete --force` (services stopped in order,
+    sidecars, supervisor, state, cgroups and the lower container), every container with
+    services under `root` whose id is not in `kept`."""
+    import subprocess
+
+    wanted = os.path.realpath(root)
+    shim = os.path.join(os.path.dirname(sys.argv[0]), "retinue-runtime")
+    env = dict(os.environ)
+    if config_path:
+        env[confcache.CONFIG_ENV] = config_path
+    failed = False
+    for c in _containers(cfg.settings.state_dir):
+        if os.path.realpath(c["root"]) != wanted or c["id"] in kept:
+            continue
+        r = subprocess.run(
+            [shim, "--root", c["root"], "delete", "--force", c["id"]],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, timeout=120,
+        )
+        if r.returncode == 0:
+            click.echo(f"removed container {c['id']} (not known to its engine)")
+        else:
+            failed = True
+            click.echo(f"retinue: gc: delete {c['id']}: {r.stderr.strip()}", err=True)
+    if failed:
+        sys.exit(1)
 
 
 def _control_service(config_path: str | None, container_id: str, service: str, op: str) -> None:

@@ -291,6 +291,11 @@ def supervised(args: runc_argv.RuncArgs, runtime: str, log_dir: str, container_d
         try:
             reply = _request(container_dir, {"op": "start"})
         except SupervisorGone:
+            # As the supervisor does when its gate fails: the entrypoint never runs, and the
+            # container's init (runc init, waiting for this start) is ended, so the engine sees
+            # it stopped. containerd refuses to delete a `created` task: Docker would keep the
+            # task, its shim and the services that already run for good.
+            _end_waiting_init(runtime, args)
             raise RetinueError(
                 f"{gone}: its services cannot run, so the container is not started; "
                 "delete it and create it again"
@@ -336,6 +341,41 @@ def supervised(args: runc_argv.RuncArgs, runtime: str, log_dir: str, container_d
                     )
                 statedir.remove(container_dir)
     return runtime
+
+
+def _end_waiting_init(runtime: str, args: runc_argv.RuncArgs) -> None:
+    """SIGKILL a created container's init through the lower runtime and wait (5 s at most)
+    until it has been reaped: by then the engine's shim, its parent, has seen the exit and
+    reports the task stopped. The services exec'd into it end with its PID namespace."""
+    import json
+    import subprocess
+    import time
+
+    base = [runtime, *lower_globals(args)]
+    out = subprocess.run([*base, "state", args.container_id], stdin=subprocess.DEVNULL,
+                         capture_output=True, timeout=30, check=False)
+    try:
+        state = json.loads(out.stdout) if out.returncode == 0 else {}
+    except ValueError:
+        state = {}
+    pid = state.get("pid") if isinstance(state, dict) else None
+    if not isinstance(pid, int) or pid <= 0 or state.get("status") != "created":
+        return
+    started = _start_time(pid)
+    subprocess.run([*base, "kill", args.container_id, "KILL"], stdin=subprocess.DEVNULL,
+                   capture_output=True, timeout=30, check=False)
+    deadline = time.monotonic() + 5
+    while started is not None and _start_time(pid) == started and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time (field 22 of /proc/PID/stat), None once it has been reaped."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[19]
+    except (OSError, IndexError):
+        return None
 
 
 def _remove_siblings(plan: dict[str, Any], runtime: str, container_id: str) -> None:

@@ -45,13 +45,18 @@ def request(
             via_fd(path, sock.connect)
         except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError) as e:
             raise SupervisorGone(str(e)) from None
-        sock.sendall(json.dumps(message).encode() + b"\n")
         data = b""
-        while not data.endswith(b"\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise SupervisorGone("the supervisor closed the connection without answering")
-            data += chunk
+        try:
+            sock.sendall(json.dumps(message).encode() + b"\n")
+            while not data.endswith(b"\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise SupervisorGone("the supervisor closed the connection without answering")
+                data += chunk
+        except (ConnectionResetError, BrokenPipeError) as e:
+            # The supervisor died (or was killed) between our connect and its answer: the
+            # kernel resets a connection whose request was never read.
+            raise SupervisorGone(str(e)) from None
     finally:
         sock.close()
     reply = json.loads(data)

@@ -8,8 +8,12 @@ whatever is left of the container.
 
 Any process of the container can connect to the socket: only the connection whose peer is the
 container's init (SO_PEERCRED, a host pid the kernel fills in, compared with the pid runc
-reported) is listened to. init connected before any other process of the container existed, and
-its descriptor is close-on-exec, so no other process holds that connection.
+reported) is listened to, and on it only the bytes that init itself wrote (SCM_CREDENTIALS on
+every read): a process that copied init's descriptor (pidfd_getfd, ptrace; init makes itself
+non-dumpable so that only CAP_SYS_PTRACE can) is not heard. Strangers' connections are closed
+unread as soon as they are accepted, in bounded synchronous batches, so a flood of
+them cannot keep init out for long (init waits for a place in the backlog rather than
+giving up); once init is connected the socket stops listening: nobody else has any use for it.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ if TYPE_CHECKING:
 
 SOCKET_NAME = "init.sock"  # edits.INIT_SOCKET_NAME: the mount's source
 _UCRED = struct.Struct("3i")
+# Connections accepted per event-loop turn.
+_ACCEPT_BATCH = 64
 
 
 class InitLink:
@@ -36,66 +42,153 @@ class InitLink:
 
     def __init__(self, sup: Supervisor) -> None:
         self.sup = sup
-        self.server: asyncio.Server | None = None
+        self.listener: socket.socket | None = None
         self.tasks: set[asyncio.Task[None]] = set()
         # When the main process exited and with what code, once init has said so.
         self.main_exit: tuple[float, int] | None = None
+        # Messages on init's connection sent by another process (a copied descriptor).
+        self.strangers = 0
+        self._lookup: asyncio.Future[None] | None = None
 
     async def listen(self) -> None:
         """Bind before the lower create runs: runc bind-mounts the socket into the container."""
         path = os.path.join(self.sup.dir, SOCKET_NAME)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock = socket.socket(
+            socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+        )
         control.via_fd(path, sock.bind)
         # The container's process.user runs init; connecting needs write permission. Whoever
         # connects, only init's connection is ever read.
         os.chmod(path, 0o666)
-        self.server = await asyncio.start_unix_server(self._accept, sock=sock)
+        # The largest backlog the kernel grants: strangers flooding the socket must fill more
+        # than one event-loop turn's worth before init's connect has to wait (init then waits).
+        sock.listen(socket.SOMAXCONN)
+        self.listener = sock
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._accept_all)
+
+    def _stop_listening(self) -> None:
+        if self.listener is not None:
+            asyncio.get_running_loop().remove_reader(self.listener.fileno())
+            self.listener.close()
+            self.listener = None
 
     def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
+        self._stop_listening()
         for task in self.tasks:
             task.cancel()
+        if self._lookup is not None:
+            self._lookup.cancel()
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
+    def _accept_all(self) -> None:
+        """Accept a batch without awaiting anything: a stranger's connection is closed unread
+        the moment it is accepted. Bounded, so that a flood cannot starve the event loop."""
+        for _ in range(_ACCEPT_BATCH):
+            if self.listener is None:
+                return
+            try:
+                conn, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return  # EMFILE and the like: the next readable event tries again
+            try:
+                conn.setblocking(False)  # accept(2) does not pass O_NONBLOCK on
+                peer = _peer_pid(conn)
+            except OSError:
+                conn.close()
+                continue
+            if not self._may_be_init(peer):
+                conn.close()
+                continue
+            if peer == self.sup.init_pid:
+                # init connects once: from now on nobody needs the socket, and a stranger's
+                # connect is refused by the kernel at no cost to the supervisor.
+                self._stop_listening()
+            task = asyncio.ensure_future(self._serve(conn, peer))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
+
+    def _may_be_init(self, peer: int) -> bool:
+        init_pid = self.sup.init_pid
+        # Before runc's createRuntime hook has told us init's pid, any peer might be it:
+        # _serve asks runc (once) before listening to it.
+        return init_pid is None or peer == init_pid
+
+    async def _serve(self, conn: socket.socket, peer: int) -> None:
+        sup = self.sup
         try:
-            if await self._is_init(writer):
-                await self._serve(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError):
+            if sup.init_pid is None:
+                # One `runc state` however many peers are waiting for the answer.
+                if self._lookup is None:
+                    self._lookup = asyncio.ensure_future(self._ask_runc())
+                await asyncio.shield(self._lookup)
+            if sup.init_pid is None or peer != sup.init_pid or sup.init_exited():
+                return
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+            line = await self._line_from_init(conn)
+            word, _, code = line.decode("ascii", "replace").strip().partition(" ")
+            if word != "exit" or not code.lstrip("-").isdigit():
+                # EOF: init died without a word (SIGKILL); its pidfd tells the rest.
+                return
+            self.main_exit = (time.monotonic(), int(code))
+            await self.stop_after_main(int(code))
+            # The supervisor ended the main process itself (fate sharing): the container's exit
+            # code says so, not the SIGTERM it got.
+            fate = getattr(sup, "fate_code", None)
+            answer = f"code {fate}\n".encode() if fate is not None else b"ok\n"
+            await asyncio.get_running_loop().sock_sendall(conn, answer)
+        except OSError:
             pass
         finally:
-            writer.close()
+            conn.close()
 
-    async def _is_init(self, writer: asyncio.StreamWriter) -> bool:
-        sock: socket.socket = writer.get_extra_info("socket")
-        peer_pid, _, _ = _UCRED.unpack(
-            sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
-        )
-        sup = self.sup
-        if sup.init_pid is None:
-            # runc's createRuntime hook normally told us already; ask runc otherwise.
-            state = await sup.lower_state()
-            if state is not None:
-                sup.container_created(state.get("pid"))
-        return sup.init_pid is not None and peer_pid == sup.init_pid
+    async def _ask_runc(self) -> None:
+        state = await self.sup.lower_state()
+        if state is not None:
+            await self.sup.init_from_state(state)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        line = await reader.readline()
-        word, _, code = line.decode("ascii", "replace").strip().partition(" ")
-        if word != "exit" or not code.lstrip("-").isdigit():
-            # EOF: init died without a word (SIGKILL); its pidfd tells the rest.
-            return
-        self.main_exit = (time.monotonic(), int(code))
-        await self.stop_after_main(int(code))
-        # The supervisor ended the main process itself (fate sharing): the container's exit code
-        # says so, not the SIGTERM it got.
-        fate = getattr(self.sup, "fate_code", None)
-        writer.write(f"code {fate}\n".encode() if fate is not None else b"ok\n")
-        await writer.drain()
+    async def _line_from_init(self, conn: socket.socket) -> bytes:
+        """init's one line, or b"" at EOF. The kernel keeps bytes from different senders in
+        different reads and says who sent each (SCM_CREDENTIALS): whatever a process that
+        copied init's descriptor writes is dropped, so only init's own bytes are read, while
+        init is alive."""
+        loop = asyncio.get_running_loop()
+        data = b""
+        while not data.endswith(b"\n") and len(data) < 64:
+            readable: asyncio.Future[None] = loop.create_future()
+
+            def ready(future: asyncio.Future[None] = readable) -> None:
+                # The loop may call a reader again before the awaiting task has resumed.
+                if not future.done():
+                    future.set_result(None)
+
+            loop.add_reader(conn.fileno(), ready)
+            try:
+                await readable
+            finally:
+                loop.remove_reader(conn.fileno())
+            try:
+                chunk, ancillary, _, _ = conn.recvmsg(64, socket.CMSG_SPACE(_UCRED.size))
+            except (BlockingIOError, InterruptedError):
+                continue
+            if not chunk:
+                return b""
+            if _sender(ancillary) != self.sup.init_pid or self.sup.init_exited():
+                self._stranger(len(chunk))
+                continue
+            data += chunk
+        return data
+
+    def _stranger(self, size: int) -> None:
+        self.strangers += 1
+        if self.strangers == 1:
+            # Once: a process that can copy init's descriptor can also write in a loop.
+            print(
+                f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {self.sup.id}: ignored {size} bytes "
+                "on init's connection from another process (a copied descriptor)",
+                file=sys.stderr,
+                flush=True,
+            )
 
     async def stop_after_main(self, code: int) -> None:
         """The services, in reverse dependency order, within the container's stop budget."""
@@ -117,3 +210,19 @@ class InitLink:
                 svc.stopping = True
                 if svc.pid is not None:
                     svc.note(f"stop budget of {budget:g}s spent: ended with the container")
+
+
+def _peer_pid(conn: socket.socket) -> int:
+    """The pid that connected (the kernel's record, in the supervisor's PID namespace)."""
+    pid, _, _ = _UCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+    return int(pid)
+
+
+def _sender(ancillary: list[tuple[int, int, bytes]]) -> int | None:
+    """The pid that wrote the bytes just read, from their SCM_CREDENTIALS."""
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+            pid, _, _ = _UCRED.unpack(data[: _UCRED.size])
+            return int(pid)
+    return None
+

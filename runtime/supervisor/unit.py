@@ -413,9 +413,12 @@ class Unit:
             address, port, path = target
             while True:
                 ns = self.runner.netns(self.current)
-                if ns is not None and (
-                    await probes.http_get(ns, address, port, path, max(interval, 1.0))
-                )[0]:
+                # As for tcp: an answer counts only while the service itself listens there.
+                if (
+                    ns is not None
+                    and readiness.tcp_listening_owned(pid, port)
+                    and (await probes.http_get(ns, address, port, path, max(interval, 1.0)))[0]
+                ):
                     break
                 await asyncio.sleep(interval)
         self.state = "ready"
@@ -469,9 +472,14 @@ class Unit:
         ns = self.runner.netns(run)
         if ns is None:
             return False, "not running"
+        port = int(target) if kind == "tcp" else target[1]
+        # A pod's containers share one network namespace: a neighbour answering on the port
+        # says nothing about this service (as for tcp readiness, see readiness.py).
+        if not readiness.tcp_listening_owned(run.pid, port):
+            return False, f"port {port}: no socket of the service listens there"
         if kind == "tcp":
-            return await probes.tcp_connect(ns, "127.0.0.1", int(target), timeout)
-        address, port, path = target
+            return await probes.tcp_connect(ns, "127.0.0.1", port, timeout)
+        address, _, path = target
         return await probes.http_get(ns, address, port, path, timeout)
 
     # -- stop -----------------------------------------------------------------------------------
