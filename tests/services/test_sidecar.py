@@ -678,8 +678,13 @@ def test_the_image_store_is_root_only_and_a_sidecar_still_gets_its_image_as_it_i
     # A host user with the sidecar's own uid reaches its root through /proc/PID/root, as for
     # any container without a user namespace; the kernel honours setuid bits only inside the
     # mount's own namespace, so from there they give nothing.
+    # (Through the service's process: the sidecar's retinue-init is non-dumpable, so its own
+    # /proc/PID/root is closed to every host user.)
     sid = f"{container_id}.hostile"
-    side_pid = sibling_state(rig, sid)["pid"]
+    init_pid = sibling_state(rig, sid)["pid"]
+    assert as_nobody("ls", f"/proc/{init_pid}/root/").returncode != 0
+    with open(f"/proc/{init_pid}/task/{init_pid}/children") as f:
+        side_pid = int(f.read().split()[0])
     ran = as_nobody(f"/proc/{side_pid}/root/usr/bin/id")
     assert ran.returncode == 0 and "euid=0" not in ran.stdout, ran
     assert "egid=0" not in as_nobody(f"/proc/{side_pid}/root/usr/bin/gid").stdout
