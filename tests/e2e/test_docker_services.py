@@ -412,7 +412,7 @@ def test_docker_exec_gets_the_engines_env_not_the_policys(
     children), not an exec session. dockerd builds `docker exec`'s process from its own record
     of the container and runc takes it whole from `--process`; retinue leaves it so (README,
     Security: why). The session sees the container's own env and its exec -e, and can read the
-    main process's env at /proc/1/environ (retinue-init's, which it passes on)."""
+    main process's env at /proc/PID/environ (init's child)."""
     docker.docker("run", "-d", "--name", docker_name, *_run_args(shared, "late"),
                   "-e", "RETINUE_DEMO=1", "-e", "OWN=mine", docker.image,
                   *main_command('ev main-start "$RETINUE_GREETING"; sleep 1000'))
@@ -424,6 +424,9 @@ def test_docker_exec_gets_the_engines_env_not_the_policys(
     session = docker.docker("exec", "-e", "ASKED=yes", docker_name, "sh", "-c",
                             'echo "greeting=$RETINUE_GREETING own=$OWN asked=$ASKED"')
     assert session.stdout == "greeting= own=mine asked=yes\n"
-    environ = docker.docker("exec", docker_name, "cat", "/proc/1/environ").stdout.split("\0")
+    # retinue-init (PID 1 here: an exec service) is non-dumpable; the main is its child.
+    main_env = ('for s in /proc/[0-9]*/stat; do read -r pid comm state ppid rest < "$s"; '
+                '[ "$ppid" = 1 ] && exec cat "/proc/$pid/environ"; done; exit 1')
+    environ = docker.docker("exec", docker_name, "sh", "-c", main_env).stdout.split("\0")
     assert "RETINUE_GREETING=hello from retinue" in environ, environ
     docker.docker("rm", "-f", docker_name)
