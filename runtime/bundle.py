@@ -365,11 +365,13 @@ def _duplicates(spec: object) -> tuple[list[str], list[str]]:
             for i, item in enumerate(value):
                 if isinstance(item, (dict, list)):
                     stack.append((f"{at}[{i}]", item))
-    selection, other = [], []
+    selection: list[str] = []
+    other: list[str] = []
     for obj, keys in _DUPLICATED:
-        at = where.get(id(obj))
-        if at is None:
+        found = where.get(id(obj))
+        if found is None:
             continue  # inside a value given twice and dropped: that key is named
+        at = found
         for key in keys:
             name = f"{at}.{clip(key)}" if at else clip(key)
             top = (at or key).split(".", 1)[0].split("[", 1)[0]
