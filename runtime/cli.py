@@ -524,13 +524,18 @@ def image_rm(config_path: str | None, ref: str) -> None:
 @main.command()
 @config_option
 def gc(config_path: str | None) -> None:
-    """Remove sibling containers whose app's supervisor is gone."""
+    """Remove sibling containers whose app's supervisor is gone, the state directory's empty
+    per-root directories, and configuration cache entries nothing can use any more."""
     from . import siblings
 
     cfg = _load(config_path)
     runtime = _lower_runtime(cfg)
     for sid in siblings.collect(runtime, siblings.runtime_root(cfg.settings.state_dir)):
         click.echo(f"removed sidecar {sid}")
+    for path in statedir.collect_empty_roots(cfg.settings.state_dir):
+        click.echo(f"removed empty state directory {path}")
+    for path in confcache.collect():
+        click.echo(f"removed cache entry {path}")
 
 
 def _control_service(config_path: str | None, container_id: str, service: str, op: str) -> None:

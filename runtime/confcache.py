@@ -115,8 +115,91 @@ def _write(
     config_path: str, key: tuple[Any, ...], stamps: list[Any], compiled: Compiled
 ) -> None:
     files = [s[0] for s in stamps]
-    blob = marshal.dumps({"key": key, "files": files, "stamps": stamps, "compiled": compiled})
-    _replace(_cache_file(config_path, key), blob)
+    package = os.path.dirname(os.path.abspath(__file__))
+    blob = marshal.dumps(
+        {"key": key, "package": package, "files": files, "stamps": stamps, "compiled": compiled}
+    )
+    target = _cache_file(config_path, key)
+    _replace(target, blob)
+    # Here, on the slow path after a full load, never on a call that read the cache: every
+    # reinstall, PATH and launcher leaves an entry of its own.
+    collect(config_path, keep=target)
+
+
+TMP_AGE = 60.0  # a writer's temp file older than this was left by one that died
+
+
+def _usable(path: str) -> bool:
+    """Whether anything could still read the entry at `path` (`_read` or `last_good`).
+
+    Not when it is unreadable or of another FORMAT, when the package that wrote it was
+    replaced (its key holds the package directory's mtime) or its launcher is gone, or when
+    the directory of the configuration it was asked for by name is gone. An entry whose files
+    changed is kept: `last_good` still serves it while the configuration is broken.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = marshal.loads(f.read())
+        key, package, files = data["key"], data["package"], data["files"]
+        if type(key) is not tuple or len(key) != 5 or key[0] != FORMAT:
+            return False
+        if os.stat(package).st_mtime_ns != key[1] or not os.path.exists(key[4]):
+            return False
+        explicit = key[2]
+        return not (explicit and files and not os.path.isdir(os.path.dirname(files[0])))
+    except (OSError, EOFError, ValueError, TypeError, KeyError, IndexError):
+        return False
+
+
+def collect(config_path: str | None = None, keep: str = "") -> list[str]:
+    """Remove the cache entries nothing can use any more (issue 15, item 14): those `_usable`
+    refuses, a launcher's sh cache without one (it is written from one), and temp files of
+    writers that died. Only `config_path`'s when given (a write), all for `retinue gc`.
+    Returns what was removed."""
+    import time
+
+    try:
+        names = os.listdir(CACHE_DIR)
+    except OSError:
+        return []
+    prefix = os.path.abspath(config_path).replace("/", "%") + "." if config_path else ""
+    removed: list[str] = []
+    kept: set[str] = set()
+    sh_caches = []
+    for name in names:
+        if not name.startswith(prefix) or name == os.path.basename(NUL_PATTERN):
+            continue
+        path = os.path.join(CACHE_DIR, name)
+        if name.endswith(".tmp"):
+            try:
+                stale = os.stat(path).st_mtime < time.time() - TMP_AGE
+            except OSError:
+                continue
+        elif name.endswith(".sh"):
+            sh_caches.append(name)
+            continue
+        else:
+            stem, dot, digest = name.rpartition(".")
+            if not dot or len(digest) != 8:
+                continue  # not ours
+            stale = path != keep and not _usable(path)
+            if not stale:
+                kept.add(stem)
+        if stale:
+            try:
+                os.unlink(path)
+                removed.append(path)
+            except OSError:
+                pass
+    for name in sh_caches:
+        if name[: -len(".sh")] not in kept:
+            path = os.path.join(CACHE_DIR, name)
+            try:
+                os.unlink(path)
+                removed.append(path)
+            except OSError:
+                pass
+    return removed
 
 
 # Characters a path may have to be listed, unquoted, in the sh cache (split on spaces, no globs).
