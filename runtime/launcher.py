@@ -187,6 +187,8 @@ while :; do
 done
 cache={confcache.CACHE_DIR}/$key.sh
 [ -f "$cache" ] || slow "$@"
+# A cache an older version wrote has no `fresh`: its creates go to Python, which rewrites it.
+fresh() {{ return 1; }}
 . "$cache"
 [ "$self" = {shlex.quote(self_path)} ] && [ "$path" = "$PATH" ] || slow "$@"
 [ "$explicit" = "${{RETINUE_CONFIG:+1}}" ] || slow "$@"
