@@ -336,20 +336,25 @@ def _too_deep(path: str, depth: int) -> SpecError:
 
 
 class Spec(dict):  # type: ignore[type-arg]  # dict[str, Any] at run time
-    """A parsed config.json; `duplicates` are the keys given twice outside what every create
-    reads (those are refused at once): a spec that retinue rewrites must have none."""
+    """A parsed config.json; `duplicates` are the keys given twice that selection does not read
+    (those are refused at once): a spec that retinue rewrites must have none."""
 
     duplicates: tuple[str, ...] = ()
 
 
-# The fields every create reads to select (validate): a key given twice at or under them is
-# refused whatever the policy says.
-_SELECTION = frozenset({"PROCESS", "ANNOTATIONS"})
+def _selects(at: str, key: str) -> bool:
+    """Whether the key `key` of the object at `at` is one every create reads to select (see
+    validate): process and annotations, process.env and process.args, any annotation."""
+    if not at:
+        return _fold(key) in ("PROCESS", "ANNOTATIONS")
+    if "." in at or "[" in at:
+        return False
+    return _fold(at) == "ANNOTATIONS" or (_fold(at) == "PROCESS" and _fold(key) in ("ENV", "ARGS"))
 
 
 def _duplicates(spec: object) -> tuple[list[str], list[str]]:
-    """The keys given twice (noted by _object_pairs), as JSON paths: those at or under the
-    selection fields, then the others."""
+    """The keys given twice (noted by _object_pairs), as JSON paths: those selection reads,
+    then the others."""
     if not _DUPLICATED:
         return [], []
     where: dict[int, str] = {}
@@ -374,8 +379,7 @@ def _duplicates(spec: object) -> tuple[list[str], list[str]]:
         at = found
         for key in keys:
             name = f"{at}.{clip(key)}" if at else clip(key)
-            top = (at or key).split(".", 1)[0].split("[", 1)[0]
-            (selection if _fold(top) in _SELECTION else other).append(
+            (selection if _selects(at, key) else other).append(
                 f"{name}: given more than once; runc reads every one (merging objects), retinue "
                 "only the last: keep one"
             )

@@ -458,6 +458,13 @@ def env_given_twice(ctx: Ctx) -> list[str]:
 
 
 @case
+def process_user_given_twice_in_a_spec_retinue_rewrites(ctx: Ctx) -> list[str]:
+    """Selection does not read process.user: refused because the spec is written back."""
+    path = add_member(ctx, '"user": {"uid": 1000, "gid": 1000}', inside="process")
+    return [f"{path}: process.user: {TWICE}"]
+
+
+@case
 def linux_given_twice_in_a_spec_retinue_rewrites(ctx: Ctx) -> list[str]:
     """Nothing selection reads, but retinue writes the spec back: runc would lose a part."""
     path = add_member(ctx, '"linux": {"sysctl": {"net.ipv4.ip_forward": "1"}}')
@@ -774,15 +781,22 @@ def fails_cleanly(
     assert not (ctx.tmp / "init.pid").exists()
 
 
+@pytest.mark.parametrize(
+    ("member", "inside"),
+    [
+        ('"resources": {"pids": {"limit": 10}}', "linux"),
+        ('"user": {"uid": 0, "gid": 0}', "process"),
+    ],
+)
 def test_a_key_given_twice_outside_selection_goes_to_runc_as_it_is(
-    shim: str, make_config: ConfigFactory, make_bundle: BundleFactory, runc_root: str,
-    container_id: str, tmp_path: Path,
+    member: str, inside: str, shim: str, make_config: ConfigFactory,
+    make_bundle: BundleFactory, runc_root: str, container_id: str, tmp_path: Path,
 ) -> None:
-    """Nothing attaches (MODE is there, but not debug: Python decides), and retinue reads no
+    """Nothing attaches (MODE is there, but not debug: Python decides), and selection reads no
     field given twice: runc gets the file untouched and judges it."""
     ctx = Ctx(tmp=tmp_path, etc=tmp_path / "etc", bundle=make_bundle(["true"], env=["MODE=x"]))
     make_config(BY_ENV)
-    path = Path(add_member(ctx, '"resources": {"pids": {"limit": 10}}', inside="linux"))
+    path = Path(add_member(ctx, member, inside=inside))
     before = path.read_bytes()
     with tempfile.TemporaryFile() as err:  # not a pipe: the container holds its stdio open
         r = subprocess.run(
