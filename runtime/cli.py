@@ -524,8 +524,8 @@ def image_rm(config_path: str | None, ref: str) -> None:
 @main.command()
 @config_option
 def gc(config_path: str | None) -> None:
-    """Remove sibling containers whose app's supervisor is gone, the state directory's empty
-    per-root directories, and configuration cache entries nothing can use any more."""
+    """Remove sibling containers whose app's supervisor is gone and the state directory's empty
+    per-root directories; drop configuration cache entries nothing can use any more."""
     from . import siblings
 
     cfg = _load(config_path)
@@ -534,8 +534,9 @@ def gc(config_path: str | None) -> None:
         click.echo(f"removed sidecar {sid}")
     for path in statedir.collect_empty_roots(cfg.settings.state_dir):
         click.echo(f"removed empty state directory {path}")
-    for path in confcache.collect():
-        click.echo(f"removed cache entry {path}")
+    # Not listed: a cache is no state of anyone's, and /run/retinue/cache is the host's (every
+    # configuration's and install's), so the list would be about other callers' leftovers.
+    confcache.collect()
 
 
 def _control_service(config_path: str | None, container_id: str, service: str, op: str) -> None:
