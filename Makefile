@@ -3,7 +3,7 @@
 PYTHON   ?= /usr/bin/python3.11
 VENV     ?= $(CURDIR)/.venv
 PREFIX   ?= /usr/local
-DEB_PKGS := runc crun busybox-static docker.io containerd podman python3-venv iproute2 gcc libc6-dev musl-tools skopeo umoci nginx-light
+DEB_PKGS := runc crun busybox-static rsync docker.io containerd podman python3-venv iproute2 gcc libc6-dev musl-tools skopeo umoci nginx-light
 export RETINUE_CONFIG ?= $(CURDIR)/configs/config.toml
 
 .PHONY: all deps venv demo test bench lint install clean

@@ -563,8 +563,9 @@ def image_rm(config_path: str | None, ref: str) -> None:
 def gc(
     config_path: str | None, root: str | None, keep_ids: TextIO | None, keep_none: bool
 ) -> None:
-    """Remove sibling containers whose app's supervisor is gone, and the shares such a
-    supervisor left mounted; with --root and --keep-ids
+    """Remove sibling containers whose app's supervisor is gone, the shares such a supervisor
+    left mounted and the state directory's empty per-root directories; drop configuration
+    cache entries nothing can use any more; with --root and --keep-ids
     (or --keep-none), also containers with services that their engine forgot (an engine
     killed while their start waited for the services)."""
     from . import siblings
@@ -590,6 +591,11 @@ def gc(
         click.echo(f"removed sidecar {sid}")
     for point in siblings.unstage_orphans(cfg.settings.state_dir):
         click.echo(f"unmounted share {point}")
+    for path in statedir.collect_empty_roots(cfg.settings.state_dir):
+        click.echo(f"removed empty state directory {path}")
+    # Not listed: a cache is no state of anyone's, and /run/retinue/cache is the host's (every
+    # configuration's and install's), so the list would be about other callers' leftovers.
+    confcache.collect()
 
 
 def _collect_forgotten(

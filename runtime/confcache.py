@@ -2,9 +2,13 @@
 
 Loading and validating the TOML files costs ~80 ms (tomllib, attrs, cattrs); every runtime call
 of every container needs at least the lower runtime's path. The first call after a change does the
-full load (`config.load`) and stores the result with `marshal`, keyed on the inode, size and mtime
-of every file it read, the PATH it resolved names against and the shim's own location. Later calls
-stat those files and read one small file. An invalid configuration is never cached: every create
+full load (`config.load`) and stores the result with `marshal`, keyed on the device, inode, size,
+mtime and ctime of every file and directory it read (following symlinks, as the loader does), the
+PATH it resolved names against and the shim's own location. Later calls stat those files and read
+one small file. The ctime is what makes the key strong: `cp -p`, `rsync -a`, `touch -d` and an
+in-place write with the old times put back can all restore an older mtime (and keep inode and
+size), but every change of content, name or times sets the ctime to now, and nothing but the
+clock can set it back. An invalid configuration is never cached: every create
 reports it until it is fixed, and the calls that need no policy use the last good one meanwhile.
 
 Imports nothing beyond `os` and the builtins `marshal` and `binascii`.
@@ -26,18 +30,22 @@ if TYPE_CHECKING:
 
     from .compiled import Compiled
 
-FORMAT = 8  # bump when compile_config's output changes shape
+FORMAT = 9  # bump when compile_config's output changes shape
 CLOCK_MARGIN_NS = 50_000_000
 
 
-def _stamp(paths: list[str]) -> list[tuple[str, int, int, int]]:
+Stamp = tuple[str, int, int, int, int, int]  # path, device, inode, size, mtime, ctime (ns)
+ABSENT = -1
+
+
+def _stamp(paths: list[str]) -> list[Stamp]:
     out = []
     for p in paths:
         try:
             st = os.stat(p)
-            out.append((p, st.st_ino, st.st_size, st.st_mtime_ns))
+            out.append((p, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
         except OSError:
-            out.append((p, -1, -1, -1))
+            out.append((p, ABSENT, ABSENT, ABSENT, ABSENT, ABSENT))
     return out
 
 
@@ -107,8 +115,91 @@ def _write(
     config_path: str, key: tuple[Any, ...], stamps: list[Any], compiled: Compiled
 ) -> None:
     files = [s[0] for s in stamps]
-    blob = marshal.dumps({"key": key, "files": files, "stamps": stamps, "compiled": compiled})
-    _replace(_cache_file(config_path, key), blob)
+    package = os.path.dirname(os.path.abspath(__file__))
+    blob = marshal.dumps(
+        {"key": key, "package": package, "files": files, "stamps": stamps, "compiled": compiled}
+    )
+    target = _cache_file(config_path, key)
+    _replace(target, blob)
+    # Here, on the slow path after a full load, never on a call that read the cache: every
+    # reinstall, PATH and launcher leaves an entry of its own.
+    collect(config_path, keep=target)
+
+
+TMP_AGE = 60.0  # a writer's temp file older than this was left by one that died
+
+
+def _usable(path: str) -> bool:
+    """Whether anything could still read the entry at `path` (`_read` or `last_good`).
+
+    Not when it is unreadable or of another FORMAT, when the package that wrote it was
+    replaced (its key holds the package directory's mtime) or its launcher is gone, or when
+    the directory of the configuration it was asked for by name is gone. An entry whose files
+    changed is kept: `last_good` still serves it while the configuration is broken.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = marshal.loads(f.read())
+        key, package, files = data["key"], data["package"], data["files"]
+        if type(key) is not tuple or len(key) != 5 or key[0] != FORMAT:
+            return False
+        if os.stat(package).st_mtime_ns != key[1] or not os.path.exists(key[4]):
+            return False
+        explicit = key[2]
+        return not (explicit and files and not os.path.isdir(os.path.dirname(files[0])))
+    except (OSError, EOFError, ValueError, TypeError, KeyError, IndexError):
+        return False
+
+
+def collect(config_path: str | None = None, keep: str = "") -> list[str]:
+    """Remove the cache entries nothing can use any more (issue 15, item 14): those `_usable`
+    refuses, a launcher's sh cache without one (it is written from one), and temp files of
+    writers that died. Only `config_path`'s when given (a write), all for `retinue gc`.
+    Returns what was removed."""
+    import time
+
+    try:
+        names = os.listdir(CACHE_DIR)
+    except OSError:
+        return []
+    prefix = os.path.abspath(config_path).replace("/", "%") + "." if config_path else ""
+    removed: list[str] = []
+    kept: set[str] = set()
+    sh_caches = []
+    for name in names:
+        if not name.startswith(prefix) or name == os.path.basename(NUL_PATTERN):
+            continue
+        path = os.path.join(CACHE_DIR, name)
+        if name.endswith(".tmp"):
+            try:
+                stale = os.stat(path).st_mtime < time.time() - TMP_AGE
+            except OSError:
+                continue
+        elif name.endswith(".sh"):
+            sh_caches.append(name)
+            continue
+        else:
+            stem, dot, digest = name.rpartition(".")
+            if not dot or len(digest) != 8:
+                continue  # not ours
+            stale = path != keep and not _usable(path)
+            if not stale:
+                kept.add(stem)
+        if stale:
+            try:
+                os.unlink(path)
+                removed.append(path)
+            except OSError:
+                pass
+    for name in sh_caches:
+        if name[: -len(".sh")] not in kept:
+            path = os.path.join(CACHE_DIR, name)
+            try:
+                os.unlink(path)
+                removed.append(path)
+            except OSError:
+                pass
+    return removed
 
 
 # Characters a path may have to be listed, unquoted, in the sh cache (split on spaces, no globs).
@@ -177,25 +268,57 @@ def sh_cache_file(config_path: str) -> str:
     return os.path.join(CACHE_DIR, os.path.abspath(config_path).replace("/", "%") + ".sh")
 
 
+# What `stat -L -c` prints for one file, in the order of `_stamp`'s fields (GNU coreutils).
+STAT_FORMAT = "%d:%i:%s:%.9Y:%.9Z"
+
+
+def _stat_line(stamp: Stamp) -> str:
+    _, dev, ino, size, mtime, ctime = stamp
+    return (
+        f"{dev}:{ino}:{size}:{mtime // 10**9}.{mtime % 10**9:09d}:"
+        f"{ctime // 10**9}.{ctime % 10**9:09d}"
+    )
+
+
+def _fresh(stamps: list[Stamp], path_env: str) -> str:
+    """`fresh`: true only while every file the cache was built from is as it was then (issue 15).
+
+    The launcher runs it before it decides a create from the cache: one exec of stat for all
+    files, compared with what Python saw. A file that was absent prints nothing, so one that
+    appears adds a line. Without a usable GNU stat, creates always go to Python.
+    """
+    stat = _which("stat", path_env)
+    if stat is None or not _SH_SAFE.issuperset(stat):
+        return "fresh() { return 1; }"
+    paths = " ".join(s[0] for s in stamps)
+    expected = "\n".join(_stat_line(s) for s in stamps if s[1] != ABSENT)
+    return (
+        f'fresh() {{ [ "$({stat} -L -c \'{STAT_FORMAT}\' -- {paths} 2>/dev/null)" = '
+        f"{_sh_quote(expected)} ]; }}"
+    )
+
+
 def write_sh(
     config_path: str,
     explicit: bool,
     path_env: str,
     self_path: str,
     compiled: Compiled,
-    stamps: list[Any],
+    stamps: list[Stamp],
     valid_since_ns: int,
 ) -> None:
     """What the sh launcher needs for its pass-through decision, as sh assignments.
 
     Its mtime is `valid_since_ns`, a moment before the configuration files were last checked:
-    the launcher trusts it only while none of them is newer. Paths it cannot list safely (spaces,
-    glob characters) mean no sh cache at all: the launcher then always asks Python.
+    for the calls that need only the lower runtime, the launcher trusts it while none of them is
+    newer. create and run, which the policy decides, also need `fresh` (the full key). Paths it
+    cannot list safely (spaces, glob characters) mean no sh cache at all: the launcher then
+    always asks Python.
     """
     target = sh_cache_file(config_path)
-    present = [s[0] for s in stamps if s[1] != -1]
-    absent = [s[0] for s in stamps if s[1] == -1]
-    present += [os.path.dirname(__file__), compiled["runtime"]]
+    extra = _stamp([os.path.dirname(__file__), compiled["runtime"]])
+    present = [s[0] for s in stamps if s[1] != ABSENT] + [s[0] for s in extra]
+    absent = [s[0] for s in stamps if s[1] == ABSENT]
     if any(not _SH_SAFE.issuperset(p) for p in present + absent):
         try:
             os.unlink(target)
@@ -210,6 +333,7 @@ def write_sh(
         f"explicit={'1' if explicit else ''}\n"
         f"files='{' '.join(present)}'\n"
         f"absent='{' '.join(absent)}'\n"
+        f"{_fresh([*stamps, *extra], path_env)}\n"
         f"{_create_passes(compiled, path_env)}\n"
     ).encode()
     try:
@@ -271,8 +395,9 @@ def load(config_path: str, explicit: bool, path_env: str, self_path: str) -> Com
         hook = cfg.settings.hook or default_hook(self_path)
         compiled = config.compile_config(cfg, runtime, hook)
         stamps = _stamp(list(cfg.files))
-        if any(s[3] >= started for s in stamps):
-            # A file changed while it was being read: use what was read, cache nothing.
+        if any(max(s[4], s[5]) >= started for s in stamps):
+            # A file changed while it was being read: use what was read, cache nothing. Once
+            # every ctime is older than `started`, any later change gives a newer one.
             return compiled
         _write(config_path, key, stamps, compiled)
     write_sh(config_path, explicit, path_env, self_path, compiled, stamps, started)

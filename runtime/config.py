@@ -364,7 +364,8 @@ def load(path: str | None = None) -> Config:
         # A service's relative `files` is relative to this config file's directory, like every
         # other path in config.toml.
         services, service_files = services_module.load_dir(services_dir, base)
-        files += service_files
+        # Listed even when absent: the cache must notice the directory appearing.
+        files += service_files or [services_dir]
     errors = []
     for i, rule in enumerate(policy.attach):
         for j, name in enumerate(rule.services):

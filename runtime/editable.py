@@ -8,7 +8,7 @@ Most creates select nothing and never load it: runc reads those specs unchanged.
 
 from __future__ import annotations
 
-from .bundle import MAX_DEPTH, _case_variants, _expect, _object, _optional_strings
+from .bundle import MAX_DEPTH, _case_variants, _expect, _object, _optional_strings, check_rewritable
 from .errors import SpecError
 
 TYPE_CHECKING = False  # typing costs ~10 ms to import; mypy reads this as True
@@ -124,7 +124,9 @@ def validate(spec: dict[str, Any]) -> list[str]:
 
 
 def check(path: str, spec: dict[str, Any]) -> None:
-    """SpecError naming the file and every problem `validate` finds."""
+    """SpecError naming the file and every problem `validate` finds, or every key given twice
+    (retinue writes the spec back: runc would no longer see the ones it drops)."""
+    check_rewritable(path, spec)
     errors = validate(spec)
     if errors:
         raise SpecError("; ".join(f"{path}: {e}" for e in errors))

@@ -10,8 +10,9 @@ start Python for everything else:
   any subcommand but create and run about a container without a supervisor (no entry in
   statedir.REGISTRY; a supervised container's calls go to the runtime it was created with).
   It decides only from the cache that Python wrote (`confcache.write_sh`), and only while no file
-  the configuration was read from is newer than that cache; in every other case it runs
-  `retinue.shim`, which decides the same things at full length.
+  the configuration was read from is newer than that cache; a create or run only while every
+  such file has the very stat key (device, inode, size, mtime, ctime) Python saw. In every other
+  case it runs `retinue.shim`, which decides the same things at full length.
 - `retinue-hook` answers at once when the container has no supervisor (no state directory).
 
 Python itself runs with `-I -S` and only the package's own site-packages on sys.path: pip's
@@ -60,6 +61,10 @@ def _value_flags() -> str:
 # finding the bundle follows argv.parse: every create flag that takes a value, in any flag form,
 # anywhere after the subcommand. Anything unusual (two bundle flags, an empty one, a missing
 # value, a config.json that is a symlink or not there) goes to Python, which reports or decides.
+# The policy decides here, so the cache must be exactly what Python would load: `fresh` compares
+# every source file's full stat key (device, inode, size, mtime, ctime) with one exec of stat.
+# The mtimes the other calls check are not enough for that: `cp -p`, `rsync -a` or `touch -d`
+# deploy a new policy with an older mtime. Other calls need only the lower runtime's path.
 _CREATE_BLOCK = """\
 case $cmd in
 create|run)
@@ -90,6 +95,7 @@ create|run)
 	*) slow "$@" ;;
 	esac
 	[ -f "$bundle/config.json" ] && ! [ -L "$bundle/config.json" ] || slow "$@"
+	fresh || slow "$@"
 	create_passes "$bundle/config.json" && exec "$lower" "$@"
 	slow "$@"
 	;;
@@ -182,6 +188,8 @@ while :; do
 done
 cache={confcache.CACHE_DIR}/$key.sh
 [ -f "$cache" ] || slow "$@"
+# A cache an older version wrote has no `fresh`: its creates go to Python, which rewrites it.
+fresh() {{ return 1; }}
 . "$cache"
 [ "$self" = {shlex.quote(self_path)} ] && [ "$path" = "$PATH" ] || slow "$@"
 [ "$explicit" = "${{RETINUE_CONFIG:+1}}" ] || slow "$@"

@@ -394,6 +394,36 @@ def remove(container_dir: str) -> None:
     except OSError:
         pass  # what cannot be removed (a mount point) stays; the rest is gone
     remove_marker(container_dir)
+    # The root's directory too once it is empty (a conformance run leaves hundreds of roots);
+    # a create that made it a moment ago makes it again (supervisor.spawn.prepare).
+    try:
+        os.rmdir(os.path.dirname(container_dir))
+    except OSError:
+        pass
+
+
+# What else lives in the default state directory beside the roots' directories.
+NOT_ROOTS = ("cache", "seccomp", "sidecars", MARKERS)
+
+
+def collect_empty_roots(state_dir: str) -> list[str]:
+    """Remove the roots' directories that hold no container (left by older versions and by
+    creates that failed); rmdir takes only an empty one. Returns what was removed."""
+    removed = []
+    try:
+        keys = os.listdir(state_dir)
+    except OSError:
+        return []
+    for key in keys:
+        if key in NOT_ROOTS:
+            continue
+        path = os.path.join(state_dir, key)
+        try:
+            os.rmdir(path)
+        except OSError:
+            continue  # not empty, not a directory, or gone
+        removed.append(path)
+    return removed
 
 
 def unmount_staged(container_dir: str) -> bool:

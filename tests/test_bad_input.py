@@ -406,6 +406,77 @@ CASE_DUPLICATES = {
 CASES.update(CASE_DUPLICATES)
 
 
+BY_ENV = """
+[[attach]]
+name = "debug"
+when.env = { MODE = "debug" }
+env = { ATTACHED = "1" }
+"""
+TWICE = (
+    "given more than once; runc reads every one (merging objects), retinue only the last: "
+    "keep one"
+)
+
+
+def add_member(ctx: Ctx, member: str, inside: str = "") -> str:
+    """Append `member` (a `"key": value` text) to the top-level object, or to the object that
+    `"inside": {` opens: a key given twice, which json.dumps cannot write."""
+    path = ctx.bundle / "config.json"
+    text = path.read_text()
+    if inside:
+        opening = f'"{inside}": {{'
+        assert text.count(opening) == 1
+        text = text.replace(opening, f"{opening}{member}, ")
+    else:
+        text = text.rstrip()[:-1].rstrip() + f", {member}}}"
+    path.write_text(text)
+    return str(path)
+
+
+@case
+def process_given_twice(ctx: Ctx) -> list[str]:
+    """runc merges the two: the container gets MODE=debug, which Python's last copy hides."""
+    ctx.policy = BY_ENV
+    set_spec(ctx, lambda s: s["process"]["env"].append("MODE=debug"))
+    path = add_member(ctx, '"process": {"args": ["true"], "cwd": "/"}')
+    return [f"{path}: process: {TWICE}"]
+
+
+@case
+def annotations_given_twice(ctx: Ctx) -> list[str]:
+    ctx.policy = BY_ENV.replace('env = { MODE = "debug" }', 'annotations = { mode = "debug" }')
+    set_spec(ctx, lambda s: s.update(annotations={"mode": "debug"}))
+    path = add_member(ctx, '"annotations": {"other": "1"}')
+    return [f"{path}: annotations: {TWICE}"]
+
+
+@case
+def env_given_twice(ctx: Ctx) -> list[str]:
+    ctx.policy = BY_ENV
+    path = add_member(ctx, '"env": ["MODE=debug"]', inside="process")
+    return [f"{path}: process.env: {TWICE}"]
+
+
+@case
+def process_user_given_twice_in_a_spec_retinue_rewrites(ctx: Ctx) -> list[str]:
+    """Selection does not read process.user: refused because the spec is written back."""
+    path = add_member(ctx, '"user": {"uid": 1000, "gid": 1000}', inside="process")
+    return [f"{path}: process.user: {TWICE}"]
+
+
+@case
+def linux_given_twice_in_a_spec_retinue_rewrites(ctx: Ctx) -> list[str]:
+    """Nothing selection reads, but retinue writes the spec back: runc would lose a part."""
+    path = add_member(ctx, '"linux": {"sysctl": {"net.ipv4.ip_forward": "1"}}')
+    return [f"{path}: linux: {TWICE}"]
+
+
+@case
+def nested_key_given_twice_in_a_spec_retinue_rewrites(ctx: Ctx) -> list[str]:
+    path = add_member(ctx, '"resources": {"pids": {"limit": 10}}', inside="linux")
+    return [f"{path}: linux.resources: {TWICE}"]
+
+
 @case
 def non_ascii_case_variant(ctx: Ctx) -> list[str]:
     """Go folds the long s (U+017F) to S: runc reads `proce\u017fs` as `process`."""
@@ -708,6 +779,36 @@ def fails_cleanly(
     assert snapshot(ctx.bundle) == bundle_before  # same bytes, same mtimes, no temp files
     assert os.listdir(runc_root) == []
     assert not (ctx.tmp / "init.pid").exists()
+
+
+@pytest.mark.parametrize(
+    ("member", "inside"),
+    [
+        ('"resources": {"pids": {"limit": 10}}', "linux"),
+        ('"user": {"uid": 0, "gid": 0}', "process"),
+    ],
+)
+def test_a_key_given_twice_outside_selection_goes_to_runc_as_it_is(
+    member: str, inside: str, shim: str, make_config: ConfigFactory,
+    make_bundle: BundleFactory, runc_root: str, container_id: str, tmp_path: Path,
+) -> None:
+    """Nothing attaches (MODE is there, but not debug: Python decides), and selection reads no
+    field given twice: runc gets the file untouched and judges it."""
+    ctx = Ctx(tmp=tmp_path, etc=tmp_path / "etc", bundle=make_bundle(["true"], env=["MODE=x"]))
+    make_config(BY_ENV)
+    path = Path(add_member(ctx, member, inside=inside))
+    before = path.read_bytes()
+    with tempfile.TemporaryFile() as err:  # not a pipe: the container holds its stdio open
+        r = subprocess.run(
+            [shim, "--root", runc_root, "create", "--bundle", str(ctx.bundle), container_id],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, timeout=TIMEOUT,
+        )
+        err.seek(0)
+        assert r.returncode == 0, err.read()
+    assert path.read_bytes() == before
+    state = subprocess.run([RUNC, "--root", runc_root, "state", container_id],
+                           capture_output=True, text=True, timeout=TIMEOUT)
+    assert json.loads(state.stdout)["status"] == "created"
 
 
 # --- every field retinue reads, with every wrong JSON type ------------------------------------

@@ -261,6 +261,16 @@ def _spec_text(rng: random.Random) -> str:
     if annotations or rng.random() < 0.5:
         spec["Annotations" if case and rng.random() < 0.5 else "annotations"] = annotations
     text = json.dumps(spec, ensure_ascii=rng.random() < 0.5, indent=rng.choice([None, 1]))
+    if rng.random() < 0.25:
+        # A key given twice (issue 15, item 12): Python keeps the last, runc merges them.
+        extra = rng.choice([
+            {"process": {"args": ["sh"]}},
+            {"Process": {"env": ["A=1"]}},
+            {"annotations": {"a": "1"}},
+            {"process": {"env": [f"MODE={rng.choice(VALUES)}"]}},
+        ])
+        member = json.dumps(extra, ensure_ascii=False)[1:-1]
+        text = text.rstrip()[:-1].rstrip() + ", " + member + "}"
     if rng.random() < 0.2:
         text = text.replace("/", "\\/")
     if rng.random() < 0.2:
@@ -269,15 +279,27 @@ def _spec_text(rng: random.Random) -> str:
     return text
 
 
-def _as_runc_reads(spec: dict[str, Any]) -> dict[str, Any]:
-    """The fields selection reads, found as Go's encoding/json finds them: in any case."""
+class _Pairs(list[tuple[str, Any]]):
+    """An object's members in order, keys given twice included."""
 
-    def field(obj: dict[str, Any], name: str) -> Any:
-        return next((v for k, v in obj.items() if k.lower() == name), None)
 
-    process = field(spec, "process") or {}
+def _as_runc_reads(raw: bytes) -> dict[str, Any]:
+    """The fields selection reads, found as Go's encoding/json finds them: in any case, and a
+    field given twice read twice (objects merged, arrays and strings replaced)."""
+    top = json.loads(raw, object_pairs_hook=_Pairs)
+
+    def field(obj: Any, name: str) -> Any:
+        out = None
+        for k, v in obj if isinstance(obj, _Pairs) else []:
+            if k.lower() == name:
+                both = isinstance(out, _Pairs) and isinstance(v, _Pairs)
+                out = _Pairs(out + v) if both else v
+        return out
+
+    process = field(top, "process")
+    annotations = field(top, "annotations")
     return {
-        "annotations": field(spec, "annotations") or {},
+        "annotations": dict(annotations) if isinstance(annotations, _Pairs) else {},
         "process": {"env": field(process, "env") or [], "args": field(process, "args") or []},
     }
 
@@ -327,8 +349,9 @@ def test_what_the_sh_passes_python_attaches_nothing_to(tmp_path: Path) -> None:
                 spec = bundle.parse("config.json", raw)  # as the shim reads it
             except SpecError:
                 # Python refuses what runc may accept ("Process": runc reads keys in any
-                # case): the sh lets runc judge it, so nothing may attach to runc's reading.
-                spec = _as_runc_reads(json.loads(raw))
+                # case; a key given twice): the sh lets runc judge it, so nothing may attach to
+                # runc's reading.
+                spec = _as_runc_reads(raw)
             try:
                 found = attach.plan(compiled, spec, "/run/runc", "x", str(d))
             except RetinueError as e:

@@ -202,3 +202,26 @@ def test_an_empty_environment_skips_python(tmp_path: Path, make_config: ConfigFa
         assert r.returncode == 0, (env, r.stderr)
     with contextlib.suppress(OSError):
         os.unlink(confcache.sh_cache_file(str(cfg)))
+
+
+def test_a_cache_without_fresh_sends_creates_to_python(
+    fast: dict[str, object], tmp_path: Path
+) -> None:
+    """An older version's sh cache has no `fresh` (issue 15, item 3): its creates go to Python,
+    silently (a create's stderr is the container's)."""
+    shim, root = str(fast["shim"]), str(fast["root"])
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "config.json").write_text('{"ociVersion": "1.0.2", "process": {"args": ["sh"]}}')
+    settled = call(shim, "--root", root, "create", "--bundle", str(bundle), "x")
+    assert settled.returncode not in (0, NO_PYTHON), settled.stderr  # runc's own refusal
+    cache = Path(confcache.sh_cache_file(str(fast["config"])))
+    st = cache.stat()
+    text = cache.read_text()
+    start = text.index("\nfresh() {") + 1
+    end = text.index(" ]; }\n", start) + len(" ]; }\n")
+    cache.write_text(text[:start] + text[end:])
+    os.utime(cache, ns=(st.st_atime_ns, st.st_mtime_ns))
+    old = call(shim, "--root", root, "create", "--bundle", str(bundle), "x")
+    assert old.returncode == NO_PYTHON
+    assert "fresh: not found" not in old.stderr, old.stderr

@@ -85,12 +85,20 @@ def prepare(container_dir: str, plan: Plan, processes: dict[str, dict[str, Any]]
         if statedir.unmount_staged(container_dir):
             statedir.remove_tree(container_dir)
     parent = os.path.dirname(container_dir)
-    statedir.private_dir(os.path.dirname(parent))
-    statedir.private_dir(parent)
-    statedir.sweep(container_dir)
     building = statedir.temp_dir(container_dir)
+    for attempt in (1, 2):
+        statedir.private_dir(os.path.dirname(parent))
+        statedir.private_dir(parent)
+        statedir.sweep(container_dir)
+        try:
+            os.mkdir(building, 0o700)
+            break
+        except FileNotFoundError:
+            # The root's directory was empty and the last container of that root took it
+            # along (statedir.remove): make it again. Once `building` is in it, it stays.
+            if attempt == 2:
+                raise
     try:
-        os.mkdir(building, 0o700)
         # notify holds the services' notify sockets; the container gets each socket, read-only,
         # never this directory.
         for sub in ("pids", "process", "notify"):
@@ -108,6 +116,10 @@ def prepare(container_dir: str, plan: Plan, processes: dict[str, dict[str, Any]]
             pass
         if not os.path.isdir(container_dir):
             statedir.remove_marker(container_dir)
+            try:
+                os.rmdir(parent)  # only if this create was all it held
+            except OSError:
+                pass
         raise
     return True
 
