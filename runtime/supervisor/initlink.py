@@ -23,7 +23,6 @@ import time
 from typing import TYPE_CHECKING
 
 from . import control
-from .listener import UnixListener
 
 if TYPE_CHECKING:
     from .core import Supervisor
@@ -37,7 +36,7 @@ class InitLink:
 
     def __init__(self, sup: Supervisor) -> None:
         self.sup = sup
-        self.server: UnixListener | None = None
+        self.server: asyncio.Server | None = None
         self.tasks: set[asyncio.Task[None]] = set()
         # When the main process exited and with what code, once init has said so.
         self.main_exit: tuple[float, int] | None = None
@@ -50,8 +49,7 @@ class InitLink:
         # The container's process.user runs init; connecting needs write permission. Whoever
         # connects, only init's connection is ever read.
         os.chmod(path, 0o666)
-        self.server = UnixListener(sock, self._accept)
-        await self.server.start()
+        self.server = await asyncio.start_unix_server(self._accept, sock=sock)
 
     def close(self) -> None:
         if self.server is not None:

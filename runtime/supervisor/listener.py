@@ -1,4 +1,4 @@
-"""The supervisor's unix stream listeners (control.sock, init.sock): one handler per connection.
+"""The supervisor's control socket listener: one handler per connection, no asyncio.Server.
 
 Not asyncio.start_unix_server. Its Server counts the connections it attaches, and a connection
 accepted just before Server.close() is attached after it: CPython 3.11 guards that with an
