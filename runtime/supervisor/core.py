@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import graph, statedir
 from . import control, procs
+from .listener import UnixListener
 from .logs import DiagnosticLog, LogSpace, RotatingLog
 from .notify import NotifySockets
 from .runner import ExecRunner, Runner, lower_root
@@ -142,7 +143,8 @@ class Supervisor:
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         control.via_fd(sock_path, listener.bind)
         os.chmod(sock_path, 0o600)
-        server = await asyncio.start_unix_server(self.handle, sock=listener)
+        server = UnixListener(listener, self.handle)
+        await server.start()
         link = None
         if self.plan.get("init"):
             from .initlink import InitLink
