@@ -7,6 +7,7 @@ have their own), so the root is part of the key. The hot path calls `container_d
 
 from __future__ import annotations
 
+import errno
 import os
 
 
@@ -217,7 +218,13 @@ def private_dir(path: str) -> None:
             pass  # made at the same time by another create
         return
     if mode & 0o077:
-        os.chmod(path, 0o700)
+        try:
+            os.chmod(path, 0o700)
+        except OSError as e:
+            # Nothing can be made below a read-only one either: what the caller makes next
+            # fails and names the path it could not create.
+            if e.errno != errno.EROFS:
+                raise
 
 
 # Written last into every container's state directory, only by retinue: what makes a directory
