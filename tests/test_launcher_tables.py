@@ -14,7 +14,6 @@ import shutil
 import subprocess
 
 import pytest
-
 from retinue import argv, launcher
 
 SCRIPT = launcher.render_runtime("/x/bin/python3", "/x/site", "/x/bin/retinue-runtime")
