@@ -164,6 +164,13 @@ static int reap(pid_t main_pid, int *main_status)
 	}
 }
 
+/* Once the program has been reaped, only orphans (of stopping services) are left to reap. */
+static void reap_orphans(void)
+{
+	int ignored;
+	reap(-1, &ignored);
+}
+
 static void forward(int sig, pid_t main_pid)
 {
 	/* SIGCHLD is init's own business (reaping). Every other signal is meant for the program. */
@@ -182,7 +189,6 @@ static int hand_over(int sock, int sfd, int main_status, long wait_ms)
 	char line[32];
 	int n = snprintf(line, sizeof line, "exit %d\n", status_code(main_status));
 	long long deadline = now_ms() + wait_ms;
-	int dummy;
 
 	/* A failed write means the supervisor is gone: nothing to wait for. The socket is
 	 * non-blocking, but one short line always fits in an empty socket buffer. MSG_NOSIGNAL:
@@ -225,7 +231,7 @@ static int hand_over(int sock, int sfd, int main_status, long wait_ms)
 			 * signals have no program left to go to (SIGKILL from the engine needs no
 			 * handling: the kernel ends init and the whole namespace). */
 			if (read(sfd, &si, sizeof si) == sizeof si && si.ssi_signo == SIGCHLD)
-				reap(-1, &dummy);
+				reap_orphans();
 		}
 	}
 }
@@ -236,27 +242,30 @@ static void usage(void)
 	exit(2);
 }
 
-int main(int argc, char **argv)
-{
-	const char *socket_path = NULL;
-	long wait_ms = DEFAULT_WAIT_MS;
-	sigset_t blocked, original;
-	int i, sock = -1, sfd, main_status = 0;
-	pid_t main_pid;
+struct options {
+	const char *socket_path; /* -s: NULL when init has no supervisor to tell */
+	long wait_ms;            /* -t */
+	char **program;          /* after "--": PROGRAM [ARG...], NULL-terminated as argv is */
+};
 
-	/* Hand-parsed: getopt would permute arguments and reads POSIXLY_CORRECT from the
-	 * environment, and the program's own arguments after "--" must stay untouched. */
+/* Hand-parsed: getopt would permute arguments and reads POSIXLY_CORRECT from the environment,
+ * and the program's own arguments after "--" must stay untouched. Exits 2 on a bad line. */
+static struct options parse_args(int argc, char **argv)
+{
+	struct options opt = {.socket_path = NULL, .wait_ms = DEFAULT_WAIT_MS, .program = NULL};
+	int i;
+
 	for (i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "--") == 0) {
 			i++;
 			break;
 		}
 		if (strcmp(argv[i], "-s") == 0 && i + 1 < argc) {
-			socket_path = argv[++i];
+			opt.socket_path = argv[++i];
 		} else if (strcmp(argv[i], "-t") == 0 && i + 1 < argc) {
 			char *end;
-			wait_ms = strtol(argv[++i], &end, 10);
-			if (*end || wait_ms < 0)
+			opt.wait_ms = strtol(argv[++i], &end, 10);
+			if (*end || opt.wait_ms < 0)
 				usage();
 		} else {
 			usage();
@@ -265,41 +274,35 @@ int main(int argc, char **argv)
 	/* No program after "--": nothing to be init for. */
 	if (i >= argc)
 		usage();
+	opt.program = argv + i;
+	return opt;
+}
 
-	/* Not dumpable: a process of the container with init's uid but without CAP_SYS_PTRACE can
-	 * then neither ptrace init nor copy its descriptors (pidfd_getfd), the supervisor channel
-	 * among them. The child gets a dumpable process back at its exec. */
-	if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
-		say("prctl(PR_SET_DUMPABLE)", errno);
+/* Block every signal before anything can arrive, and take them from a signalfd: a blocked
+ * signal is queued even for a PID-namespace init (a signal with the default action would be
+ * dropped for PID 1), and one poll loop can wait for signals and the supervisor alike.
+ * Returns the signalfd, or -1 (said why); `original` gets the mask init was started with. */
+static int configure_signals(sigset_t *original)
+{
+	sigset_t blocked;
+	int sfd;
 
-	/* Block every signal before anything can arrive, and take them from a signalfd: a blocked
-	 * signal is queued even for a PID-namespace init (a signal with the default action would be
-	 * dropped for PID 1), and one poll loop can wait for signals and the supervisor alike. */
 	block_set(&blocked);
-	if (sigprocmask(SIG_BLOCK, &blocked, &original) < 0) {
+	if (sigprocmask(SIG_BLOCK, &blocked, original) < 0) {
 		say("sigprocmask", errno);
-		return 1;
+		return -1;
 	}
 	sfd = signalfd(-1, &blocked, SFD_CLOEXEC);
-	if (sfd < 0) {
+	if (sfd < 0)
 		say("signalfd", errno);
-		return 1;
-	}
+	return sfd;
+}
 
-	/* Before the fork: once the program runs, any process of the container could race init to
-	 * the socket; before it, init is the only process there is. */
-	/* No -s: a container without services (a policy's init = true), init is only PID 1. */
-	if (socket_path)
-		sock = connect_supervisor(socket_path);
-
-	main_pid = fork();
-	if (main_pid < 0) {
-		/* Out of pids or memory at the container's very start: runc reports the exit. */
-		say("fork", errno);
-		return 1;
-	}
-	if (main_pid == 0)
-		exec_child(argv + i, &original);
+/* Forward every signal to the program and reap every zombie until the program has exited.
+ * Returns its wait status. */
+static int wait_for_main(int sfd, pid_t main_pid)
+{
+	int main_status = 0;
 
 	for (;;) {
 		struct signalfd_siginfo si;
@@ -312,7 +315,7 @@ int main(int argc, char **argv)
 			 * directly so its status is still the container's. */
 			while (waitpid(main_pid, &main_status, 0) < 0 && errno == EINTR)
 				;
-			break;
+			return main_status;
 		}
 		/* signalfd hands out whole records only; a short read cannot happen, and if it
 		 * ever did there would be no signal number to act on. */
@@ -321,12 +324,47 @@ int main(int argc, char **argv)
 		forward((int)si.ssi_signo, main_pid);
 		/* SIGCHLD coalesces: one may stand for many exits, so reap all of them each time. */
 		if (si.ssi_signo == SIGCHLD && reap(main_pid, &main_status))
-			break;
+			return main_status;
 	}
+}
+
+int main(int argc, char **argv)
+{
+	struct options opt = parse_args(argc, argv);
+	sigset_t original;
+	int sock = -1, sfd, main_status;
+	pid_t main_pid;
+
+	/* Not dumpable: a process of the container with init's uid but without CAP_SYS_PTRACE can
+	 * then neither ptrace init nor copy its descriptors (pidfd_getfd), the supervisor channel
+	 * among them. The child gets a dumpable process back at its exec. */
+	if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
+		say("prctl(PR_SET_DUMPABLE)", errno);
+
+	sfd = configure_signals(&original);
+	if (sfd < 0)
+		return 1;
+
+	/* Before the fork: once the program runs, any process of the container could race init to
+	 * the socket; before it, init is the only process there is.
+	 * No -s: a container without services (a policy's init = true), init is only PID 1. */
+	if (opt.socket_path)
+		sock = connect_supervisor(opt.socket_path);
+
+	main_pid = fork();
+	if (main_pid < 0) {
+		/* Out of pids or memory at the container's very start: runc reports the exit. */
+		say("fork", errno);
+		return 1;
+	}
+	if (main_pid == 0)
+		exec_child(opt.program, &original);
+
+	main_status = wait_for_main(sfd, main_pid);
 
 	/* No channel (none asked for, or the supervisor was gone at start): nobody to wait for. */
 	if (sock >= 0) {
-		int code = hand_over(sock, sfd, main_status, wait_ms);
+		int code = hand_over(sock, sfd, main_status, opt.wait_ms);
 		if (code >= 0)
 			return code;
 	}

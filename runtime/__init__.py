@@ -11,3 +11,11 @@ __version__ = "0.1.0"
 DEFAULT_CONFIG = "/etc/retinue/config.toml"
 CONFIG_ENV = "RETINUE_CONFIG"
 CACHE_DIR = "/run/retinue/cache"
+
+
+def config_source() -> tuple[str, bool]:
+    """The configuration file this call reads, and whether RETINUE_CONFIG named it."""
+    import os  # already loaded by the interpreter's start-up: costs nothing
+
+    explicit = os.environ.get(CONFIG_ENV, "")
+    return explicit or DEFAULT_CONFIG, bool(explicit)

@@ -13,6 +13,10 @@ from __future__ import annotations
 # Global flags that take a value (runc 1.1 `main.go`). The others are booleans (debug,
 # systemd-cgroup, help/h, version/v), which urfave also accepts as `--debug=false`.
 GLOBAL_VALUE_FLAGS = frozenset({"root", "log", "log-format", "criu", "rootless"})
+# runc's help, as a global flag or a flag of any subcommand.
+HELP_FLAGS = frozenset({"h", "help"})
+# The flags that name create's and run's bundle (RuncArgs.bundle).
+BUNDLE_FLAGS = frozenset({"bundle", "b"})
 
 # Per-subcommand flags that take a value. Knowing them lets us find the container id and the
 # bundle in any flag order; an unknown flag is treated as a boolean, which only matters for

@@ -1,4 +1,5 @@
-"""`retinue`: the administrator's command line (check, plan, install, demo)."""
+"""`retinue`: the administrator's command line: check, plan, install, demo, status, logs,
+image (import, ls, rm), gc, and restart/stop/start of one service."""
 
 from __future__ import annotations
 
@@ -665,39 +666,34 @@ _CONTROL_HELP = (
 )
 
 
-@main.command("restart")
-@config_option
-@click.argument("container_id", metavar="CONTAINER")
-@click.argument("service")
-def restart_service(config_path: str | None, container_id: str, service: str) -> None:
-    """Restart SERVICE of CONTAINER (stop it as configured, start it, wait until ready)."""
-    _control_service(config_path, container_id, service, "restart")
+# The service-control commands, one row each: (command, control op, help). The op also names
+# who asked (`retinue restart`, ...) in the service's log.
+_SERVICE_COMMANDS = (
+    (
+        "restart", "restart",
+        "Restart SERVICE of CONTAINER (stop it as configured, start it, wait until ready).",
+    ),
+    (
+        "stop", "stop-service",
+        "Stop SERVICE of CONTAINER until `retinue start`: not a failure, no restart, no fate\n"
+        "sharing; the container keeps running.",
+    ),
+    (
+        "start", "start-service",
+        "Start SERVICE of CONTAINER again (one that was stopped, exited or failed for good) and\n"
+        "wait until it is ready.",
+    ),
+)
 
 
-restart_service.help = (restart_service.help or "") + _CONTROL_HELP
+def _service_command(name: str, op: str, text: str) -> None:
+    @main.command(name, help=text + _CONTROL_HELP)
+    @config_option
+    @click.argument("container_id", metavar="CONTAINER")
+    @click.argument("service")
+    def command(config_path: str | None, container_id: str, service: str) -> None:
+        _control_service(config_path, container_id, service, op)
 
 
-@main.command("stop")
-@config_option
-@click.argument("container_id", metavar="CONTAINER")
-@click.argument("service")
-def stop_service(config_path: str | None, container_id: str, service: str) -> None:
-    """Stop SERVICE of CONTAINER until `retinue start`: not a failure, no restart, no fate
-    sharing; the container keeps running."""
-    _control_service(config_path, container_id, service, "stop-service")
-
-
-stop_service.help = (stop_service.help or "") + _CONTROL_HELP
-
-
-@main.command("start")
-@config_option
-@click.argument("container_id", metavar="CONTAINER")
-@click.argument("service")
-def start_service(config_path: str | None, container_id: str, service: str) -> None:
-    """Start SERVICE of CONTAINER again (one that was stopped, exited or failed for good) and
-    wait until it is ready."""
-    _control_service(config_path, container_id, service, "start-service")
-
-
-start_service.help = (start_service.help or "") + _CONTROL_HELP
+for _name, _op, _text in _SERVICE_COMMANDS:
+    _service_command(_name, _op, _text)

@@ -152,7 +152,7 @@ def _usable(path: str) -> bool:
 
 
 def collect(config_path: str | None = None, keep: str = "") -> list[str]:
-    """Remove the cache entries nothing can use any more (issue 15, item 14): those `_usable`
+    """Remove the cache entries nothing can use any more: those `_usable`
     refuses, a launcher's sh cache without one (it is written from one), and temp files of
     writers that died. Only `config_path`'s when given (a write), all for `retinue gc`.
     Returns what was removed."""
@@ -219,7 +219,7 @@ def _which(name: str, path_env: str) -> str | None:
 
 
 def _create_passes(compiled: Compiled, path_env: str) -> str:
-    """`create_passes CONFIG_JSON`: true only when nothing can attach to that spec (issue 12).
+    """`create_passes CONFIG_JSON`: true only when nothing can attach to that spec.
 
     The launcher passes such a create or run to the lower runtime without starting Python. It
     greps for the strings of which every selected spec has one (`policy.selection_strings`),
@@ -281,7 +281,7 @@ def _stat_line(stamp: Stamp) -> str:
 
 
 def _fresh(stamps: list[Stamp], path_env: str) -> str:
-    """`fresh`: true only while every file the cache was built from is as it was then (issue 15).
+    """`fresh`: true only while every file the cache was built from is as it was then.
 
     The launcher runs it before it decides a create from the cache: one exec of stat for all
     files, compared with what Python saw. A file that was absent prints nothing, so one that

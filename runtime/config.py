@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from . import CONFIG_ENV, DEFAULT_CONFIG
+from . import config_source
 from .errors import ConfigError
 from .seccomp.config import SeccompRule, check_rules, compile_rules
 from .tomlmodel import check_abs, describe_value, read_toml, structure
@@ -330,17 +330,11 @@ def _raise_if(errors: list[str]) -> None:
         raise ConfigError("\n".join(errors))
 
 
-def config_path() -> tuple[str, bool]:
-    """The config file to use, and whether it was asked for explicitly."""
-    explicit = os.environ.get(CONFIG_ENV, "")
-    return (explicit, True) if explicit else (DEFAULT_CONFIG, False)
-
-
 def load(path: str | None = None) -> Config:
     """Load and validate every file; raises ConfigError listing every problem found."""
     explicit = path is not None
     if path is None:
-        path, explicit = config_path()
+        path, explicit = config_source()
     if not explicit and not os.path.exists(path):
         # No configuration at all: pass everything through to runc/crun on PATH.
         return Config(path, Settings(), "", Policy(), "", {}, (path,))

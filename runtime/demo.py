@@ -19,7 +19,7 @@ import time
 
 import click
 
-from . import CONFIG_ENV, rootfs
+from . import CONFIG_ENV, config_source, rootfs
 
 CONTAINER_ID = "retinue-demo"
 SCRIPT = r"""
@@ -77,7 +77,7 @@ def run(workdir: str) -> int:
     os.makedirs(bundle)
     from . import config
 
-    shipped, _ = config.config_path()
+    shipped, _ = config_source()
     if not os.path.isfile(shipped):
         # The demo copies the configuration it is given (make demo names the repository's).
         click.echo(f"retinue: {shipped}: no configuration to run the demo with; set "
@@ -163,9 +163,7 @@ def _sidecar_layout(workdir: str) -> str:
 def _demo_config(workdir: str) -> str:
     """A copy of the shipped configuration (RETINUE_CONFIG) under `workdir`, its image store
     there too, with the sidecar service added; returns the copy's config.toml."""
-    from . import config
-
-    shipped, _ = config.config_path()
+    shipped, _ = config_source()
     src = os.path.dirname(os.path.abspath(shipped))
     dest = os.path.join(workdir, "config")
     shutil.copytree(src, dest, symlinks=True)

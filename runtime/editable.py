@@ -15,7 +15,8 @@ TYPE_CHECKING = False  # typing costs ~10 ms to import; mypy reads this as True
 if TYPE_CHECKING:
     from typing import Any
 
-HOOK_STAGES = (
+# Every hook stage of the OCI runtime spec (edits.HOOK_STAGES: the ones retinue adds).
+OCI_HOOK_STAGES = (
     "prestart",
     "createRuntime",
     "createContainer",
@@ -89,9 +90,9 @@ def validate(spec: dict[str, Any]) -> list[str]:
                 _expect(errors, f"{at}.{key}", mount[key], str, "a string")
         _optional_strings(errors, f"{at}.options", mount.get("options"))
     hooks = spec.get("hooks")
-    if _object(errors, "hooks", hooks, HOOK_STAGES):
+    if _object(errors, "hooks", hooks, OCI_HOOK_STAGES):
         assert isinstance(hooks, dict)
-        for stage in HOOK_STAGES:
+        for stage in OCI_HOOK_STAGES:
             entries = hooks.get(stage)
             if entries is None:
                 continue

@@ -9,6 +9,7 @@ and rlimits are kept, so a service is confined exactly as the container is.
 from __future__ import annotations
 
 from .edits import notify_socket
+from .lower import DEFAULT_PATH
 
 TYPE_CHECKING = False  # the shim's create path imports this; typing costs ~10 ms
 if TYPE_CHECKING:
@@ -16,7 +17,9 @@ if TYPE_CHECKING:
 
     from .compiled import CompiledService
 
-PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# A service's PATH when it sets none: the conventional one, which is also a PATH-less caller's
+# (one value, lower.DEFAULT_PATH; the shim has imported lower already).
+PATH = DEFAULT_PATH
 CAP_SETS = ("bounding", "effective", "permitted", "inheritable", "ambient")
 
 

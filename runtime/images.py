@@ -21,11 +21,10 @@ size), the bytes actually read while verifying (never more than declared), and t
 layers unpack to (gzip and zstd layers are decompressed and counted, not written). skopeo and
 umoci also run with RLIMIT_FSIZE at that size, so no file they write can outgrow it.
 
-The store is root's alone (0700 from IMAGE_DIR down; one an older version left open is narrowed
-whenever it is used): an image is kept exactly as it says, setuid programs, device nodes and
-world-writable directories included, because that is what its sidecar must get inside its
-container; on the host, the one place where such files could give a local user root, nobody but
-root reaches them.
+The store is root's alone (0700 from IMAGE_DIR down; one left open is narrowed whenever it is
+used): an image is kept exactly as it says, setuid programs, device nodes and world-writable
+directories included, because that is what its sidecar must get inside its container; on the
+host, the one place where such files could give a local user root, nobody but root reaches them.
 """
 
 from __future__ import annotations
@@ -75,7 +74,7 @@ class ImageError(RetinueError):
 
 
 def secure_store(store: str, create: bool = False) -> None:
-    """Make the store root-only from its top, narrowing one an older version left open.
+    """Make the store root-only from its top, narrowing one left open.
 
     Called by everything that uses the store as root (import, rm, a sidecar's start), so an
     upgrade closes an existing store without an administrator's step."""

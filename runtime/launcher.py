@@ -15,6 +15,11 @@ start Python for everything else:
   case it runs `retinue.shim`, which decides the same things at full length.
 - `retinue-hook` answers at once when the container has no supervisor (no state directory).
 
+The scripts are real files, `sh/retinue-runtime.sh` and `sh/retinue-hook.sh` beside this module
+(package data), with `@NAME@` placeholders that `render_runtime`/`render_hook` fill in: the paths,
+the exec of Python, and every flag table, rendered from argv.py's so the two parsers cannot drift.
+`make lint` runs shellcheck on both the sources and the rendered scripts.
+
 Python itself runs with `-I -S` and only the package's own site-packages on sys.path: pip's
 console scripts would also process every .pth file and import `re` (~8 ms).
 
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import sys
 import sysconfig
@@ -45,162 +51,101 @@ def _python(python: str, site_packages: str, self_path: str, code: str) -> str:
     return f'exec {shlex.quote(python)} -IS -c {shlex.quote(program)} "$@"'
 
 
-def _value_flags() -> str:
-    """sh case patterns `subcommand:flag` for the flags that take a value, of the subcommands
-    about an existing container (argv.py's tables: one truth for both parsers)."""
-    return "|".join(
+# The sh sources, shipped as package data beside this module; `@NAME@` marks what is filled in.
+SH_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sh")
+
+# Subcommands whose ids the argv scan need not find: create and run have a stage of their own
+# (and never a supervisor yet), restore/spec/list never concern a supervised container.
+_SCAN_SKIPS = frozenset({"create", "run", "restore", "spec", "list"})
+
+# Wrap long case patterns (with `|\` line continuations) so every line stays readable.
+_WIDTH = 96
+
+
+def _alternatives(patterns: list[str], indent: str) -> str:
+    """sh case alternatives `a|b|...`, continued onto lines that start with `indent`."""
+    lines = [""]
+    for pattern in patterns:
+        if lines[-1] and len(indent) * 8 + len(lines[-1]) + len(pattern) + 2 > _WIDTH:
+            lines[-1] += "|\\"
+            lines.append("")
+        lines[-1] += ("|" if lines[-1] else "") + pattern
+    return ("\n" + indent).join(lines)
+
+
+def _flags(names: frozenset[str], prefix: str = "", suffix: str = "") -> list[str]:
+    """Both spellings runc accepts of each flag (`--name`, `-name`), as case patterns."""
+    return [f"{prefix}{dashes}{name}{suffix}" for name in sorted(names) for dashes in ("--", "-")]
+
+
+def _tables() -> dict[str, str]:
+    """The launcher's flag tables as sh case patterns, all from argv.py's: one truth for both
+    parsers (tests/test_launcher_tables.py reads them back)."""
+    create = runc_argv.SUBCOMMAND_VALUE_FLAGS["create"]
+    # The launcher reads both with one stage, and finds --root apart from the other globals.
+    if runc_argv.SUBCOMMAND_VALUE_FLAGS["run"] != create:
+        raise ValueError("argv: create and run take different flags; the launcher reads both alike")
+    if "root" not in runc_argv.GLOBAL_VALUE_FLAGS or not runc_argv.BUNDLE_FLAGS.issubset(create):
+        raise ValueError("argv: the launcher needs --root and create's bundle flags")
+    scanned = [
         f"{command}:{flag}"
         for command, flags in sorted(runc_argv.SUBCOMMAND_VALUE_FLAGS.items())
-        if command not in ("create", "run", "restore", "spec", "list")
+        if command not in _SCAN_SKIPS
         for flag in sorted(flags)
-    )
+    ]
+    help_flags = _flags(runc_argv.HELP_FLAGS)
+    return {
+        "HELP_FLAGS": _alternatives(
+            help_flags + _flags(runc_argv.HELP_FLAGS, suffix="=*"), "\t\t\t"
+        ),
+        "GLOBAL_VALUE_FLAGS_BUT_ROOT": _alternatives(
+            _flags(runc_argv.GLOBAL_VALUE_FLAGS - {"root"}), "\t\t"
+        ),
+        "SUBCOMMAND_VALUE_FLAGS": _alternatives(scanned, "\t\t\t\t"),
+        "CREATE_GLOBAL_VALUE_FLAGS": _alternatives(
+            _flags(runc_argv.GLOBAL_VALUE_FLAGS, "global/"), "\t\t"
+        ),
+        "CREATE_BUNDLE_FLAGS_WITH_VALUE": _alternatives(
+            _flags(runc_argv.BUNDLE_FLAGS, "sub/", "=*"), "\t\t"
+        ),
+        "CREATE_BUNDLE_FLAGS": _alternatives(_flags(runc_argv.BUNDLE_FLAGS, "sub/"), "\t\t"),
+        "CREATE_VALUE_FLAGS_BUT_BUNDLE": _alternatives(
+            _flags(create - runc_argv.BUNDLE_FLAGS, "sub/"), "\t\t"
+        ),
+    }
 
 
-# create/run (issue 12): most containers get nothing, and Python costs ~14 ms before it reads a
-# byte. The cache's `create_passes` settles the spec from its text (confcache._create_passes);
-# finding the bundle follows argv.parse: every create flag that takes a value, in any flag form,
-# anywhere after the subcommand. Anything unusual (two bundle flags, an empty one, a missing
-# value, a config.json that is a symlink or not there) goes to Python, which reports or decides.
-# The policy decides here, so the cache must be exactly what Python would load: `fresh` compares
-# every source file's full stat key (device, inode, size, mtime, ctime) with one exec of stat.
-# The mtimes the other calls check are not enough for that: `cp -p`, `rsync -a` or `touch -d`
-# deploy a new policy with an older mtime. Other calls need only the lower runtime's path.
-_CREATE_BLOCK = """\
-case $cmd in
-create|run)
-	bundle= seen= value= phase=global
-	for a do
-		if [ -n "$value" ]; then
-			[ "$value" = bundle ] && bundle=$a
-			value=; continue
-		fi
-		case $phase/$a in
-		*/--) [ $phase = global ] || break ;;
-		global/--root|global/-root|global/--log|global/-log) value=skip ;;
-		global/--log-format|global/-log-format|global/--criu|global/-criu) value=skip ;;
-		global/--rootless|global/-rootless) value=skip ;;
-		global/-?*) ;;
-		global/*) phase=sub ;;
-		sub/--bundle=*|sub/-bundle=*|sub/--b=*|sub/-b=*)
-			seen=$seen. bundle=${a#*=} ;;
-		sub/--bundle|sub/-bundle|sub/--b|sub/-b) seen=$seen. value=bundle ;;
-		sub/--console-socket|sub/-console-socket|sub/--pid-file|sub/-pid-file) value=skip ;;
-		sub/--preserve-fds|sub/-preserve-fds|sub/--pidfd-socket|sub/-pidfd-socket) value=skip ;;
-		esac
-	done
-	[ -z "$value" ] || slow "$@"
-	case $seen in
-	'') bundle=. ;;
-	.) [ -n "$bundle" ] || slow "$@" ;;
-	*) slow "$@" ;;
-	esac
-	[ -f "$bundle/config.json" ] && ! [ -L "$bundle/config.json" ] || slow "$@"
-	fresh || slow "$@"
-	create_passes "$bundle/config.json" && exec "$lower" "$@"
-	slow "$@"
-	;;
-esac
-"""
-
-
-# A supervised container's calls that need no supervisor (engines call `state` often) go to
-# the lower runtime it was created with, read from statedir.RECORDS with the `read` builtin:
-# the root key is made as statedir.root_key makes it, for the roots that need no normalizing
-# (one --root, absolute, no `%`, `//`, `.` or `..` component). start, kill and delete (the
-# supervisor goes first), update (the services' sub-cgroups make room and follow), help, and
-# anything unsure go to Python, which reads the entry.
-_REGISTERED = f"""\
-registered() {{
-	case $cmd in state|exec|ps|events|pause|resume) ;; *) slow "$@" ;; esac
-	for a do
-		case $a in -h|--h|-help|--help|-h=*|--h=*|-help=*|--help=*) slow "$@" ;; esac
-	done
-	case $roots in '') root=/run/runc ;; .) ;; *) slow "$@" ;; esac
-	case $root in /*) ;; *) slow "$@" ;; esac
-	case $root in *%*|*//*|*/./*|*/../*|*/.|*/..) slow "$@" ;; esac
-	rest=${{root#/}}; rest=${{rest%/}} key=
-	while :; do
-		case $rest in
-		'') key=${{key:-%2F}}; break ;;
-		*/*) key=$key${{rest%%/*}}%2F; rest=${{rest#*/}} ;;
-		*) key=$key$rest; break ;;
-		esac
-	done
-	record={statedir.RECORDS}/$key%$id
-	[ -f {statedir.REGISTRY}/"$id/$key" ] && [ -f "$record" ] && [ -O "$record" ] || slow "$@"
-	IFS= read -r lower <"$record" || slow "$@"
-	case $lower in /*) ;; *) slow "$@" ;; esac
-	[ -f "$lower" ] && [ -x "$lower" ] || slow "$@"
-	exec "$lower" "$@"
-}}
-"""
+def _fill(name: str, values: dict[str, str]) -> str:
+    """SH_DIR/name with every `@KEY@` replaced; a placeholder left over or never used is a bug
+    of this module, caught when the launchers are written (make venv, the tests)."""
+    with open(os.path.join(SH_DIR, name)) as f:
+        text = f.read()
+    for key, value in values.items():
+        mark = f"@{key}@"
+        if mark not in text:
+            raise ValueError(f"{name}: no placeholder {mark}")
+        text = text.replace(mark, value)
+    left = re.search(r"@[A-Z_]+@", text)
+    if left:
+        raise ValueError(f"{name}: placeholder {left.group()} not filled in")
+    return text
 
 
 def render_runtime(python: str, site_packages: str, self_path: str) -> str:
-    slow = _python(python, site_packages, self_path, "from retinue.shim import main; main()")
-    return f"""#!/bin/sh
-# retinue-runtime: the pass-through fast path of retinue.shim, written by retinue.launcher.
-# Calls that cannot concern retinue go to the lower runtime from here (~1 ms); anything else,
-# and anything this script is not sure of, goes to Python (retinue.shim).
-slow() {{
-	{slow}
-}}
-{_REGISTERED}cmd= id= skip= root= roots=
-for a do
-	if [ -n "$skip" ]; then
-		[ $skip = root ] && root=$a
-		skip=; continue
-	fi
-	if [ -z "$cmd" ]; then
-		case $a in
-		--root|-root) skip=root roots=$roots. ;;
-		--root=*|-root=*) root=${{a#*=}} roots=$roots. ;;
-		--log|-log|--log-format|-log-format) skip=1 ;;
-		--criu|-criu|--rootless|-rootless) skip=1 ;;
-		-*) ;;
-		*) cmd=$a ;;
-		esac
-	else
-		# The id is the first argument that is not a flag or a flag's value: a supervised
-		# container's call must never be taken for another's (argv.py has the same tables).
-		case $a in
-		--) case $cmd in create|run) break ;; *) slow "$@" ;; esac ;;  # create: _CREATE_BLOCK
-		-*=*) ;;
-		-*)
-			n=${{a#-}}
-			case $cmd:${{n#-}} in {_value_flags()}) skip=1 ;; esac
-			;;
-		*) id=$a; break ;;
-		esac
-	fi
-done
-# A container with a supervisor is in the registry whatever the configuration, and keeps the
-# lower runtime it was created with.
-case $id in ''|.|..|*/*) ;; *) [ -e {statedir.REGISTRY}/"$id" ] && registered "$@" ;; esac
-config=${{RETINUE_CONFIG:-{confcache.DEFAULT_CONFIG}}}
-case $config in /*) ;; *) slow "$@" ;; esac
-key= rest=$config
-while :; do
-	case $rest in
-	*/*) key=$key${{rest%%/*}}%; rest=${{rest#*/}} ;;
-	*) key=$key$rest; break ;;
-	esac
-done
-cache={confcache.CACHE_DIR}/$key.sh
-[ -f "$cache" ] || slow "$@"
-# A cache an older version wrote has no `fresh`: its creates go to Python, which rewrites it.
-fresh() {{ return 1; }}
-. "$cache"
-[ "$self" = {shlex.quote(self_path)} ] && [ "$path" = "$PATH" ] || slow "$@"
-[ "$explicit" = "${{RETINUE_CONFIG:+1}}" ] || slow "$@"
-for f in $files; do
-	[ -e "$f" ] && ! [ "$f" -nt "$cache" ] || slow "$@"
-done
-for f in $absent; do
-	[ -e "$f" ] && slow "$@"
-done
-{_CREATE_BLOCK}exec "$lower" "$@"
-"""
+    return _fill(
+        "retinue-runtime.sh",
+        {
+            "EXEC_PYTHON": _python(
+                python, site_packages, self_path, "from retinue.shim import main; main()"
+            ),
+            "RECORDS": statedir.RECORDS,
+            "REGISTRY": statedir.REGISTRY,
+            "DEFAULT_CONFIG": confcache.DEFAULT_CONFIG,
+            "CACHE_DIR": confcache.CACHE_DIR,
+            "SELF": shlex.quote(self_path),
+            **_tables(),
+        },
+    )
 
 
 def render_hook(python: str, site_packages: str, self_path: str) -> str:
@@ -208,21 +153,7 @@ def render_hook(python: str, site_packages: str, self_path: str) -> str:
         python, site_packages, self_path,
         "from retinue.hooks.hook import main; sys.exit(main())",
     )
-    return f"""#!/bin/sh
-# retinue-hook, written by retinue.launcher. Without a supervisor (no state directory) there is
-# nothing to tell: answer at once instead of starting Python. runc writes the OCI state to our
-# stdin; read it all so that runc never meets a closed pipe (with the `read` builtin: exec cat
-# costs more than the few hundred bytes it reads).
-if [ $# -eq 2 ] && [ ! -e "$2" ]; then
-	case $1 in
-	createRuntime|poststart|poststop)
-		while read -r _; do :; done
-		exit 0
-		;;
-	esac
-fi
-{run}
-"""
+    return _fill("retinue-hook.sh", {"EXEC_PYTHON": run})
 
 
 def _install(target: str, text: str) -> None:

@@ -302,24 +302,24 @@ def supervised(args: runc_argv.RuncArgs, runtime: str, log_dir: str, container_d
             ) from None
         if not reply.get("ok"):
             raise RetinueError(str(reply.get("error")))
-    elif command == "kill" and (plan.get("init") is True or plan.get("watch_main") is True):
-        # retinue-init is PID 1, or the container has only sidecars (its own entrypoint is
-        # PID 1): the signal goes straight to the main process, and the services stop after it
-        # has exited (init tells the supervisor, or the supervisor sees the exit on its pidfd).
-        # A kill that waited for the services would eat the engine's grace period; only whether
-        # anyone will stop them is asked (answered at once, bounded anyway).
-        sig = _signal_number(args.positionals[1] if len(args.positionals) > 1 else "SIGTERM")
-        if sig in GRACEFUL_SIGNALS or sig == SIGKILL:
-            try:
-                _request(container_dir, {"op": "status"}, timeout=1.0)
-            except (SupervisorGone, OSError):
-                runclog.log(args, "warning", f"{PREFIX}{gone}; its services were not stopped")
     elif command == "kill":
+        # Only the signals that end the main process concern the services.
         sig = _signal_number(args.positionals[1] if len(args.positionals) > 1 else "SIGTERM")
         if sig in GRACEFUL_SIGNALS or sig == SIGKILL:
+            message: dict[str, Any] = {"op": "stop", "force": sig == SIGKILL}
+            timeout: float | None = None
+            unanswered: tuple[type[Exception], ...] = (SupervisorGone,)
+            if plan.get("init") is True or plan.get("watch_main") is True:
+                # retinue-init is PID 1, or the container has only sidecars (its own entrypoint
+                # is PID 1): the signal goes straight to the main process, and the services stop
+                # after it has exited (init tells the supervisor, or the supervisor sees the exit
+                # on its pidfd). A kill that waited for the services would eat the engine's grace
+                # period; only whether anyone will stop them is asked (answered at once, bounded
+                # anyway: no answer in time is no answer).
+                message, timeout, unanswered = {"op": "status"}, 1.0, (SupervisorGone, OSError)
             try:
-                _request(container_dir, {"op": "stop", "force": sig == SIGKILL})
-            except SupervisorGone:
+                _request(container_dir, message, timeout)
+            except unanswered:
                 runclog.log(args, "warning", f"{PREFIX}{gone}; its services were not stopped")
     elif command == "delete":
         force = "force" in args.options or "f" in args.options

@@ -110,7 +110,7 @@ def _write_entry(path: str, fields: list[str]) -> None:
             try:
                 os.mkdir(REGISTRY, 0o700)
             except FileExistsError:
-                os.chmod(REGISTRY, 0o700)  # older versions made it 0755: ids are not for users
+                os.chmod(REGISTRY, 0o700)  # whoever made it: ids are not for users
             os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             try:
@@ -203,8 +203,8 @@ def private_dir(path: str) -> None:
     """Make `path` a directory only its owner can enter (the state is root's alone).
 
     Every level created here is 0700 (os.makedirs gives missing parents 0755), and an existing
-    `path` that others can enter is narrowed: older versions made the state directories 0755,
-    which let any local user list the ids of every container with services.
+    `path` that others can enter is narrowed: a state directory of mode 0755 would let any
+    local user list the ids of every container with services.
     """
     try:
         mode = os.stat(path).st_mode
@@ -414,8 +414,8 @@ NOT_ROOTS = ("cache", "seccomp", "sidecars", MARKERS)
 
 
 def collect_empty_roots(state_dir: str) -> list[str]:
-    """Remove the roots' directories that hold no container (left by older versions and by
-    creates that failed); rmdir takes only an empty one. Returns what was removed."""
+    """Remove the roots' directories that hold no container (left by creates that failed);
+    rmdir takes only an empty one. Returns what was removed."""
     removed = []
     try:
         keys = os.listdir(state_dir)

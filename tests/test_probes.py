@@ -13,8 +13,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-
-from runtime.supervisor import probes, procs
+from retinue.supervisor import probes, procs
 
 UNSHARE = shutil.which("unshare") or "/usr/bin/unshare"
 

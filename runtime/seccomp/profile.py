@@ -89,7 +89,11 @@ def merge(
     listener_path: str,
     metadata: str = "",
 ) -> Merged:
-    """`seccomp` with the rules' NOTIFY entries merged in. Never mutates its argument."""
+    """`seccomp` with the rules' NOTIFY entries merged in. Never mutates its argument.
+
+    Four phases, each a pure function: guard the container's profile, drop the calls it
+    refuses, complement the conditional rules, rebuild the list.
+    """
     wanted = notify_entries(rules)
     if wanted and len(listener_path.encode()) > MAX_LISTENER_PATH:
         raise SpecError(
@@ -109,6 +113,25 @@ def merge(
             },
             [],
         )
+    syscalls = _guard(seccomp, listener_path)
+    entries, unconditional, conditional, dropped = _drop_refused(
+        wanted, _unconditional(syscalls, REFUSING)
+    )
+    complements, complemented, partial = _complements(
+        entries, syscalls, _unconditional(syscalls, ALLOWING), unconditional, conditional
+    )
+    merged = {
+        **seccomp,
+        "syscalls": _rebuild(syscalls, entries, complements, unconditional, complemented),
+        "listenerPath": listener_path,
+        "listenerMetadata": metadata,
+    }
+    return Merged(merged, [*dropped, *partial])
+
+
+def _guard(seccomp: Any, listener_path: str) -> list[dict[str, Any]]:
+    """Phase 1: the container's profile, refused unless retinue's listener can join it. Returns
+    its syscall entries."""
     if not isinstance(seccomp, dict):
         raise SpecError("linux.seccomp: expected an object")
     current = seccomp.get("listenerPath") or ""
@@ -130,10 +153,16 @@ def merge(
         )
     if seccomp.get("defaultAction") == NOTIFY:
         raise SpecError("linux.seccomp.defaultAction: SCMP_ACT_NOTIFY is refused by runc")
+    return syscalls
 
+
+def _drop_refused(
+    wanted: list[dict[str, Any]], refused: dict[str, str]
+) -> tuple[list[dict[str, Any]], set[str], dict[str, int], list[str]]:
+    """Phase 2: the rules' NOTIFY entries without the calls the profile refuses outright (they
+    stay refused). Returns the entries, the names notified unconditionally, how many
+    conditional entries notify each name, and a note per dropped name."""
     notes: list[str] = []
-    refused = _unconditional(syscalls, REFUSING)
-    allowed = _unconditional(syscalls, ALLOWING)
     unconditional: set[str] = set()
     conditional: dict[str, int] = {}
     entries: list[dict[str, Any]] = []
@@ -155,8 +184,20 @@ def merge(
             for name in names:
                 conditional[name] = conditional.get(name, 0) + 1
         entries.append({**entry, "names": names})
+    return entries, unconditional, conditional, notes
 
-    # The calls a conditional NOTIFY rule does not select keep the verdict they had.
+
+def _complements(
+    entries: list[dict[str, Any]],
+    syscalls: list[dict[str, Any]],
+    allowed: dict[str, str],
+    unconditional: set[str],
+    conditional: dict[str, int],
+) -> tuple[list[dict[str, Any]], set[str], list[str]]:
+    """Phase 3: the calls a conditional NOTIFY rule does not select keep the verdict they had,
+    through entries with the negated conditions. Returns those entries, the names they cover,
+    and a note per name the profile allows only under conditions of its own."""
+    notes: list[str] = []
     complements: list[dict[str, Any]] = []
     complemented: set[str] = set()
     for entry in entries:
@@ -183,7 +224,19 @@ def merge(
                     f"{name}: the container's profile allows it under argument conditions; a "
                     "call those select is allowed, not notified"
                 )
+    return complements, complemented, notes
 
+
+def _rebuild(
+    syscalls: list[dict[str, Any]],
+    entries: list[dict[str, Any]],
+    complements: list[dict[str, Any]],
+    unconditional: set[str],
+    complemented: set[str],
+) -> list[dict[str, Any]]:
+    """Phase 4: the profile's entries in their order, the names now notified taken out of its
+    allowing entries (an entry with conditions of its own loses only the unconditionally
+    notified ones), then the complements and the NOTIFY entries not already there."""
     out: list[dict[str, Any]] = []
     for entry in syscalls:
         names = entry.get("names")
@@ -198,13 +251,7 @@ def merge(
     for entry in [*complements, *entries]:
         if entry not in out:
             out.append(entry)
-    merged = {
-        **seccomp,
-        "syscalls": out,
-        "listenerPath": listener_path,
-        "listenerMetadata": metadata,
-    }
-    return Merged(merged, notes)
+    return out
 
 
 def _unconditional(syscalls: list[dict[str, Any]], actions: frozenset[str]) -> dict[str, str]:
