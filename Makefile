@@ -21,8 +21,10 @@ deps:
 # Debian's own python3.11, never a pyenv shim: a shim adds ~100 ms to every runtime call.
 venv: deps
 	@test -x $(VENV)/bin/python3 || $(PYTHON) -m venv $(VENV)
+	@# setuptools copies into build/lib and never removes: a moved or deleted module would ship on.
+	@rm -rf build/lib
 	@$(VENV)/bin/pip install -q --disable-pip-version-check '.[test]'
-	@$(VENV)/bin/python -m retinue.launcher --bin-dir $(VENV)/bin >/dev/null
+	@$(VENV)/bin/python -m retinue.cli.launcher --bin-dir $(VENV)/bin >/dev/null
 
 demo: venv
 	@$(VENV)/bin/retinue demo
@@ -35,9 +37,9 @@ test: venv
 lint: venv
 	$(VENV)/bin/ruff check runtime hooks tests
 	$(VENV)/bin/mypy
-	shellcheck -e SC2195 runtime/sh/*.sh
+	shellcheck -e SC2195 runtime/cli/sh/*.sh
 	@d=$$(mktemp -d) && \
-	$(VENV)/bin/python -c 'import sys; from retinue import launcher as l; \
+	$(VENV)/bin/python -c 'import sys; from retinue.cli import launcher as l; \
 		[open(f"{sys.argv[1]}/{n}", "w").write(r(sys.executable, "/site", f"/bin/{n}")) \
 		 for n, r in (("retinue-runtime", l.render_runtime), ("retinue-hook", l.render_hook))]' "$$d" && \
 	shellcheck "$$d/retinue-runtime" "$$d/retinue-hook"; rc=$$?; rm -rf "$$d"; exit $$rc
@@ -53,7 +55,7 @@ bench: venv
 
 # Put the launchers where engines expect them and register nothing: see `retinue install`.
 install: venv
-	$(VENV)/bin/python -m retinue.launcher --bin-dir $(PREFIX)/bin
+	$(VENV)/bin/python -m retinue.cli.launcher --bin-dir $(PREFIX)/bin
 
 clean:
 	rm -rf $(VENV) build *.egg-info /tmp/retinue-demo

@@ -77,7 +77,7 @@ def tell_supervisor(container_dir: str, stage: str, state: bytes) -> int:
 def remove_left_state(container_dir: str) -> int:
     """Remove the state directory a dead supervisor left, and nothing else: the argument comes
     from a spec, and a spec can name any directory."""
-    from retinue import statedir
+    from retinue.host import statedir
 
     refused = statedir.refuse_removal(container_dir)
     if refused is not None and os.path.lexists(container_dir):  # not removed meanwhile

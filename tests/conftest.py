@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from retinue import confcache, launcher, rootfs
+from retinue.cli import launcher, rootfs
+from retinue.config import cache as confcache
 
 REPO = Path(__file__).resolve().parent.parent
 RUNC = shutil.which("runc") or "/usr/sbin/runc"

@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from retinue import cgroups
+from retinue.host import cgroups
 
 CFS_PERIOD = 100_000
 

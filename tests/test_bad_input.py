@@ -943,7 +943,9 @@ def test_every_field_is_read_by_the_create_path(
 ) -> None:
     """The control for the table below: with valid values, each field reaches the code that
     reads it (selection, edits, the seccomp merge, the services' process), without error."""
-    from retinue import attach, bundle, config, execspec
+    from retinue.config import settings as config
+    from retinue.policy import attach
+    from retinue.spec import bundle, execspec
 
     compiled = config.compile_config(config.load(str(field_config)), RUNC, "/bin/true")
     b = make_bundle(["true"], edit=full_spec)
@@ -961,8 +963,10 @@ def test_wrong_type_in_each_field_in_process(
     name: str, value: Any, field_config: Path, make_bundle: BundleFactory
 ) -> None:
     """Every wrong JSON type in every field: the message, never another exception."""
-    from retinue import attach, bundle, config
+    from retinue.config import settings as config
     from retinue.errors import SpecError
+    from retinue.policy import attach
+    from retinue.spec import bundle
 
     compiled = config.compile_config(config.load(str(field_config)), RUNC, "/bin/true")
     b = make_bundle(["true"], edit=lambda s: (full_spec(s), put(s, name, value)))

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from retinue import confcache
+from retinue.config import cache as confcache
 
 RUNC = shutil.which("runc") or "/usr/sbin/runc"
 BundleFactory = Callable[..., Path]

@@ -7,7 +7,7 @@ import posixpath
 from pathlib import Path
 
 import pytest
-from retinue import cgroups
+from retinue.host import cgroups
 from retinue.ratelimit import DropLog, TokenBucket
 
 HYBRID = """\
@@ -107,7 +107,7 @@ def test_every_piece_of_a_supervised_container_sits_in_the_pod(
     """The supervisor and a sidecar beside the container (in the pod's cgroup or slice, never
     a unit name systemd would take for its own), an exec service in the container's cgroup (a
     runc scope is delegated: Delegate=yes), on v1 and v2 alike."""
-    from retinue.sidecar import sidecar_cgroup
+    from retinue.spec.sibling import sidecar_cgroup
 
     for v2 in (False, True):
         got = cgroups.container_path(path, "ID", driver == "systemd", "/", v2=v2)

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from retinue import config, policy
+from retinue.config import settings as config
+from retinue.policy import select as policy
 
 # Not imported from conftest: several conftest modules share that name in one session.
 RUNC = shutil.which("runc") or "/usr/sbin/runc"

@@ -23,8 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from retinue import attach, bundle, confcache, config, launcher
+from retinue.cli import launcher
+from retinue.config import cache as confcache
+from retinue.config import settings as config
 from retinue.errors import RetinueError, SpecError
+from retinue.policy import attach
+from retinue.spec import bundle
 
 NO_PYTHON = 127
 ConfigFactory = Callable[..., Path]

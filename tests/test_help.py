@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from retinue import statedir
+from retinue.host import statedir
 
 RUNC = shutil.which("runc") or "/usr/sbin/runc"
 BundleFactory = Callable[..., Path]

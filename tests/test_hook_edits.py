@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from retinue import edits
+from retinue.spec import edits
 
 SVC = {"name": "idle", "files": "/f", "ready": "started"}
 RULE: dict[str, Any] = {"name": "m", "mounts": [("/src", "/retinue/m")], "env": [("A", "1")]}
@@ -79,7 +79,7 @@ def test_null_or_absent_hooks_are_filled_in_place() -> None:
 
 
 def test_only_retinue_s_own_code_runs_without_docstrings_and_asserts() -> None:
-    from retinue.supervisor import spawn
+    from retinue.host import spawn
 
     assert "-OO" in spawn.python_flags({"services": [SVC], "seccomp": []})
     # A seccomp handler may be anyone's plugin, which may rely on either.

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-from retinue import install
-from retinue.cli import main
+from retinue.cli.admin import main
+from retinue.host import install
 
 SHIM = "/usr/local/bin/retinue-runtime"
 CONTAINERD = shutil.which("containerd")

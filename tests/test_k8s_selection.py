@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from retinue import config, policy
-from retinue.cli import main
+from retinue.cli.admin import main
+from retinue.config import settings as config
+from retinue.policy import select as policy
 
 DATA = Path(__file__).resolve().parent / "data"
 ConfigFactory = Callable[..., Path]

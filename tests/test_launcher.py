@@ -20,7 +20,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from retinue import confcache, launcher, lower, statedir
+from retinue.cli import launcher
+from retinue.config import cache as confcache
+from retinue.host import lower, statedir
 
 RUNC = shutil.which("runc") or "/usr/sbin/runc"
 NO_PYTHON = 127

@@ -14,7 +14,8 @@ import shutil
 import subprocess
 
 import pytest
-from retinue import argv, launcher
+from retinue import argv
+from retinue.cli import launcher
 
 SCRIPT = launcher.render_runtime("/x/bin/python3", "/x/site", "/x/bin/retinue-runtime")
 # A case pattern continued over lines reads as one.

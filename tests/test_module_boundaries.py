@@ -21,17 +21,17 @@ def _modules_after(statement: str) -> set[str]:
 
 def test_config_does_not_import_confcache() -> None:
     # confcache imports config (lazily, on a cache miss); the reverse made a circle.
-    assert "retinue.confcache" not in _modules_after("import retinue.config")
+    assert "retinue.config.cache" not in _modules_after("import retinue.config.settings")
 
 
 def test_compiled_types_stay_off_the_hot_path() -> None:
     # The TypedDicts are for mypy only: at run time the compiled configuration is plain dicts.
     loaded = _modules_after(
-        "import retinue.shim, retinue.confcache, retinue.attach, retinue.policy, retinue.edits, "
-        "retinue.execspec, retinue.supervisor.spawn"
+        "import retinue.cli.shim, retinue.config.cache, retinue.policy.attach, "
+        "retinue.policy.select, retinue.spec.edits, retinue.spec.execspec, retinue.host.spawn"
     )
     assert "retinue.compiled" not in loaded
-    assert "typing" not in _modules_after("import retinue.shim")
+    assert "typing" not in _modules_after("import retinue.cli.shim")
 
 
 def test_supervisor_modules_import_on_their_own() -> None:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from retinue import statedir
+from retinue.host import statedir
 
 BundleFactory = Callable[..., Path]
 ConfigFactory = Callable[..., Path]

@@ -21,7 +21,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from retinue import launcher, statedir
+from retinue.cli import launcher
+from retinue.host import statedir
 
 NO_PYTHON = 127
 ConfigFactory = Callable[..., Path]

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from retinue import config
+from retinue.config import settings as config
 from retinue.supervisor import retention
 
 DAY = 86400.0

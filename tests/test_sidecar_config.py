@@ -16,8 +16,9 @@ from typing import Any
 
 import imagekit
 import pytest
-from retinue import images, sidecar
 from retinue.errors import SpecError
+from retinue.host import images
+from retinue.spec import sibling as sidecar
 
 ADMIN = os.path.join(sys.prefix, "bin", "retinue")
 

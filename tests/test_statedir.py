@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from retinue import statedir
+from retinue.host import statedir
 
 
 @pytest.mark.parametrize(
@@ -83,7 +83,7 @@ def test_private_dir_makes_every_level_root_only(tmp_path: Path) -> None:
 def test_a_bundle_edited_for_the_old_notify_directory_is_cleaned() -> None:
     """A bundle reused from a create by an older version (the whole notify directory mounted
     read-write at /run/retinue) gets the per-socket, read-only mounts instead."""
-    from retinue import edits
+    from retinue.spec import edits
 
     svc = {"name": "ntf", "files": "/srv/ntf", "ready": "notify"}
     old_mount = {"destination": "/run/retinue", "type": "bind", "source": "/run/retinue/x/notify",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import retinue
-from retinue.supervisor import spawn
+from retinue.host import spawn
 
 # The exact interleaving, driven through asyncio's FIFO order of callbacks: a client connects;
 # the next loop iteration runs this coroutine first, then the listener's accept; the one after

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from retinue import bundle
 from retinue.errors import SpecError
+from retinue.spec import bundle
 
 RUNC = shutil.which("runc") or "/usr/sbin/runc"
 DOCKER_CONFIG = Path(__file__).resolve().parent / "data" / "docker-config.json"

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from retinue import userns
 from retinue.errors import RetinueError
+from retinue.host import userns
 
 ROOT = 300000
 

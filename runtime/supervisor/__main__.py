@@ -15,7 +15,7 @@ import asyncio  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 
-from .. import cgroups, statedir  # noqa: E402
+from ..host import cgroups, statedir  # noqa: E402
 from . import retention  # noqa: E402
 from .core import Supervisor  # noqa: E402
 from .logs import DiagnosticLog  # noqa: E402

@@ -29,7 +29,7 @@ import os
 import stat
 from collections.abc import Callable
 
-from ..mounts import unmount
+from ..host.mounts import unmount
 
 SYS_OPENAT2 = 437  # the same number on every architecture (added after the syscall table merge)
 RESOLVE_NO_MAGICLINKS = 0x02

@@ -19,8 +19,9 @@ import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .. import images, mounts, sidecar
 from ..errors import SpecError
+from ..host import images, mounts
+from ..spec import sibling as sidecar
 from . import probes, procs
 from .apphandles import AppGone, AppHandles, ShareError
 from .runner import Run, StartFailed
@@ -39,7 +40,7 @@ UNSHARE = shutil.which("unshare") or "/usr/bin/unshare"
 def app_cgroup(proc_cgroup: str) -> str:
     """The app's cgroup path in the hierarchy runc places siblings by (memory on v1), from
     its init's /proc/PID/cgroup."""
-    from .. import cgroups
+    from ..host import cgroups
 
     paths = cgroups.parse_proc_cgroup(proc_cgroup)
     return paths.get("memory") or paths.get("", "/")

@@ -22,7 +22,8 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from .. import graph, statedir
+from ..host import statedir
+from ..policy import graph
 from . import control, procs
 from .listener import UnixListener
 from .logs import DiagnosticLog, LogSpace, RotatingLog

@@ -15,7 +15,7 @@ import os
 import time
 from typing import Any
 
-from .. import statedir
+from ..host import statedir
 
 RECORD = "container.json"
 # Every directory a supervisor made has it: anything else in LOG_DIR is not ours to remove.

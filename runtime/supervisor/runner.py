@@ -15,7 +15,7 @@ import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .. import cgroups
+from ..host import cgroups
 from . import execerror, probes, procs, readiness
 
 if TYPE_CHECKING:

@@ -62,7 +62,9 @@ from measure import (  # noqa: E402
     smaps_rollup,
     timed,
 )
-from retinue import confcache, launcher, rootfs, statedir  # noqa: E402
+from retinue.cli import launcher, rootfs  # noqa: E402
+from retinue.config import cache as confcache  # noqa: E402
+from retinue.host import statedir  # noqa: E402
 
 RUNC = shutil.which("runc") or "/usr/sbin/runc"
 PYTHON = os.path.join(sys.prefix, "bin", "python3")
@@ -130,7 +132,7 @@ class Bench:
         os.chmod(self.sh_wrapper, 0o755)
         # The launcher's interpreter and sys.path, stopped before main(): start-up floors.
         self.py_empty = self._script("py-empty", "pass\n")
-        self.py_imports = self._script("py-imports", "from retinue.shim import main\n")
+        self.py_imports = self._script("py-imports", "from retinue.cli.shim import main\n")
         self.py_supervisor = self._script(
             "py-supervisor", "from retinue.supervisor.__main__ import main\n"
         )
@@ -233,7 +235,7 @@ def bench_floor(b: Bench) -> Table:
         "/bin/true": ["/bin/true"],
         "runc --version": [RUNC, "--version"],
         "python -IS, empty script": [b.py_empty],
-        "python -IS, import retinue.shim": [b.py_imports],
+        "python -IS, import retinue.cli.shim": [b.py_imports],
         "retinue-runtime --version": [b.shim, "--version"],
     }
     table = Table("start-up floor (no container involved)", "runc --version")
@@ -723,7 +725,7 @@ def importtime(b: Bench, run: Callable[[], str]) -> dict[str, dict[str, float]]:
             samples.setdefault(fields[2].strip(), []).append(self_us)
     med = {name: statistics.median(v) for name, v in samples.items()}
     startup = _modules_after("pass")
-    passthrough = _modules_after("import retinue.shim")
+    passthrough = _modules_after("import retinue.cli.shim")
     groups: dict[str, dict[str, float]] = {
         "interpreter start-up (before the script)": {},
         "retinue (pass-through)": {},
@@ -772,7 +774,8 @@ def breakdown(floor: Table, profile: dict[str, Any] | None = None) -> str:
 
     def parts(pick: Callable[[str], float]) -> list[float]:
         true, runc = pick("/bin/true"), pick("runc --version")
-        empty, imports = pick("python -IS, empty script"), pick("python -IS, import retinue.shim")
+        empty = pick("python -IS, empty script")
+        imports = pick("python -IS, import retinue.cli.shim")
         shim = pick("retinue-runtime --version")
         return [shim - runc, empty - true, imports - empty, shim - runc - (imports - true)]
 
@@ -781,7 +784,7 @@ def breakdown(floor: Table, profile: dict[str, Any] | None = None) -> str:
     labels = [
         "pass-through overhead (retinue-runtime --version - runc --version)",
         "  interpreter start-up (python -IS, empty script - /bin/true)",
-        "  importing retinue.shim and its modules",
+        "  importing retinue.cli.shim and its modules",
         "  argv, config cache, signals, execve (rest; execve saves a fork)",
     ]
     lines = [f"  {'':<68} {'wall':>7} {'cpu':>7}"]
@@ -790,7 +793,7 @@ def breakdown(floor: Table, profile: dict[str, Any] | None = None) -> str:
     if profile:
         p = profile["passthrough (state)"]
         lines.append(
-            f"  (in-process perf_counter: import {p['import retinue.shim']:.2f}, "
+            f"  (in-process perf_counter: import {p['import retinue.cli.shim']:.2f}, "
             f"parse {p['parse argv']:.2f}, config {p['load config (cache hit)']:.2f} ms)"
         )
     return "\n".join(lines)

@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import engines  # noqa: E402
 from cri.client import CRI  # noqa: E402
 from measure import Sample, Table, rotation  # noqa: E402
-from retinue import confcache, launcher, rootfs  # noqa: E402
+from retinue.cli import launcher, rootfs  # noqa: E402
+from retinue.config import cache as confcache  # noqa: E402
 
 HANDLERS = ("runc", "retinue")
 POLICY = (

@@ -16,7 +16,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from retinue import rootfs
+from retinue.cli import rootfs
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 CAPTURED = DATA / "docker-config.json"

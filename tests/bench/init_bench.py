@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import retinue
-from retinue import launcher, rootfs
+from retinue.cli import launcher, rootfs
 
 RUNC = shutil.which("runc") or "/usr/sbin/runc"
 INIT = os.path.join(os.path.dirname(retinue.__file__), "libexec", "retinue-init")

@@ -22,9 +22,9 @@ argv = sys.argv[3:]  # the launcher's path first: it is part of the config cache
 marks: list[tuple[str, int]] = []
 
 from retinue import argv as runc_argv  # noqa: E402
-from retinue import shim  # noqa: E402
+from retinue.cli import shim  # noqa: E402
 
-marks.append(("import retinue.shim", time.perf_counter_ns()))
+marks.append(("import retinue.cli.shim", time.perf_counter_ns()))
 sys.argv = argv
 args = runc_argv.parse(argv)
 marks.append(("parse argv", time.perf_counter_ns()))
@@ -32,7 +32,8 @@ compiled = shim.load_config()
 marks.append(("load config (cache hit)", time.perf_counter_ns()))
 if mode == "create-split":
     # What create() imports lazily, first, so that create() itself is only work.
-    from retinue import bundle, edits, policy  # noqa: F401
+    from retinue.policy import select as policy  # noqa: F401
+    from retinue.spec import bundle, edits  # noqa: F401
 
     marks.append(("import bundle/policy/edits", time.perf_counter_ns()))
 if mode.startswith("create"):

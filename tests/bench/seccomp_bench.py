@@ -36,7 +36,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from retinue import rootfs
+from retinue.cli import rootfs
 from retinue.seccomp import agent, profile
 from retinue.seccomp.api import CONTINUE, Handler, Reply, Request, value
 from retinue.seccomp.handlers.sysinfo import Sysinfo

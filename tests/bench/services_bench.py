@@ -35,7 +35,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
 
-from retinue import launcher, rootfs  # noqa: E402
+from retinue.cli import launcher, rootfs  # noqa: E402
 
 SLOW = "#!/bin/sh\nsleep 0.5\ntouch /tmp/ready-$RETINUE_SERVICE\nexec sleep 1000\n"
 IDLE = "#!/bin/sh\nexec sleep 1000\n"

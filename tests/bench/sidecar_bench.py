@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from retinue import launcher, rootfs
+from retinue.cli import launcher, rootfs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import imagekit

@@ -84,7 +84,7 @@ def capture_containerd(ctd: engines.Containerd, wrapper: Path, dest: Path) -> by
 
 
 def main() -> None:
-    from retinue import rootfs
+    from retinue.cli import rootfs
 
     with tempfile.TemporaryDirectory(prefix="rt-capture-") as tmp:
         work = Path(tmp)

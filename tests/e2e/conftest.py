@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from retinue import confcache
+from retinue.config import cache as confcache
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))

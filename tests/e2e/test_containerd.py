@@ -12,7 +12,7 @@ import engines
 import pytest
 import support
 from click.testing import CliRunner
-from retinue.cli import main
+from retinue.cli.admin import main
 from support import DEMO_TEXT
 
 pytestmark = pytest.mark.containerd

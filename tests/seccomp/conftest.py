@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from retinue import rootfs
+from retinue.cli import rootfs
 from retinue.seccomp import agent, config, profile
 from retinue.seccomp.api import Handler
 

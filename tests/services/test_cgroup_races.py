@@ -57,7 +57,7 @@ def test_a_service_starts_after_something_moved_init_to_another_cgroup(
 
 
 def test_recorded_dirs_maps_each_path_to_its_hierarchy() -> None:
-    from retinue import cgroups
+    from retinue.host import cgroups
 
     mountinfo = (
         "30 25 0:26 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n"

@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 
 from conftest import Rig, wait_for
-from retinue import confcache
+from retinue.config import cache as confcache
 
 SLEEP = "exec sleep 1000\n"
 

@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 from conftest import FOREVER, Rig, main_args, processes_mentioning, wait_for
-from retinue import cgroups, rootfs
+from retinue.cli import rootfs
+from retinue.host import cgroups
 
 PYTHON = "/usr/bin/python3.11"
 FLOOD_SECONDS = 3.0

@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 from conftest import FOREVER, Rig, main_args, wait_for
-from retinue import statedir
+from retinue.host import statedir
 
 POLITE = (
     'trap \'ev "stopping $RETINUE_SERVICE"; exit 0\' TERM\n'

@@ -246,7 +246,7 @@ def test_bad_init_settings_are_named(rig: Rig, config: str, policy: str, fragmen
 
 
 def test_plan_shows_the_init_and_a_retried_create_wraps_once(rig: Rig) -> None:
-    from retinue import edits
+    from retinue.spec import edits
 
     rig.service("idle", "sleep 1000 & wait\n")
     bundle = rig.bundle(["sh", "-c", "true"], env=["RETINUE_SERVICES=idle"])
@@ -382,7 +382,7 @@ def test_without_its_supervisor_init_exits_at_once(rig: Rig, container_id: str) 
 def test_who_gets_init_and_who_watches_the_main(
     rule_init: bool | None, placements: list[str], init: bool, watch: bool
 ) -> None:
-    from retinue import attach
+    from retinue.policy import attach
 
     rules = [{"init": rule_init}]
     services = [{"name": f"s{i}", "placement": p} for i, p in enumerate(placements)]

@@ -13,7 +13,8 @@ import sysconfig
 from pathlib import Path
 
 from conftest import FOREVER, Rig, main_args, wait_for
-from retinue import launcher, statedir
+from retinue.cli import launcher
+from retinue.host import statedir
 
 
 def test_state_ps_exec_pause_resume_skip_python(

@@ -13,7 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from conftest import FOREVER, Rig, main_args, wait_for
-from retinue import confcache, statedir
+from retinue.config import cache as confcache
+from retinue.host import statedir
 
 SLEEP = 'ev "$RETINUE_SERVICE start"; exec sleep 1000\n'
 # busybox has no sd_notify client: `logger` sends one datagram to /dev/log, pointed at the socket.

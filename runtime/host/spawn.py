@@ -12,9 +12,9 @@ import os
 import select
 import sys
 
-from .. import statedir
 from ..errors import RetinueError
-from . import control
+from ..supervisor import control
+from . import statedir
 
 TYPE_CHECKING = False  # typing costs ~10 ms on the create path
 if TYPE_CHECKING:
@@ -188,7 +188,7 @@ def spawn(container_dir: str, log_path: str, cgroup: dict[str, Any] | None = Non
 def _enter(place: dict[str, Any], log_path: str) -> None:  # pragma: no cover - child
     """In the supervisor's process, before its exec: its cgroup, or its one error line in its
     log (the shim quotes it) and exit."""
-    from .. import cgroups
+    from . import cgroups
 
     try:
         notes = cgroups.enter(place)

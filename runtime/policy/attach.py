@@ -5,14 +5,15 @@ The shim's create and `retinue plan` both call `plan`, so what plan shows is wha
 
 from __future__ import annotations
 
-from . import policy, statedir
-from .errors import RetinueError
+from ..errors import RetinueError
+from ..host import statedir
+from . import select as policy
 
 TYPE_CHECKING = False  # typing costs ~10 ms on the create path; mypy reads this as True
 if TYPE_CHECKING:
     from typing import Any
 
-    from .compiled import Compiled, CompiledRule, CompiledSeccompRule, CompiledService
+    from ..compiled import Compiled, CompiledRule, CompiledSeccompRule, CompiledService
 
 
 class Attachment:
@@ -61,8 +62,9 @@ def plan(
         raise RetinueError(str(e)) from None
     if not rules and not names:
         return None
-    from . import bundle as bundle_file
-    from . import editable, edits  # only once something attaches: most creates stop above
+    from ..spec import bundle as bundle_file
+    from ..spec import edits
+    from ..spec import validate as editable  # only once something attaches: most creates stop above
 
     editable.check(bundle_file.config_path(bundle), spec)
     container_dir = statedir.container_dir(compiled["state_dir"], root, container_id)
@@ -87,13 +89,13 @@ def plan(
     )
     if any(isinstance(ns, dict) and ns.get("type") == "user"
            for ns in (spec.get("linux") or {}).get("namespaces") or []):
-        from . import userns
+        from ..host import userns
 
         userns.check_mount_points(spec, edited, bundle)
     listener = ""
     notes: list[str] = []
     if seccomp:
-        from .seccomp import profile
+        from ..seccomp import profile
 
         listener = statedir.seccomp_listener(compiled["state_dir"], bundle)
         edited = profile.apply(edited, seccomp, listener, profile.metadata(seccomp), notes)

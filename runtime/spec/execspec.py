@@ -8,14 +8,14 @@ and rlimits are kept, so a service is confined exactly as the container is.
 
 from __future__ import annotations
 
+from ..host.lower import DEFAULT_PATH
 from .edits import notify_socket
-from .lower import DEFAULT_PATH
 
 TYPE_CHECKING = False  # the shim's create path imports this; typing costs ~10 ms
 if TYPE_CHECKING:
     from typing import Any
 
-    from .compiled import CompiledService
+    from ..compiled import CompiledService
 
 # A service's PATH when it sets none: the conventional one, which is also a PATH-less caller's
 # (one value, lower.DEFAULT_PATH; the shim has imported lower already).

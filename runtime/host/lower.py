@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from .errors import LowerRuntimeError
+from ..errors import LowerRuntimeError
 
 DEFAULT_CANDIDATES = ("runc", "crun")
 # Where runc and crun are installed when PATH does not say: Podman calls kill, pause, resume and
@@ -19,7 +19,7 @@ FALLBACK_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "
 DEFAULT_PATH = ":".join(FALLBACK_DIRS)
 # Both of our own launchers import this module; a "lower runtime" whose head contains it is
 # retinue again (a copy, a symlink, a wrapper), and exec'ing it would recurse forever.
-_SELF_MARKER = b"retinue.shim"
+_SELF_MARKER = b"retinue.cli.shim"
 
 
 def _is_executable_file(path: str) -> bool:

@@ -39,10 +39,10 @@ from typing import Any
 
 import click
 
-from . import bundle
-from .bundle import _got
-from .errors import RetinueError
-from .tomlmodel import describe_value
+from ..errors import RetinueError
+from ..spec import bundle
+from ..spec.bundle import _got
+from ..tomlmodel import describe_value
 
 DOCKER_CONFIG = "/etc/docker/daemon.json"
 CONTAINERD_CONFIG = "/etc/containerd/config.toml"

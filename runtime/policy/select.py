@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from .errors import clip
+from ..errors import clip
 
 TYPE_CHECKING = False  # typing costs ~10 ms to import; mypy reads this as True
 if TYPE_CHECKING:
     from typing import Any
 
-    from .compiled import Compiled, CompiledRule, CriNames
+    from ..compiled import Compiled, CompiledRule, CriNames
 
 
 _WILDCARDS = frozenset("*?[")

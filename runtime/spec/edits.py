@@ -7,13 +7,13 @@ not duplicate mounts, env or hooks) and appends in order (re-sorting mounts brok
 
 from __future__ import annotations
 
-from .errors import SpecError, clip
+from ..errors import SpecError, clip
 
 TYPE_CHECKING = False  # typing costs ~10 ms to import; mypy reads this as True
 if TYPE_CHECKING:
     from typing import Any
 
-    from .compiled import CompiledRule, CompiledService
+    from ..compiled import CompiledRule, CompiledService
 
     Spec = dict[str, Any]
 

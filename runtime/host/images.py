@@ -44,7 +44,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
-from .errors import RetinueError
+from ..errors import RetinueError
 
 DEFAULT_IMAGE_DIR = "/var/lib/retinue/images"
 IMAGE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}\Z")

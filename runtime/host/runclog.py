@@ -13,7 +13,7 @@ import os
 import sys
 import time
 
-from .argv import RuncArgs
+from ..argv import RuncArgs
 
 
 def _timestamp() -> str:

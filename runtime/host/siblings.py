@@ -14,7 +14,7 @@ import os
 import subprocess
 from typing import Any
 
-from .sidecar import SIDECAR_DIR, SIDECAR_IMAGE, SIDECAR_SERVICE
+from ..spec.sibling import SIDECAR_DIR, SIDECAR_IMAGE, SIDECAR_SERVICE
 
 ROOT_NAME = "sidecars"
 
@@ -69,7 +69,7 @@ def in_use(runtime: str, root: str) -> dict[str, list[str]]:
 
 def supervised(container_dir: str) -> bool:
     """Whether the app's supervisor still answers (then the sibling is its to manage)."""
-    from .supervisor import control
+    from ..supervisor import control
 
     if not container_dir or not os.path.isdir(container_dir):
         return False

@@ -21,16 +21,17 @@ from __future__ import annotations
 import os
 import sys
 
-from . import argv as runc_argv
-from . import confcache, lower, runclog, statedir
-from .errors import LowerRuntimeError, RetinueError, clip
+from .. import argv as runc_argv
+from ..config import cache as confcache
+from ..errors import LowerRuntimeError, RetinueError, clip
+from ..host import lower, runclog, statedir
 
 TYPE_CHECKING = False  # typing costs ~10 ms to import; mypy reads this as True
 if TYPE_CHECKING:
     from typing import Any, NoReturn
 
-    from .attach import Attachment
-    from .compiled import Compiled, Plan
+    from ..compiled import Compiled, Plan
+    from ..policy.attach import Attachment
 
 PREFIX = "retinue: "
 # Without retinue-init (a rule's `init = false`), signals that ask a container to stop: its
@@ -135,7 +136,8 @@ def create(args: runc_argv.RuncArgs, compiled: Compiled) -> Attachment | None:
     """
     if not compiled["rules"] and not compiled["services"]:
         return None
-    from . import attach, bundle
+    from ..policy import attach
+    from ..spec import bundle
 
     path, spec = bundle.load(args.bundle)
     container_id = args.container_id
@@ -163,8 +165,10 @@ def create(args: runc_argv.RuncArgs, compiled: Compiled) -> Attachment | None:
 def start_supervisor(
     args: runc_argv.RuncArgs, compiled: Compiled, spec: dict[str, Any], found: Attachment
 ) -> None:
-    from . import attach, cgroups, execspec, policy
-    from .supervisor import spawn
+    from ..host import cgroups, spawn
+    from ..policy import attach
+    from ..policy import select as policy
+    from ..spec import execspec
 
     container_id, container_dir = args.container_id, found.container_dir
     processes: dict[str, dict[str, Any]] = {}
@@ -247,7 +251,7 @@ def _signal_number(text: str) -> int:
 def _request(
     container_dir: str, message: dict[str, Any], timeout: float | None = None
 ) -> dict[str, Any]:
-    from .supervisor import control
+    from ..supervisor import control
 
     return control.request(os.path.join(container_dir, control.SOCKET_NAME), message, timeout)
 
@@ -282,7 +286,7 @@ def supervised(args: runc_argv.RuncArgs, runtime: str, log_dir: str, container_d
     `runtime` is the lower runtime the container was created with; returns the one to hand the
     call to.
     """
-    from .supervisor.control import SupervisorGone
+    from ..supervisor.control import SupervisorGone
 
     plan = recorded_plan(container_dir)
     command, container_id = args.command, args.container_id
@@ -441,7 +445,7 @@ def update(args: runc_argv.RuncArgs, runtime: str, container_dir: str) -> int:
     import json
     import subprocess
 
-    from . import cgroups
+    from ..host import cgroups
 
     source = args.options.get("resources", args.options.get("r"))
     data: bytes | None = None

@@ -8,8 +8,8 @@ Most creates select nothing and never load it: runc reads those specs unchanged.
 
 from __future__ import annotations
 
+from ..errors import SpecError
 from .bundle import MAX_DEPTH, _case_variants, _expect, _object, _optional_strings, check_rewritable
-from .errors import SpecError
 
 TYPE_CHECKING = False  # typing costs ~10 ms to import; mypy reads this as True
 if TYPE_CHECKING:

@@ -46,14 +46,14 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from . import graph
-from .edits import SERVICE_PREFIX
-from .errors import ConfigError
-from .seccomp.config import SeccompRule, check_rules, compile_rules
+from ..errors import ConfigError
+from ..policy import graph
+from ..seccomp.config import SeccompRule, check_rules, compile_rules
+from ..spec.edits import SERVICE_PREFIX
 
 if TYPE_CHECKING:
-    from .compiled import CompiledService
-from .tomlmodel import check_abs, describe_value, read_toml, structure
+    from ..compiled import CompiledService
+from ..tomlmodel import check_abs, describe_value, read_toml, structure
 
 SERVICE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}\Z")
 # Every capability Linux defines (capability.h, up to 6.x). A name that only looks right is not
@@ -454,7 +454,7 @@ def check_service(name: str, svc: Service, source: str, files_base: str) -> list
 
 def check_container(svc: Service) -> list[str]:
     """Checks of the keys of a sibling-placed service; the image's presence is the CLI's."""
-    from .images import check_reference
+    from ..host.images import check_reference
 
     errors: list[str] = []
     if svc.files:
@@ -489,7 +489,7 @@ def check_container(svc: Service) -> list[str]:
 
 
 def check_resources(res: Resources) -> list[str]:
-    from .cgroups import parse_size
+    from ..host.cgroups import parse_size
 
     errors: list[str] = []
     if res.memory:
@@ -641,7 +641,7 @@ def load_dir(directory: str, files_base: str | None = None) -> tuple[dict[str, S
 
 
 def compile_resources(res: Resources) -> dict[str, Any]:
-    from .cgroups import parse_size
+    from ..host.cgroups import parse_size
 
     return {
         "memory": (parse_size(res.memory) or 0) if res.memory else 0,

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import posixpath
 
+from ..errors import SpecError
 from .edits import INIT_PATH, bind_mount, init_prefix
-from .errors import SpecError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -11,8 +11,13 @@ from typing import TextIO
 
 import click
 
-from . import attach, bundle, confcache, config, images, lower, policy, statedir
-from .errors import RetinueError
+from ..config import cache as confcache
+from ..config import settings as config
+from ..errors import RetinueError
+from ..host import images, lower, statedir
+from ..policy import attach
+from ..policy import select as policy
+from ..spec import bundle
 
 
 def _fail(e: RetinueError) -> None:
@@ -182,7 +187,8 @@ def _plan_sibling(
     bundle_dir: str,
 ) -> None:
     """The sibling container's spec, with the app's init pid not known yet."""
-    from . import cgroups, sidecar
+    from ..host import cgroups
+    from ..spec import sibling as sidecar
 
     name = str(svc["name"])
     try:
@@ -231,7 +237,7 @@ def _plan_sibling(
 @click.option("--name", default="retinue", show_default=True, help="The runtime's name.")
 def install(engine: str, dry_run: bool, target: str | None, runtime_path: str, name: str) -> None:
     """Register retinue-runtime with Docker or containerd, keeping the rest of the file."""
-    from . import install as registration
+    from ..host import install as registration
 
     try:
         registration.run(engine, target, runtime_path, name, dry_run)
@@ -323,7 +329,7 @@ def _age(since: float | None) -> str:
 def status(config_path: str | None, as_json: bool, container_id: str | None) -> None:
     """Show the services of every container (or of CONTAINER: an id, a unique id prefix,
     NAMESPACE/POD/CONTAINER or NAMESPACE/POD for a container the CRI created)."""
-    from .supervisor import control
+    from ..supervisor import control
 
     cfg = _load(config_path)
     candidates = _containers(cfg.settings.state_dir)
@@ -446,7 +452,7 @@ def logs(config_path: str | None, follow: bool, container_id: str, service: str)
 def _log_container(log_dir: str, state_dir: str, wanted: str) -> str:
     """The id whose log directory `wanted` names; `wanted` itself when nothing matches (the
     caller then says which log is missing)."""
-    from .supervisor import retention
+    from ..supervisor import retention
 
     if statedir.valid_id(wanted) and os.path.isdir(os.path.join(log_dir, wanted)):
         return wanted
@@ -496,7 +502,7 @@ def image_import(config_path: str | None, name: str, source: str) -> None:
 
 
 def _sidecar_users(cfg: config.Config) -> dict[str, list[str]]:
-    from . import siblings
+    from ..host import siblings
 
     try:
         runtime = lower.resolve(cfg.settings.runtime, os.environ.get("PATH", ""), "")
@@ -569,7 +575,7 @@ def gc(
     cache entries nothing can use any more; with --root and --keep-ids
     (or --keep-none), also containers with services that their engine forgot (an engine
     killed while their start waited for the services)."""
-    from . import siblings
+    from ..host import siblings
 
     cfg = _load(config_path)
     runtime = _lower_runtime(cfg)
@@ -631,7 +637,7 @@ def _collect_forgotten(
 
 def _control_service(config_path: str | None, container_id: str, service: str, op: str) -> None:
     """Send one service-control request to the supervisor of CONTAINER and report its answer."""
-    from .supervisor import control
+    from ..supervisor import control
 
     cfg = _load(config_path)
     try:

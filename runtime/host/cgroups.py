@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from .compiled import Compiled
+    from ..compiled import Compiled
 
 ROOT = "/sys/fs/cgroup"
 SUFFIX = ".retinue"

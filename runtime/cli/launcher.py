@@ -12,7 +12,7 @@ start Python for everything else:
   It decides only from the cache that Python wrote (`confcache.write_sh`), and only while no file
   the configuration was read from is newer than that cache; a create or run only while every
   such file has the very stat key (device, inode, size, mtime, ctime) Python saw. In every other
-  case it runs `retinue.shim`, which decides the same things at full length.
+  case it runs `retinue.cli.shim`, which decides the same things at full length.
 - `retinue-hook` answers at once when the container has no supervisor (no state directory).
 
 The scripts are real files, `sh/retinue-runtime.sh` and `sh/retinue-hook.sh` beside this module
@@ -23,7 +23,7 @@ the exec of Python, and every flag table, rendered from argv.py's so the two par
 Python itself runs with `-I -S` and only the package's own site-packages on sys.path: pip's
 console scripts would also process every .pth file and import `re` (~8 ms).
 
-    python -m retinue.launcher --bin-dir /usr/local/bin
+    python -m retinue.cli.launcher --bin-dir /usr/local/bin
 """
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ import shlex
 import sys
 import sysconfig
 
-from . import argv as runc_argv
-from . import confcache, statedir
+from .. import argv as runc_argv
+from ..config import cache as confcache
+from ..host import statedir
 
 
 def _python(python: str, site_packages: str, self_path: str, code: str) -> str:
@@ -136,7 +137,7 @@ def render_runtime(python: str, site_packages: str, self_path: str) -> str:
         "retinue-runtime.sh",
         {
             "EXEC_PYTHON": _python(
-                python, site_packages, self_path, "from retinue.shim import main; main()"
+                python, site_packages, self_path, "from retinue.cli.shim import main; main()"
             ),
             "RECORDS": statedir.RECORDS,
             "REGISTRY": statedir.REGISTRY,
@@ -187,7 +188,7 @@ def warm_supervisor(python: str, site_packages: str) -> None:
     needs exist (as root, where they are written) before the first create waits for one."""
     import subprocess
 
-    from .supervisor import spawn
+    from ..host import spawn
 
     code = spawn.supervisor_code(site_packages).replace("; main()", "")
     subprocess.run([python, *spawn.PYTHON_FLAGS, "-c", code], check=False, timeout=120)

@@ -25,10 +25,10 @@ import tempfile
 from collections.abc import Callable
 from typing import NoReturn
 
-from . import argv as runc_argv
-from . import runclog
-from .errors import RetinueError
-from .supervisor import control
+from .. import argv as runc_argv
+from ..errors import RetinueError
+from ..host import runclog
+from ..supervisor import control
 
 PR_SET_CHILD_SUBREAPER = 36
 RUN_ONLY = frozenset({"detach", "d", "keep", "no-subreaper"})

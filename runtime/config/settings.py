@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from . import config_source
-from .errors import ConfigError
-from .seccomp.config import SeccompRule, check_rules, compile_rules
-from .tomlmodel import check_abs, describe_value, read_toml, structure
+from .. import config_source
+from ..errors import ConfigError
+from ..seccomp.config import SeccompRule, check_rules, compile_rules
+from ..tomlmodel import check_abs, describe_value, read_toml, structure
 
 if TYPE_CHECKING:
-    from .compiled import Compiled
+    from ..compiled import Compiled
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 RULE_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}\Z")
@@ -162,7 +162,7 @@ def check_settings(s: Settings, source: str) -> list[str]:
     if s.log_max_bytes < 1024:
         errors.append(f"log_max_bytes: expected at least 1024, got {s.log_max_bytes}")
     errors += _check_budget("stop_budget", s.stop_budget)
-    from .images import max_size_bytes
+    from ..host.images import max_size_bytes
 
     if max_size_bytes(s.image_max_size) is None:
         errors.append(
@@ -203,7 +203,7 @@ MIN_CONTAINER_LOG = 1 << 20
 def parse_min_free(text: str) -> float | None:
     """log_min_free: bytes (a size), or a fraction of the filesystem below 1 ("5%" -> 0.05);
     None if it is neither."""
-    from .cgroups import parse_size
+    from ..host.cgroups import parse_size
 
     t = text.strip()
     if t.endswith("%"):
@@ -222,7 +222,7 @@ MIN_SUPERVISOR_MEMORY = 32 << 20  # below this the supervisor's interpreter alon
 
 
 def check_supervisor_bounds(s: Settings) -> list[str]:
-    from .cgroups import parse_size
+    from ..host.cgroups import parse_size
 
     errors = []
     cpu = s.supervisor_cpu
@@ -392,15 +392,17 @@ def _resolve_sources(policy: Policy, base: str) -> Policy:
 
 def compile_config(cfg: Config, runtime: str, hook: str) -> Compiled:
     """The plain-data form the hot path reads: only builtins, so `marshal` can store it."""
+    from ..host.cgroups import parse_size
     from . import services as services_module
-    from .cgroups import parse_size
 
     s = cfg.settings
     return {
         "runtime": runtime,
         "hook": hook,
-        # Built by the package build beside this module; bind-mounted into containers.
-        "init": os.path.join(os.path.dirname(os.path.abspath(__file__)), "libexec", "retinue-init"),
+        # Built by the package build beside the package root; bind-mounted into containers.
+        "init": os.path.join(
+            os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "libexec", "retinue-init"
+        ),
         "stop_budget": services_module.parse_duration(s.stop_budget),
         "state_dir": s.state_dir,
         "image_dir": s.image_dir,

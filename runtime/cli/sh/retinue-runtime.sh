@@ -1,9 +1,9 @@
 #!/bin/sh
-# retinue-runtime: the pass-through fast path of retinue.shim, written by retinue.launcher from
-# runtime/sh/retinue-runtime.sh (its placeholders, between at signs, are filled in there; the flag
-# tables come from retinue.argv, the paths from retinue.statedir and retinue.confcache).
+# retinue-runtime: the pass-through fast path of retinue.cli.shim, written by retinue.cli.launcher from
+# runtime/cli/sh/retinue-runtime.sh (its placeholders, between at signs, are filled in there; the flag
+# tables come from retinue.argv, the paths from retinue.host.statedir and retinue.config.cache).
 # Calls that cannot concern retinue go to the lower runtime from here (~1 ms); anything else,
-# and anything this script is not sure of, goes to Python (retinue.shim).
+# and anything this script is not sure of, goes to Python (retinue.cli.shim).
 #
 # `A && B || slow "$@"` is meant: slow when either test fails (slow execs, nothing follows it).
 # lower, self, path, explicit, files and absent are set by the sourced cache (stage 3).

@@ -10,7 +10,7 @@ from __future__ import annotations
 import _json
 import os
 
-from .errors import SpecError, clip
+from ..errors import SpecError, clip
 
 TYPE_CHECKING = False  # typing costs ~10 ms to import; mypy reads this as True
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import stat
 
-from .errors import RetinueError
+from ..errors import RetinueError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -1,5 +1,5 @@
 #!/bin/sh
-# retinue-hook, written by retinue.launcher from runtime/sh/retinue-hook.sh. Without a
+# retinue-hook, written by retinue.cli.launcher from runtime/cli/sh/retinue-hook.sh. Without a
 # supervisor (no state directory) there is nothing to tell: answer at once instead of starting
 # Python. runc writes the OCI state to our stdin; read it all so that runc never meets a closed
 # pipe (with the `read` builtin: exec cat costs more than the few hundred bytes it reads).

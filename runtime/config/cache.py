@@ -20,15 +20,15 @@ import binascii
 import marshal
 import os
 
-from . import CACHE_DIR as CACHE_DIR
-from . import CONFIG_ENV as CONFIG_ENV
-from . import DEFAULT_CONFIG as DEFAULT_CONFIG
+from .. import CACHE_DIR as CACHE_DIR
+from .. import CONFIG_ENV as CONFIG_ENV
+from .. import DEFAULT_CONFIG as DEFAULT_CONFIG
 
 TYPE_CHECKING = False  # typing costs ~10 ms to import; mypy reads this as True
 if TYPE_CHECKING:
     from typing import Any
 
-    from .compiled import Compiled
+    from ..compiled import Compiled
 
 FORMAT = 9  # bump when compile_config's output changes shape
 CLOCK_MARGIN_NS = 50_000_000
@@ -91,7 +91,7 @@ def _replace(target: str, blob: bytes, mtime_ns: int | None = None) -> None:
     """Write `target` atomically, root-only; an error leaves the cache as it was."""
     tmp = f"{target}.{os.getpid()}.tmp"
     try:
-        from . import statedir
+        from ..host import statedir
 
         statedir.private_dir(os.path.dirname(CACHE_DIR))
         statedir.private_dir(CACHE_DIR)
@@ -115,7 +115,7 @@ def _write(
     config_path: str, key: tuple[Any, ...], stamps: list[Any], compiled: Compiled
 ) -> None:
     files = [s[0] for s in stamps]
-    package = os.path.dirname(os.path.abspath(__file__))
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     blob = marshal.dumps(
         {"key": key, "package": package, "files": files, "stamps": stamps, "compiled": compiled}
     )
@@ -230,7 +230,7 @@ def _create_passes(compiled: Compiled, path_env: str) -> str:
     grep is exact for them; struct keys such as "Annotations" (runc reads keys in any case) are
     not needles, so however a reader finds those, a spec without a needle selects nothing.
     """
-    from . import policy
+    from ..policy import select as policy
 
     needles = policy.selection_strings(compiled)
     if needles == []:
@@ -316,7 +316,7 @@ def write_sh(
     always asks Python.
     """
     target = sh_cache_file(config_path)
-    extra = _stamp([os.path.dirname(__file__), compiled["runtime"]])
+    extra = _stamp([os.path.dirname(os.path.dirname(__file__)), compiled["runtime"]])
     present = [s[0] for s in stamps if s[1] != ABSENT] + [s[0] for s in extra]
     absent = [s[0] for s in stamps if s[1] == ABSENT]
     if any(not _SH_SAFE.issuperset(p) for p in present + absent):
@@ -355,7 +355,7 @@ def default_hook(self_path: str) -> str:
 def _key(explicit: bool, path_env: str, self_path: str) -> tuple[Any, ...]:
     # The package directory's mtime changes on every (re)install, so a new version never reads
     # a cache written by an old one.
-    package_stamp = os.stat(os.path.dirname(__file__)).st_mtime_ns
+    package_stamp = os.stat(os.path.dirname(os.path.dirname(__file__))).st_mtime_ns
     return (FORMAT, package_stamp, explicit, path_env, os.path.abspath(self_path))
 
 
@@ -388,7 +388,8 @@ def load(config_path: str, explicit: bool, path_env: str, self_path: str) -> Com
     if found is not None:
         compiled, stamps = found
     else:
-        from . import config, lower
+        from ..host import lower
+        from . import settings as config
 
         cfg = config.load(config_path if explicit else None)
         runtime = lower.resolve(cfg.settings.runtime, path_env, self_path)

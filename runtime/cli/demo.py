@@ -19,7 +19,8 @@ import time
 
 import click
 
-from . import CONFIG_ENV, config_source, rootfs
+from .. import CONFIG_ENV, config_source
+from . import rootfs
 
 CONTAINER_ID = "retinue-demo"
 SCRIPT = r"""
@@ -75,7 +76,7 @@ def run(workdir: str) -> int:
         subprocess.run([*runtime, "delete", "--force", CONTAINER_ID], capture_output=True)
     shutil.rmtree(workdir, ignore_errors=True)
     os.makedirs(bundle)
-    from . import config
+    from ..config import settings as config
 
     shipped, _ = config_source()
     if not os.path.isfile(shipped):
@@ -178,8 +179,9 @@ def _demo_config(workdir: str) -> str:
 def _watch_the_end(root: str) -> None:
     """Print each service's state as it changes, from the main process's exit (the supervisor's
     phase turns to `stopping` when init says so) to the container's stop."""
-    from . import config, statedir
-    from .supervisor import control
+    from ..config import settings as config
+    from ..host import statedir
+    from ..supervisor import control
 
     settings = config.load().settings
     sock = os.path.join(

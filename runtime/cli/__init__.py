@@ -1,0 +1,1 @@
+"""Entry points: the OCI runtime shim and its sh launchers, runc's run, the admin CLI, the demo."""

@@ -1,0 +1,1 @@
+"""The administrator's configuration: settings and services read and checked, and their cache."""

@@ -1,0 +1,1 @@
+"""Which rules and services a container gets, and attaching them to its spec (the create path)."""
