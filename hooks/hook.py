@@ -12,10 +12,12 @@ from __future__ import annotations
 import os
 import sys
 
+from ..layout import CONTROL_SOCKET
+
 STAGES = ("createRuntime", "poststart", "poststop")
-# retinue.supervisor.control's SOCKET_NAME and via_fd, repeated: that module imports json and
-# socket, which would double this program's start-up time.
-SOCKET_NAME = "control.sock"
+# retinue.supervisor.control's via_fd, repeated: that module imports json and socket, which would
+# double this program's start-up time. layout imports nothing.
+SOCKET_NAME = CONTROL_SOCKET
 
 
 def fail(msg: str) -> int:

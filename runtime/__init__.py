@@ -6,8 +6,4 @@ pass-through path must not pay for modules it does not use.
 
 __version__ = "0.1.0"
 
-# Here, not in config.py or confcache.py: both need them, and neither may import the other at
-# module level (confcache is on the hot path; config loads attrs and cattrs).
-DEFAULT_CONFIG = "/etc/retinue/config.toml"
-CONFIG_ENV = "RETINUE_CONFIG"
-CACHE_DIR = "/run/retinue/cache"
+# Every shared name (paths, the state directory's layout, annotations, defaults): layout.py.

@@ -19,7 +19,8 @@ import time
 
 import click
 
-from . import CONFIG_ENV, rootfs
+from . import rootfs
+from .layout import CONFIG_ENV
 
 CONTAINER_ID = "retinue-demo"
 SCRIPT = r"""

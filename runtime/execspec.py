@@ -8,7 +8,7 @@ and rlimits are kept, so a service is confined exactly as the container is.
 
 from __future__ import annotations
 
-from .edits import notify_socket
+from .layout import SERVICE_PATH, notify_socket
 
 TYPE_CHECKING = False  # the shim's create path imports this; typing costs ~10 ms
 if TYPE_CHECKING:
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
     from .compiled import CompiledService
 
-PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+PATH = SERVICE_PATH
 CAP_SETS = ("bounding", "effective", "permitted", "inheritable", "ambient")
 
 

@@ -15,7 +15,7 @@ import asyncio  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 
-from .. import cgroups, statedir  # noqa: E402
+from .. import cgroups, layout, statedir  # noqa: E402
 from . import retention  # noqa: E402
 from .core import Supervisor  # noqa: E402
 from .logs import DiagnosticLog  # noqa: E402
@@ -23,7 +23,7 @@ from .logs import DiagnosticLog  # noqa: E402
 if _SSL_BLOCKED:
     del sys.modules["ssl"]
 
-PLAN = "plan.json"
+from ..layout import PLAN  # noqa: E402
 
 
 def main() -> None:
@@ -37,7 +37,7 @@ def main() -> None:
     statedir.private_dir(log_dir)
     # Our own diagnostics (a traceback if something is very wrong) go next to the services' logs.
     fd = os.open(
-        os.path.join(log_dir, "supervisor.log"),
+        os.path.join(log_dir, layout.SUPERVISOR_LOG),
         os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
         0o600,
     )

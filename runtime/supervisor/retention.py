@@ -15,11 +15,11 @@ import os
 import time
 from typing import Any
 
-from .. import statedir
+from .. import layout, statedir
 
 RECORD = "container.json"
 # Every directory a supervisor made has it: anything else in LOG_DIR is not ours to remove.
-OURS = "supervisor.log"
+OURS = layout.SUPERVISOR_LOG
 DEFAULT_KEEP = 100
 
 
