@@ -12,12 +12,11 @@ from __future__ import annotations
 import os
 import sys
 
-from ..layout import CONTROL_SOCKET
-
 STAGES = ("createRuntime", "poststart", "poststop")
-# retinue.supervisor.control's via_fd, repeated: that module imports json and socket, which would
-# double this program's start-up time. layout imports nothing.
-SOCKET_NAME = CONTROL_SOCKET
+# layout.CONTROL_SOCKET and retinue.supervisor.control's via_fd, repeated: that module imports
+# json and socket, which would double this program's start-up time, and even layout costs an
+# import on every create. tests/test_edits_values.py checks the name is layout's.
+SOCKET_NAME = "control.sock"
 
 
 def fail(msg: str) -> int:

@@ -128,11 +128,6 @@ class Edits:
     def __repr__(self) -> str:
         return f"<Edits {self.source}: {'; '.join(describe(self)) or 'nothing'}>"
 
-    @property
-    def empty(self) -> bool:
-        return not (self.mounts or self.env or self.hooks or self.annotations or self.args_prefix
-                    or self.seccomp)
-
 
 # -- the sources ---------------------------------------------------------------------------------
 
@@ -270,7 +265,7 @@ def compose(sources: list[Edits]) -> Edits:
                 first, _, current_value = env[name]
                 if current_value == value:
                     continue
-                if not (_is_rule(first) and _is_rule(owner)):
+                if first == owner or not (_is_rule(first) and _is_rule(owner)):
                     raise SpecError(_both(first, owner, f"set env {clip(name)}"))
                 # The policy's order is a precedence its author wrote: the later rule's value,
                 # in the place the first one gave the name (as creates have always done).

@@ -88,6 +88,11 @@ def test_two_rules_setting_one_env_name_keep_the_policy_order() -> None:
     assert edited["process"]["env"] == ["PATH=/bin", "X=2", "Y=y"]
 
 
+def test_one_rule_setting_one_env_name_twice_says_so() -> None:
+    twice = Edits("rule a", env=(("rule a", "X", "1"), ("rule a", "X", "2")))
+    assert conflict([twice]).startswith("rule a asks twice to set env X, with different values")
+
+
 def test_two_prefixes_for_the_args_name_both() -> None:
     other = Edits("wrapper", args_prefix=("wrapper", ("/w", "--")))
     message = conflict([edits.for_init("/lib/retinue-init"), other])

@@ -12,10 +12,9 @@ if _SSL_BLOCKED:
     sys.modules["ssl"] = None  # type: ignore[assignment]  # import ssl -> ImportError
 
 import asyncio  # noqa: E402
-import json  # noqa: E402
 import os  # noqa: E402
 
-from .. import cgroups, layout, statedir  # noqa: E402
+from .. import cgroups, layout, planfile, statedir  # noqa: E402
 from . import retention  # noqa: E402
 from .core import Supervisor  # noqa: E402
 from .logs import DiagnosticLog  # noqa: E402
@@ -23,13 +22,10 @@ from .logs import DiagnosticLog  # noqa: E402
 if _SSL_BLOCKED:
     del sys.modules["ssl"]
 
-from ..layout import PLAN  # noqa: E402
-
 
 def main() -> None:
     container_dir, ready_fd = sys.argv[1], int(sys.argv[2])
-    with open(os.path.join(container_dir, PLAN)) as f:
-        plan = json.load(f)
+    plan = planfile.load(container_dir)
     log_dir = os.path.join(plan["log_dir"], plan["id"])
     # Every file it makes (logs, the seccomp agent's log) is root's alone, whatever the umask
     # of whoever ran the create.

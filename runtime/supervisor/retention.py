@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from .. import layout, statedir
@@ -23,7 +24,7 @@ OURS = layout.SUPERVISOR_LOG
 DEFAULT_KEEP = 100
 
 
-def record(log_dir: str, plan: dict[str, Any]) -> None:
+def record(log_dir: str, plan: Mapping[str, Any]) -> None:
     """Write what `retinue logs` needs to find this directory by name once the container is gone."""
     names = {
         "id": plan["id"],
