@@ -13,8 +13,9 @@ import os
 import sys
 
 STAGES = ("createRuntime", "poststart", "poststop")
-# retinue.supervisor.control's SOCKET_NAME and via_fd, repeated: that module imports json and
-# socket, which would double this program's start-up time.
+# layout.CONTROL_SOCKET and retinue.supervisor.control's via_fd, repeated: that module imports
+# json and socket, which would double this program's start-up time, and even layout costs an
+# import on every create. tests/test_edits_values.py checks the name is layout's.
 SOCKET_NAME = "control.sock"
 
 

@@ -6,16 +6,14 @@ pass-through path must not pay for modules it does not use.
 
 __version__ = "0.1.0"
 
-# Here, not in config.py or confcache.py: both need them, and neither may import the other at
-# module level (confcache is on the hot path; config loads attrs and cattrs).
-DEFAULT_CONFIG = "/etc/retinue/config.toml"
-CONFIG_ENV = "RETINUE_CONFIG"
-CACHE_DIR = "/run/retinue/cache"
+# Every shared name (paths, the state directory's layout, annotations, defaults): layout.py.
 
 
 def config_source() -> tuple[str, bool]:
     """The configuration file this call reads, and whether RETINUE_CONFIG named it."""
     import os  # already loaded by the interpreter's start-up: costs nothing
+
+    from .layout import CONFIG_ENV, DEFAULT_CONFIG
 
     explicit = os.environ.get(CONFIG_ENV, "")
     return explicit or DEFAULT_CONFIG, bool(explicit)

@@ -11,7 +11,7 @@ from typing import TextIO
 
 import click
 
-from . import attach, bundle, confcache, config, images, lower, policy, statedir
+from . import attach, bundle, confcache, config, images, layout, lower, planfile, policy, statedir
 from .errors import RetinueError
 
 
@@ -160,6 +160,7 @@ def plan(config_path: str | None, container_id: str, root: str, bundle_dir: str)
             "# init: none (init = false); the exec services stop before the main process is "
             "signalled, and die with it if it exits by itself"
         )
+    _show_edits(found)
     before[-1] += "\n"
     after[-1] += "\n"
     shown = path.lstrip("/")
@@ -170,6 +171,18 @@ def plan(config_path: str | None, container_id: str, root: str, bundle_dir: str)
                 cfg, edited, dict(svc), container_id, found.container_dir, compiled["init"],
                 os.path.abspath(bundle_dir),
             )
+
+
+def _show_edits(found: attach.Attachment) -> None:
+    """Who asks for what: each source's edits, as composed into the diff below."""
+    from . import edits
+
+    click.echo("# edits:")
+    for source in found.sources:
+        for line in edits.describe(source):
+            click.echo(f"#   {line}")
+    for owner, name, earlier in found.edits.overrides:
+        click.echo(f"#   {owner}: env {name} over {earlier}'s (the later rule in the policy wins)")
 
 
 def _plan_sibling(
@@ -257,19 +270,14 @@ def _containers(state_dir: str) -> list[dict[str, str]]:
         return []
     for key in roots:
         root_dir = os.path.join(state_dir, key)
-        if key in ("cache", "seccomp", "sidecars", statedir.MARKERS) or not os.path.isdir(root_dir):
+        if key in layout.NOT_ROOTS or not os.path.isdir(root_dir):
             continue
         root = statedir.root_from_key(key)
         for cid in sorted(os.listdir(root_dir)):
             if not statedir.valid_id(cid):
                 continue  # not a create's directory under construction
             directory = os.path.join(root_dir, cid)
-            plan: dict[str, object] = {}
-            try:
-                with open(os.path.join(directory, "plan.json")) as f:
-                    plan = json.load(f)
-            except (OSError, ValueError):
-                pass
+            plan = planfile.recorded(directory)
             out.append({"id": cid, "root": root, "dir": directory, **_names(plan)})
     return out
 

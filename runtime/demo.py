@@ -19,7 +19,8 @@ import time
 
 import click
 
-from . import CONFIG_ENV, config_source, rootfs
+from . import config_source, rootfs
+from .layout import CONFIG_ENV
 
 CONTAINER_ID = "retinue-demo"
 SCRIPT = r"""

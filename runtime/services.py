@@ -47,8 +47,8 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from . import graph
-from .edits import SERVICE_PREFIX
 from .errors import ConfigError
+from .layout import SERVICE_PREFIX
 from .seccomp.config import SeccompRule, check_rules, compile_rules
 
 if TYPE_CHECKING:

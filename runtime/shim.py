@@ -22,7 +22,7 @@ import os
 import sys
 
 from . import argv as runc_argv
-from . import confcache, lower, runclog, statedir
+from . import confcache, layout, lower, runclog, statedir
 from .errors import LowerRuntimeError, RetinueError, clip
 
 TYPE_CHECKING = False  # typing costs ~10 ms to import; mypy reads this as True
@@ -207,8 +207,8 @@ def start_supervisor(
         "seccomp": found.seccomp,
         "seccomp_listener": found.listener,
         "creator_pid": os.getpid(),
-        "notify_rate": compiled.get("notify_rate", 50.0),
-        "seccomp_rate": compiled.get("seccomp_rate", 500.0),
+        "notify_rate": compiled.get("notify_rate", layout.NOTIFY_RATE),
+        "seccomp_rate": compiled.get("seccomp_rate", layout.SECCOMP_RATE),
         # retinue-init is PID 1 and connects to the supervisor: the services stop after the main
         # process, and kill goes straight to the lower runtime.
         "init": bool(found.init and found.init["supervised"]),
@@ -217,8 +217,8 @@ def start_supervisor(
         "stop_budget": found.stop_budget,
         "cgroup": cgroup,
         # Sidecar-placed services: their images, and the runtime root of their containers.
-        "image_dir": compiled.get("image_dir", "/var/lib/retinue/images"),
-        "sidecar_root": os.path.join(compiled["state_dir"], "sidecars"),
+        "image_dir": compiled.get("image_dir", layout.DEFAULT_IMAGE_DIR),
+        "sidecar_root": os.path.join(compiled["state_dir"], layout.SIDECARS),
     }
     try:
         if spawn.prepare(container_dir, plan, processes):
@@ -228,7 +228,7 @@ def start_supervisor(
             statedir.register(
                 container_dir, config, explicit, compiled["runtime"], compiled["log_dir"]
             )
-            log = os.path.join(compiled["log_dir"], container_id, "supervisor.log")
+            log = os.path.join(compiled["log_dir"], container_id, layout.SUPERVISOR_LOG)
             spawn.spawn(container_dir, log, cgroup)
     except OSError as e:
         raise RetinueError(f"cannot prepare {container_dir}: {e.strerror}") from None
@@ -253,7 +253,7 @@ def _request(
 
 
 def _gone_message(container_id: str, log_dir: str) -> str:
-    log = os.path.join(log_dir, container_id, "supervisor.log")
+    log = os.path.join(log_dir, container_id, layout.SUPERVISOR_LOG)
     return f"the supervisor of container {container_id} is gone (killed or crashed; see {log})"
 
 
@@ -266,14 +266,9 @@ def recorded_lower(container_dir: str, default: str) -> str:
 
 def recorded_plan(container_dir: str) -> dict[str, Any]:
     """What the container was created with (its plan.json); empty if it cannot be read."""
-    import json
+    from . import planfile
 
-    try:
-        with open(os.path.join(container_dir, "plan.json")) as f:
-            plan = json.load(f)
-    except (OSError, ValueError):
-        return {}
-    return plan if isinstance(plan, dict) else {}
+    return planfile.recorded(container_dir)
 
 
 def supervised(args: runc_argv.RuncArgs, runtime: str, log_dir: str, container_dir: str) -> str:

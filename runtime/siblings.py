@@ -14,9 +14,10 @@ import os
 import subprocess
 from typing import Any
 
+from . import layout
 from .sidecar import SIDECAR_DIR, SIDECAR_IMAGE, SIDECAR_SERVICE
 
-ROOT_NAME = "sidecars"
+ROOT_NAME = layout.SIDECARS
 
 
 def runtime_root(state_dir: str) -> str:

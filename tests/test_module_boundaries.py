@@ -40,3 +40,11 @@ def test_supervisor_modules_import_on_their_own() -> None:
         assert f"retinue.supervisor.{module}" in _modules_after(
             f"import retinue.supervisor.{module}"
         )
+
+
+def test_layout_imports_nothing() -> None:
+    # Every module, the hook's and the pass-through's included, takes its names from layout:
+    # it must stay free to import (~0.1 ms).
+    assert _modules_after("import retinue.layout") - _modules_after("import retinue") == {
+        "retinue.layout"
+    }

@@ -12,10 +12,9 @@ if _SSL_BLOCKED:
     sys.modules["ssl"] = None  # type: ignore[assignment]  # import ssl -> ImportError
 
 import asyncio  # noqa: E402
-import json  # noqa: E402
 import os  # noqa: E402
 
-from .. import cgroups, statedir  # noqa: E402
+from .. import cgroups, layout, planfile, statedir  # noqa: E402
 from . import retention  # noqa: E402
 from .core import Supervisor  # noqa: E402
 from .logs import DiagnosticLog  # noqa: E402
@@ -23,13 +22,10 @@ from .logs import DiagnosticLog  # noqa: E402
 if _SSL_BLOCKED:
     del sys.modules["ssl"]
 
-PLAN = "plan.json"
-
 
 def main() -> None:
     container_dir, ready_fd = sys.argv[1], int(sys.argv[2])
-    with open(os.path.join(container_dir, PLAN)) as f:
-        plan = json.load(f)
+    plan = planfile.load(container_dir)
     log_dir = os.path.join(plan["log_dir"], plan["id"])
     # Every file it makes (logs, the seccomp agent's log) is root's alone, whatever the umask
     # of whoever ran the create.
@@ -37,7 +33,7 @@ def main() -> None:
     statedir.private_dir(log_dir)
     # Our own diagnostics (a traceback if something is very wrong) go next to the services' logs.
     fd = os.open(
-        os.path.join(log_dir, "supervisor.log"),
+        os.path.join(log_dir, layout.SUPERVISOR_LOG),
         os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
         0o600,
     )

@@ -19,7 +19,7 @@ import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .. import images, mounts, sidecar
+from .. import images, layout, mounts, sidecar
 from ..errors import SpecError
 from . import probes, procs
 from .apphandles import AppGone, AppHandles, ShareError
@@ -67,9 +67,9 @@ class ContainerRunner:
         self.ctx = ctx
         self.lower = plan["lower"]
         self.root = plan.get("sidecar_root") or os.path.join(
-            os.path.dirname(os.path.dirname(ctx.dir)), "sidecars"
+            os.path.dirname(os.path.dirname(ctx.dir)), layout.SIDECARS
         )
-        self.image_dir = plan.get("image_dir") or images.DEFAULT_IMAGE_DIR
+        self.image_dir = plan.get("image_dir") or layout.DEFAULT_IMAGE_DIR
         self.bundle = plan.get("bundle", "")
         self._app: dict[str, Any] | None = None
         self.digests: dict[str, str] = {}
@@ -108,7 +108,7 @@ class ContainerRunner:
         except images.ImageError as e:
             raise StartFailed(1 << 8, f"could not be started: {e}", permanent=True) from None
         app = self.app_spec()
-        bundle = os.path.join(ctx.dir, "sidecars", unit.name)
+        bundle = os.path.join(ctx.dir, layout.sidecar_bundle(unit.name))
         os.makedirs(bundle, mode=0o700, exist_ok=True)
         # What a start cut short (the supervisor killed) left; never removed recursively.
         staging = os.path.join(bundle, "share")
@@ -247,7 +247,7 @@ class ContainerRunner:
         }.get(which)
         if not isinstance(argv, list) or not argv:
             return None, f"no {which} command"
-        pid_file = os.path.join(self.ctx.dir, "sidecars", unit.name, f"{which}.pid")
+        pid_file = os.path.join(self.ctx.dir, layout.sidecar_bundle(unit.name), f"{which}.pid")
         return await probes.exec_inside(
             self.ctx.reaper,
             self._argv("exec", "--detach", "--pid-file", pid_file, "--user",
@@ -269,7 +269,7 @@ class ContainerRunner:
 
     async def cleanup(self, unit: Unit) -> None:
         await self.remove(unit)
-        bundle = os.path.join(self.ctx.dir, "sidecars", unit.name)
+        bundle = os.path.join(self.ctx.dir, layout.sidecar_bundle(unit.name))
         if mounts.clear(bundle):
             shutil.rmtree(bundle, ignore_errors=True)
 

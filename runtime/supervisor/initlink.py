@@ -26,12 +26,13 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
+from .. import layout
 from . import control
 
 if TYPE_CHECKING:
     from .core import Supervisor
 
-SOCKET_NAME = "init.sock"  # edits.INIT_SOCKET_NAME: the mount's source
+SOCKET_NAME = layout.INIT_SOCKET_NAME  # the source of the mount at layout.INIT_SOCKET
 _UCRED = struct.Struct("3i")
 # Connections accepted per event-loop turn.
 _ACCEPT_BATCH = 64

@@ -15,7 +15,7 @@ import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .. import cgroups
+from .. import cgroups, layout
 from . import execerror, probes, procs, readiness
 
 if TYPE_CHECKING:
@@ -115,8 +115,8 @@ class ExecRunner:
 
     async def start(self, unit: Unit) -> Run:
         ctx = self.ctx
-        pid_file = os.path.join(ctx.dir, "pids", f"{unit.name}.pid")
-        process_file = os.path.join(ctx.dir, "process", f"{unit.name}.json")
+        pid_file = os.path.join(ctx.dir, layout.pid_file(unit.name))
+        process_file = os.path.join(ctx.dir, layout.process_file(unit.name))
         try:
             os.unlink(pid_file)
         except FileNotFoundError:
@@ -166,8 +166,8 @@ class ExecRunner:
         # Detached, so that a command that hangs is ours to kill: killing a `runc exec` that
         # waits for its process leaves the process running in the container.
         ctx = self.ctx
-        pid_file = os.path.join(ctx.dir, "pids", f"{unit.name}.{which}.pid")
-        process = os.path.join(ctx.dir, "process", f"{unit.name}.{which}.json")
+        pid_file = os.path.join(ctx.dir, layout.pid_file(unit.name, which))
+        process = os.path.join(ctx.dir, layout.process_file(unit.name, which))
         argv = [*ctx.lower, "exec", "--detach", "--pid-file", pid_file, "--process", process,
                 ctx.id]
         return await probes.exec_inside(ctx.reaper, argv, pid_file, timeout, output)
