@@ -20,7 +20,6 @@ import attrs
 
 from . import config_source, layout
 from .errors import ConfigError
-from .layout import CONFIG_ENV, DEFAULT_CONFIG
 from .seccomp.config import SeccompRule, check_rules, compile_rules
 from .tomlmodel import check_abs, describe_value, read_toml, structure
 
