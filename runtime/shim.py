@@ -244,14 +244,6 @@ def _signal_number(text: str) -> int:
     return int(getattr(_signal, name, 0))
 
 
-def _request(
-    container_dir: str, message: dict[str, Any], timeout: float | None = None
-) -> dict[str, Any]:
-    from .supervisor import control
-
-    return control.request(os.path.join(container_dir, control.SOCKET_NAME), message, timeout)
-
-
 def _gone_message(container_id: str, log_dir: str) -> str:
     log = os.path.join(log_dir, container_id, "supervisor.log")
     return f"the supervisor of container {container_id} is gone (killed or crashed; see {log})"
@@ -282,14 +274,15 @@ def supervised(args: runc_argv.RuncArgs, runtime: str, log_dir: str, container_d
     `runtime` is the lower runtime the container was created with; returns the one to hand the
     call to.
     """
-    from .supervisor.control import SupervisorGone
+    from . import control
+    from .control import SupervisorGone
 
     plan = recorded_plan(container_dir)
     command, container_id = args.command, args.container_id
     gone = _gone_message(container_id, log_dir)
     if command == "start":
         try:
-            reply = _request(container_dir, {"op": "start"})
+            reply = control.start(container_dir)
         except SupervisorGone:
             # As the supervisor does when its gate fails: the entrypoint never runs, and the
             # container's init (runc init, waiting for this start) is ended, so the engine sees
@@ -311,14 +304,14 @@ def supervised(args: runc_argv.RuncArgs, runtime: str, log_dir: str, container_d
         sig = _signal_number(args.positionals[1] if len(args.positionals) > 1 else "SIGTERM")
         if sig in GRACEFUL_SIGNALS or sig == SIGKILL:
             try:
-                _request(container_dir, {"op": "status"}, timeout=1.0)
+                control.status(container_dir, timeout=1.0)
             except (SupervisorGone, OSError):
                 runclog.log(args, "warning", f"{PREFIX}{gone}; its services were not stopped")
     elif command == "kill":
         sig = _signal_number(args.positionals[1] if len(args.positionals) > 1 else "SIGTERM")
         if sig in GRACEFUL_SIGNALS or sig == SIGKILL:
             try:
-                _request(container_dir, {"op": "stop", "force": sig == SIGKILL})
+                control.stop(container_dir, force=sig == SIGKILL)
             except SupervisorGone:
                 runclog.log(args, "warning", f"{PREFIX}{gone}; its services were not stopped")
     elif command == "delete":
@@ -329,7 +322,7 @@ def supervised(args: runc_argv.RuncArgs, runtime: str, log_dir: str, container_d
             # Even --force stops the services gracefully, in reverse order, within their stop
             # timeouts: every path to the container's end stops them the same way; the lower
             # delete --force then kills what is left.
-            _request(container_dir, {"op": "delete", "force": False})
+            control.delete(container_dir, force=False)
         except SupervisorGone:
             _remove_siblings(plan, runtime, container_id)
             # With retinue-init the supervisor ends by itself right after the container stops,

@@ -26,7 +26,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from . import control
+from .. import control
 
 if TYPE_CHECKING:
     from .core import Supervisor

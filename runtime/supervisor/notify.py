@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .. import ratelimit
-from . import control, readiness
+from .. import control, ratelimit
+from . import readiness
 from .unit import Unit
 
 NOTIFY_RATE = 50.0  # datagrams a second per service socket, when the plan does not say
