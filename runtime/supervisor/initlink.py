@@ -68,6 +68,11 @@ class InitLink:
         # The largest backlog the kernel grants: strangers flooding the socket must fill more
         # than one event-loop turn's worth before init's connect has to wait (init then waits).
         sock.listen(socket.SOMAXCONN)
+        # Credentials on every message from the start: an accepted connection inherits this
+        # (the kernel copies it at accept). Set on the connection only once _serve ran, a main
+        # process that exits at once could have init's `exit N` sent in between, without
+        # credentials, and taken for a stranger's (init then waits for an answer in vain).
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self.listener = sock
         asyncio.get_running_loop().add_reader(sock.fileno(), self._accept_all)
 

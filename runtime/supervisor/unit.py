@@ -33,7 +33,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from . import probes, procs, readiness
@@ -190,9 +190,10 @@ class Unit:
         changed.set()
         return True
 
-    async def changed(self) -> None:
-        """Until the next change of state."""
-        await self._changed.wait()
+    def changed(self) -> Coroutine[Any, Any, bool]:
+        """Until the next change of state after this call (the event is taken now, so that a
+        change before the caller awaits it is not missed)."""
+        return self._changed.wait()
 
     async def until_ready(self) -> tuple[bool, str]:
         """(True, "") once ready (a one-shot: done); else (False, why it will not be), at most
