@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from retinue import control
 from retinue.hooks import hook
 from retinue.supervisor.server import ControlServer
