@@ -7,12 +7,15 @@ import difflib
 import json
 import os
 import sys
-from typing import TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import click
 
 from . import attach, bundle, confcache, config, images, layout, lower, planfile, policy, statedir
 from .errors import RetinueError
+
+if TYPE_CHECKING:
+    from .control import ServiceOp
 
 
 def _fail(e: RetinueError) -> None:
@@ -331,7 +334,7 @@ def _age(since: float | None) -> str:
 def status(config_path: str | None, as_json: bool, container_id: str | None) -> None:
     """Show the services of every container (or of CONTAINER: an id, a unique id prefix,
     NAMESPACE/POD/CONTAINER or NAMESPACE/POD for a container the CRI created)."""
-    from .supervisor import control
+    from . import control
 
     cfg = _load(config_path)
     candidates = _containers(cfg.settings.state_dir)
@@ -343,9 +346,7 @@ def status(config_path: str | None, as_json: bool, container_id: str | None) -> 
     found = []
     for candidate in candidates:
         try:
-            reply = control.request(
-                os.path.join(candidate["dir"], control.SOCKET_NAME), {"op": "status"}, 5
-            )
+            reply: dict[str, Any] = dict(control.status(candidate["dir"], 5))
         except (control.SupervisorGone, OSError, ValueError):
             if not statedir.is_complete(candidate["dir"]):
                 continue  # what a create that failed midway left: no container to show
@@ -637,9 +638,11 @@ def _collect_forgotten(
         sys.exit(1)
 
 
-def _control_service(config_path: str | None, container_id: str, service: str, op: str) -> None:
+def _control_service(
+    config_path: str | None, container_id: str, service: str, op: ServiceOp
+) -> None:
     """Send one service-control request to the supervisor of CONTAINER and report its answer."""
-    from .supervisor import control
+    from . import control
 
     cfg = _load(config_path)
     try:
@@ -655,10 +658,7 @@ def _control_service(config_path: str | None, container_id: str, service: str, o
     try:
         # No timeout: a stop waits for the service's stop timeout, a start for its readiness;
         # both are bounded by the service's own settings.
-        reply = control.request(
-            os.path.join(target["dir"], control.SOCKET_NAME),
-            {"op": op, "service": service, "by": f"retinue {op.split('-')[0]}"},
-        )
+        reply = control.service(target["dir"], op, service, f"retinue {op.split('-')[0]}")
     except (control.SupervisorGone, OSError, ValueError) as e:
         click.echo(f"retinue: container {target['id'][:12]}: no supervisor answers ({e})", err=True)
         sys.exit(1)
@@ -676,7 +676,7 @@ _CONTROL_HELP = (
 
 # The service-control commands, one row each: (command, control op, help). The op also names
 # who asked (`retinue restart`, ...) in the service's log.
-_SERVICE_COMMANDS = (
+_SERVICE_COMMANDS: tuple[tuple[str, ServiceOp, str], ...] = (
     (
         "restart", "restart",
         "Restart SERVICE of CONTAINER (stop it as configured, start it, wait until ready).",
@@ -694,7 +694,7 @@ _SERVICE_COMMANDS = (
 )
 
 
-def _service_command(name: str, op: str, text: str) -> None:
+def _service_command(name: str, op: ServiceOp, text: str) -> None:
     @main.command(name, help=text + _CONTROL_HELP)
     @config_option
     @click.argument("container_id", metavar="CONTAINER")

@@ -239,8 +239,9 @@ def test_each_sources_edits_in_words() -> None:
 
 
 def test_names_kept_in_step_come_from_layout() -> None:
+    from retinue import control
     from retinue.hooks import hook
-    from retinue.supervisor import control, initlink
+    from retinue.supervisor import initlink
 
     assert hook.SOCKET_NAME == control.SOCKET_NAME == layout.CONTROL_SOCKET
     assert initlink.SOCKET_NAME == layout.INIT_SOCKET_NAME

@@ -16,8 +16,9 @@ import os  # noqa: E402
 
 from .. import cgroups, layout, planfile, statedir  # noqa: E402
 from . import retention  # noqa: E402
-from .core import Supervisor  # noqa: E402
 from .logs import DiagnosticLog  # noqa: E402
+from .server import ControlServer  # noqa: E402
+from .supervisor import Supervisor  # noqa: E402
 
 if _SSL_BLOCKED:
     del sys.modules["ssl"]
@@ -55,7 +56,8 @@ def main() -> None:
                   file=sys.stderr, flush=True)
 
         async def run() -> None:
-            await Supervisor(container_dir, plan).run(ready_fd)
+            sup = Supervisor(container_dir, plan)
+            await sup.run(ready_fd, ControlServer(sup))
 
         asyncio.run(run())
     finally:

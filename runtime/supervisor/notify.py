@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .. import layout, ratelimit
-from . import control, readiness
+from .. import control, layout, ratelimit
+from . import readiness
 from .unit import Unit
 
 NOTIFY_RATE = layout.NOTIFY_RATE  # datagrams a second per socket, when the plan does not say

@@ -12,9 +12,8 @@ import os
 import select
 import sys
 
-from .. import layout, planfile, statedir
+from .. import control, layout, planfile, statedir
 from ..errors import RetinueError
-from . import control
 
 TYPE_CHECKING = False  # typing costs ~10 ms on the create path
 if TYPE_CHECKING:
@@ -46,7 +45,7 @@ def supervisor_code(site: str) -> str:
 
 def alive(container_dir: str) -> bool:
     try:
-        control.request(os.path.join(container_dir, control.SOCKET_NAME), {"op": "status"}, 5)
+        control.status(container_dir, 5)
         return True
     except (control.SupervisorGone, OSError, ValueError):
         return False
