@@ -13,9 +13,15 @@ import os
 import sys
 
 STAGES = ("createRuntime", "poststart", "poststop")
-# retinue.supervisor.control's SOCKET_NAME and via_fd, repeated: that module imports json and
-# socket, which would double this program's start-up time.
+# retinue.control's SOCKET_NAME (layout.CONTROL_SOCKET), VERSION, via_fd and encode, repeated:
+# that module imports json and socket, which would double this program's start-up time
+# (tests/test_control.py checks that the bytes sent are the ones retinue.control.encode makes of
+# the same request; tests/test_edits_values.py that the name is layout's).
 SOCKET_NAME = "control.sock"
+VERSION = 1
+# json.dumps's short escapes; any other character below 0x20 is \u00XX.
+_SHORT = {"\"": '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t",
+          "\b": "\\b", "\f": "\\f"}
 
 
 def fail(msg: str) -> int:
@@ -26,14 +32,25 @@ def fail(msg: str) -> int:
 def _json_string(text: str) -> str:
     out = ['"']
     for c in text:
-        if c in '"\\':
-            out.append("\\" + c)
+        if c in _SHORT:
+            out.append(_SHORT[c])
         elif ord(c) < 0x20:
             out.append(f"\\u{ord(c):04x}")
         else:
             out.append(c)
     out.append('"')
     return "".join(out)
+
+
+def encode_request(stage: str, state: bytes) -> bytes:
+    """The hook request as retinue.control.encode(retinue.control.hook_request(...)) makes it."""
+    return (
+        f'{{"v":{VERSION},"op":"hook","stage":'
+        + _json_string(stage)
+        + ',"state":'
+        + _json_string(state.decode("utf-8", "replace"))
+        + "}\n"
+    ).encode()
 
 
 def tell_supervisor(container_dir: str, stage: str, state: bytes) -> int:
@@ -53,14 +70,7 @@ def tell_supervisor(container_dir: str, stage: str, state: bytes) -> int:
             if stage == "poststop" and os.path.lexists(container_dir):
                 return remove_left_state(container_dir)
             return 0
-        request = (
-            '{"op":"hook","stage":'
-            + _json_string(stage)
-            + ',"state":'
-            + _json_string(state.decode("utf-8", "replace"))
-            + "}\n"
-        )
-        sock.sendall(request.encode())
+        sock.sendall(encode_request(stage, state))
         reply = b""
         while not reply.endswith(b"\n"):
             chunk = sock.recv(65536)

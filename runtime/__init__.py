@@ -15,7 +15,8 @@ above nor a peer (tests/test_module_boundaries.py holds the order):
                   cgroups, mounts, userns, images, siblings, install
     spec/         the OCI spec as a lossless dict: bundle, validate, edits, execspec, sibling
     seccomp/      the seccomp broker: profile merge, agent, handlers
-    (ground)      shared vocabulary: argv, errors, compiled, tomlmodel, ratelimit
+    (ground)      shared vocabulary: layout (every shared name), control (the supervisor's
+                  protocol), planfile (plan.json), argv, errors, compiled, tomlmodel, ratelimit
 
 config/ and supervisor/ share a layer and never import each other. ARCHITECTURE.md follows a
 create through the rooms.
@@ -23,16 +24,14 @@ create through the rooms.
 
 __version__ = "0.1.0"
 
-# Here, not in config.py or confcache.py: both need them, and neither may import the other at
-# module level (confcache is on the hot path; config loads attrs and cattrs).
-DEFAULT_CONFIG = "/etc/retinue/config.toml"
-CONFIG_ENV = "RETINUE_CONFIG"
-CACHE_DIR = "/run/retinue/cache"
+# Every shared name (paths, the state directory's layout, annotations, defaults): layout.py.
 
 
 def config_source() -> tuple[str, bool]:
     """The configuration file this call reads, and whether RETINUE_CONFIG named it."""
     import os  # already loaded by the interpreter's start-up: costs nothing
+
+    from .layout import CONFIG_ENV, DEFAULT_CONFIG
 
     explicit = os.environ.get(CONFIG_ENV, "")
     return explicit or DEFAULT_CONFIG, bool(explicit)

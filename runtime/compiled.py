@@ -2,7 +2,8 @@
 
 `config.compile_config` turns the TOML files into plain builtins (so `marshal` can cache them and
 the hot path never loads attrs or typing); the shim turns that, for one container, into the
-`Plan` the supervisor reads from plan.json. These TypedDicts say what keys each has.
+`Plan` the supervisor reads from plan.json (written and read only through planfile.py). These
+TypedDicts say what keys each has.
 
 Import this module only under `if TYPE_CHECKING:` (with `TYPE_CHECKING = False` in modules of the
 hot path, as shim.py does): `typing` costs ~10 ms to import, and at run time these are plain dicts.

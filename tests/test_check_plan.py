@@ -176,8 +176,16 @@ def test_plan_is_the_diff_create_makes(
     assert sorted(os.listdir(bundle)) == entries
     assert os.listdir(runc_root) == []
     assert not (tools_config.parent.parent / "state").exists()
-    header, *diff = r.stdout.splitlines(keepends=True)
-    assert header == "# rules: tools\n"
+    said = r.stdout.splitlines(keepends=True)
+    header = [line for line in said if line.startswith("#")]
+    diff = said[len(header):]
+    # The rules, then each source's edits (who asks for what), then the diff.
+    assert header == [
+        "# rules: tools\n",
+        "# edits:\n",
+        f"#   rule tools: mount {tools_config.parent / 'tools'} at /retinue/tools; "
+        "env TOOLS_GREETING=hello\n",
+    ]
     shown = str(cfg).lstrip("/")
     assert diff[:2] == [f"--- a/{shown}\n", f"+++ b/{shown}\n"]
     assert diff[2].startswith("@@ ")

@@ -26,25 +26,25 @@ def ours(spec: dict[str, Any]) -> dict[str, list[list[str]]]:
 
 def test_a_supervisor_gets_create_runtime_and_poststop() -> None:
     spec = {"process": {"args": ["sh"]}, "hooks": {"poststop": [OWN]}}
-    once = edits.apply(spec, [], "/h", "/s/c1", [SVC])
+    once = edits.edit(spec, [], "/h", "/s/c1", [SVC])
     assert ours(once) == {
         "createRuntime": [["retinue-hook", "createRuntime", "/s/c1"]],
         "poststop": [["retinue-hook", "poststop", "/s/c1"]],
     }
     assert once["hooks"]["poststop"][0] == OWN
-    assert edits.apply(once, [], "/h", "/s/c1", [SVC]) is once
-    other = edits.apply(once, [], "/h", "/s/c2", [SVC])
+    assert edits.edit(once, [], "/h", "/s/c1", [SVC]) is once
+    other = edits.edit(once, [], "/h", "/s/c2", [SVC])
     assert ours(other) == {
         "createRuntime": [["retinue-hook", "createRuntime", "/s/c2"]],
         "poststop": [["retinue-hook", "poststop", "/s/c2"]],
     }
     # seccomp handlers alone also make a supervisor (attach.plan says so).
-    assert ours(edits.apply(spec, [RULE], "/h", "/s/c1", [], supervised=True)) == ours(once)
+    assert ours(edits.edit(spec, [RULE], "/h", "/s/c1", [], supervised=True)) == ours(once)
 
 
 def test_nothing_supervised_gets_no_hook() -> None:
     spec = {"process": {"args": ["sh"], "env": []}, "hooks": {"poststop": [OWN]}}
-    edited = edits.apply(spec, [RULE], "/h", "/s/c1")
+    edited = edits.edit(spec, [RULE], "/h", "/s/c1")
     assert edited["hooks"] == {"poststop": [OWN]}
     assert [m["destination"] for m in edited["mounts"]] == ["/retinue/m"]
     assert edited["process"]["env"] == ["A=1"]
@@ -56,13 +56,13 @@ def test_an_earlier_version_s_hooks_are_taken_off() -> None:
         for stage in ("createRuntime", "poststart", "poststop")
     }
     spec = {"process": {"args": ["sh"], "env": []}, "hooks": old}
-    supervised = edits.apply(spec, [], "/h", "/s/new", [SVC])
+    supervised = edits.edit(spec, [], "/h", "/s/new", [SVC])
     assert supervised["hooks"]["poststart"] == [OWN]
     assert ours(supervised) == {
         "createRuntime": [["retinue-hook", "createRuntime", "/s/new"]],
         "poststop": [["retinue-hook", "poststop", "/s/new"]],
     }
-    plain = edits.apply(spec, [RULE], "/h", "/s/new")
+    plain = edits.edit(spec, [RULE], "/h", "/s/new")
     assert ours(plain) == {}
     assert plain["hooks"] == {stage: [OWN] for stage in old}
 
@@ -72,7 +72,7 @@ def test_null_or_absent_hooks_are_filled_in_place() -> None:
         spec: dict[str, Any] = {"ociVersion": "1.0.2", "hooks": None, "process": {"args": ["sh"]}}
         if variant == "absent":
             del spec["hooks"]
-        edited = edits.apply(spec, [], "/h", "/s/c1", [SVC])
+        edited = edits.edit(spec, [], "/h", "/s/c1", [SVC])
         assert sorted(edited["hooks"]) == ["createRuntime", "poststop"], variant
         order = list(spec)
         assert list(edited)[: len(order)] == order, variant

@@ -83,21 +83,22 @@ def test_private_dir_makes_every_level_root_only(tmp_path: Path) -> None:
 def test_a_bundle_edited_for_the_old_notify_directory_is_cleaned() -> None:
     """A bundle reused from a create by an older version (the whole notify directory mounted
     read-write at /run/retinue) gets the per-socket, read-only mounts instead."""
+    from retinue import layout
     from retinue.spec import edits
 
     svc = {"name": "ntf", "files": "/srv/ntf", "ready": "notify"}
     old_mount = {"destination": "/run/retinue", "type": "bind", "source": "/run/retinue/x/notify",
                  "options": ["rbind", "nosuid", "nodev", "noexec"]}
     spec = {"mounts": [old_mount],
-            "annotations": {edits.MOUNTS_RECORD_ANNOTATION: "/retinue/ntf,/run/retinue"}}
-    edited = edits.apply(spec, [], "/bin/retinue-hook", "/run/retinue/k/c", [svc])
+            "annotations": {layout.MOUNTS_RECORD_ANNOTATION: "/retinue/ntf,/run/retinue"}}
+    edited = edits.edit(spec, [], "/bin/retinue-hook", "/run/retinue/k/c", [svc])
     assert [m["destination"] for m in edited["mounts"]] == ["/retinue/ntf", "/run/retinue/ntf.sock"]
     assert edited["mounts"][1] == {
         "destination": "/run/retinue/ntf.sock", "type": "bind",
         "source": "/run/retinue/k/c/notify/ntf.sock",
         "options": ["bind", "ro", "nosuid", "nodev", "noexec"],
     }
-    assert edits.apply(edited, [], "/bin/retinue-hook", "/run/retinue/k/c", [svc]) is edited
+    assert edits.edit(edited, [], "/bin/retinue-hook", "/run/retinue/k/c", [svc]) is edited
 
 
 def test_registry_records_what_a_container_was_created_with(tmp_path: Path) -> None:

@@ -7,10 +7,11 @@ import difflib
 import json
 import os
 import sys
-from typing import TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import click
 
+from .. import layout, planfile
 from ..config import cache as confcache
 from ..config import settings as config
 from ..errors import RetinueError
@@ -18,6 +19,9 @@ from ..host import images, lower, statedir
 from ..policy import attach
 from ..policy import select as policy
 from ..spec import bundle
+
+if TYPE_CHECKING:
+    from ..control import ServiceOp
 
 
 def _fail(e: RetinueError) -> None:
@@ -165,6 +169,7 @@ def plan(config_path: str | None, container_id: str, root: str, bundle_dir: str)
             "# init: none (init = false); the exec services stop before the main process is "
             "signalled, and die with it if it exits by itself"
         )
+    _show_edits(found)
     before[-1] += "\n"
     after[-1] += "\n"
     shown = path.lstrip("/")
@@ -175,6 +180,18 @@ def plan(config_path: str | None, container_id: str, root: str, bundle_dir: str)
                 cfg, edited, dict(svc), container_id, found.container_dir, compiled["init"],
                 os.path.abspath(bundle_dir),
             )
+
+
+def _show_edits(found: attach.Attachment) -> None:
+    """Who asks for what: each source's edits, as composed into the diff below."""
+    from ..spec import edits
+
+    click.echo("# edits:")
+    for source in found.sources:
+        for line in edits.describe(source):
+            click.echo(f"#   {line}")
+    for owner, name, earlier in found.edits.overrides:
+        click.echo(f"#   {owner}: env {name} over {earlier}'s (the later rule in the policy wins)")
 
 
 def _plan_sibling(
@@ -263,19 +280,14 @@ def _containers(state_dir: str) -> list[dict[str, str]]:
         return []
     for key in roots:
         root_dir = os.path.join(state_dir, key)
-        if key in ("cache", "seccomp", "sidecars", statedir.MARKERS) or not os.path.isdir(root_dir):
+        if key in layout.NOT_ROOTS or not os.path.isdir(root_dir):
             continue
         root = statedir.root_from_key(key)
         for cid in sorted(os.listdir(root_dir)):
             if not statedir.valid_id(cid):
                 continue  # not a create's directory under construction
             directory = os.path.join(root_dir, cid)
-            plan: dict[str, object] = {}
-            try:
-                with open(os.path.join(directory, "plan.json")) as f:
-                    plan = json.load(f)
-            except (OSError, ValueError):
-                pass
+            plan = planfile.recorded(directory)
             out.append({"id": cid, "root": root, "dir": directory, **_names(plan)})
     return out
 
@@ -329,7 +341,7 @@ def _age(since: float | None) -> str:
 def status(config_path: str | None, as_json: bool, container_id: str | None) -> None:
     """Show the services of every container (or of CONTAINER: an id, a unique id prefix,
     NAMESPACE/POD/CONTAINER or NAMESPACE/POD for a container the CRI created)."""
-    from ..supervisor import control
+    from .. import control
 
     cfg = _load(config_path)
     candidates = _containers(cfg.settings.state_dir)
@@ -341,9 +353,7 @@ def status(config_path: str | None, as_json: bool, container_id: str | None) -> 
     found = []
     for candidate in candidates:
         try:
-            reply = control.request(
-                os.path.join(candidate["dir"], control.SOCKET_NAME), {"op": "status"}, 5
-            )
+            reply: dict[str, Any] = dict(control.status(candidate["dir"], 5))
         except (control.SupervisorGone, OSError, ValueError):
             if not statedir.is_complete(candidate["dir"]):
                 continue  # what a create that failed midway left: no container to show
@@ -635,9 +645,11 @@ def _collect_forgotten(
         sys.exit(1)
 
 
-def _control_service(config_path: str | None, container_id: str, service: str, op: str) -> None:
+def _control_service(
+    config_path: str | None, container_id: str, service: str, op: ServiceOp
+) -> None:
     """Send one service-control request to the supervisor of CONTAINER and report its answer."""
-    from ..supervisor import control
+    from .. import control
 
     cfg = _load(config_path)
     try:
@@ -653,10 +665,7 @@ def _control_service(config_path: str | None, container_id: str, service: str, o
     try:
         # No timeout: a stop waits for the service's stop timeout, a start for its readiness;
         # both are bounded by the service's own settings.
-        reply = control.request(
-            os.path.join(target["dir"], control.SOCKET_NAME),
-            {"op": op, "service": service, "by": f"retinue {op.split('-')[0]}"},
-        )
+        reply = control.service(target["dir"], op, service, f"retinue {op.split('-')[0]}")
     except (control.SupervisorGone, OSError, ValueError) as e:
         click.echo(f"retinue: container {target['id'][:12]}: no supervisor answers ({e})", err=True)
         sys.exit(1)
@@ -674,7 +683,7 @@ _CONTROL_HELP = (
 
 # The service-control commands, one row each: (command, control op, help). The op also names
 # who asked (`retinue restart`, ...) in the service's log.
-_SERVICE_COMMANDS = (
+_SERVICE_COMMANDS: tuple[tuple[str, ServiceOp, str], ...] = (
     (
         "restart", "restart",
         "Restart SERVICE of CONTAINER (stop it as configured, start it, wait until ready).",
@@ -692,7 +701,7 @@ _SERVICE_COMMANDS = (
 )
 
 
-def _service_command(name: str, op: str, text: str) -> None:
+def _service_command(name: str, op: ServiceOp, text: str) -> None:
     @main.command(name, help=text + _CONTROL_HELP)
     @config_option
     @click.argument("container_id", metavar="CONTAINER")

@@ -19,7 +19,8 @@ import time
 
 import click
 
-from .. import CONFIG_ENV, config_source
+from .. import config_source
+from ..layout import CONFIG_ENV
 from . import rootfs
 
 CONTAINER_ID = "retinue-demo"
@@ -179,19 +180,17 @@ def _demo_config(workdir: str) -> str:
 def _watch_the_end(root: str) -> None:
     """Print each service's state as it changes, from the main process's exit (the supervisor's
     phase turns to `stopping` when init says so) to the container's stop."""
+    from .. import control
     from ..config import settings as config
     from ..host import statedir
-    from ..supervisor import control
 
     settings = config.load().settings
-    sock = os.path.join(
-        statedir.container_dir(settings.state_dir, root, CONTAINER_ID), control.SOCKET_NAME
-    )
+    container_dir = statedir.container_dir(settings.state_dir, root, CONTAINER_ID)
     seen: dict[str, str] = {}
     since: float | None = None
     while True:  # until the supervisor is gone: it goes with the container
         try:
-            reply = control.request(sock, {"op": "status"}, 5)
+            reply = control.status(container_dir, 5)
         except (control.SupervisorGone, OSError, ValueError):
             break
         if since is None and reply.get("phase") == "stopping":

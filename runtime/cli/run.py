@@ -26,9 +26,9 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from .. import argv as runc_argv
+from .. import control
 from ..errors import RetinueError
 from ..host import runclog
-from ..supervisor import control
 
 PR_SET_CHILD_SUBREAPER = 36
 RUN_ONLY = frozenset({"detach", "d", "keep", "no-subreaper"})
@@ -83,9 +83,8 @@ def run(
         # The lower create reported its own error (stderr, --log); the supervisor sees the
         # container never existed and cleans up.
         sys.exit(created.returncode)
-    socket_path = os.path.join(container_dir, control.SOCKET_NAME)
     try:
-        reply = control.request(socket_path, {"op": "start"})
+        reply = control.start(container_dir)
         error = None if reply.get("ok") else str(reply.get("error"))
     except control.SupervisorGone:
         error = f"the supervisor of container {container_id} is gone; the container is not started"
@@ -114,7 +113,7 @@ def run(
     # Without retinue-init (a container with only sidecars), the supervisor stops them after
     # the main process on its own: `run` returns once they have stopped, as with init.
     try:
-        control.request(socket_path, {"op": "stop"}, 60)
+        control.stop(container_dir, force=False, timeout=60)
     except (control.SupervisorGone, OSError, ValueError):
         pass
     if "keep" not in args.options:
@@ -263,7 +262,7 @@ def _wait(pid: int) -> int:
 
 def _delete(lower: str, globals_: list[str], container_dir: str, container_id: str) -> None:
     try:
-        control.request(os.path.join(container_dir, control.SOCKET_NAME), {"op": "delete"}, 60)
+        control.delete(container_dir, force=False, timeout=60)
     except (control.SupervisorGone, OSError):
         pass
     _lower(lower, globals_, "delete", "--force", container_id)

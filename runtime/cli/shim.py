@@ -22,6 +22,7 @@ import os
 import sys
 
 from .. import argv as runc_argv
+from .. import layout
 from ..config import cache as confcache
 from ..errors import LowerRuntimeError, RetinueError, clip
 from ..host import lower, runclog, statedir
@@ -211,8 +212,8 @@ def start_supervisor(
         "seccomp": found.seccomp,
         "seccomp_listener": found.listener,
         "creator_pid": os.getpid(),
-        "notify_rate": compiled.get("notify_rate", 50.0),
-        "seccomp_rate": compiled.get("seccomp_rate", 500.0),
+        "notify_rate": compiled.get("notify_rate", layout.NOTIFY_RATE),
+        "seccomp_rate": compiled.get("seccomp_rate", layout.SECCOMP_RATE),
         # retinue-init is PID 1 and connects to the supervisor: the services stop after the main
         # process, and kill goes straight to the lower runtime.
         "init": bool(found.init and found.init["supervised"]),
@@ -221,8 +222,8 @@ def start_supervisor(
         "stop_budget": found.stop_budget,
         "cgroup": cgroup,
         # Sidecar-placed services: their images, and the runtime root of their containers.
-        "image_dir": compiled.get("image_dir", "/var/lib/retinue/images"),
-        "sidecar_root": os.path.join(compiled["state_dir"], "sidecars"),
+        "image_dir": compiled.get("image_dir", layout.DEFAULT_IMAGE_DIR),
+        "sidecar_root": os.path.join(compiled["state_dir"], layout.SIDECARS),
     }
     try:
         if spawn.prepare(container_dir, plan, processes):
@@ -232,7 +233,7 @@ def start_supervisor(
             statedir.register(
                 container_dir, config, explicit, compiled["runtime"], compiled["log_dir"]
             )
-            log = os.path.join(compiled["log_dir"], container_id, "supervisor.log")
+            log = os.path.join(compiled["log_dir"], container_id, layout.SUPERVISOR_LOG)
             spawn.spawn(container_dir, log, cgroup)
     except OSError as e:
         raise RetinueError(f"cannot prepare {container_dir}: {e.strerror}") from None
@@ -248,16 +249,8 @@ def _signal_number(text: str) -> int:
     return int(getattr(_signal, name, 0))
 
 
-def _request(
-    container_dir: str, message: dict[str, Any], timeout: float | None = None
-) -> dict[str, Any]:
-    from ..supervisor import control
-
-    return control.request(os.path.join(container_dir, control.SOCKET_NAME), message, timeout)
-
-
 def _gone_message(container_id: str, log_dir: str) -> str:
-    log = os.path.join(log_dir, container_id, "supervisor.log")
+    log = os.path.join(log_dir, container_id, layout.SUPERVISOR_LOG)
     return f"the supervisor of container {container_id} is gone (killed or crashed; see {log})"
 
 
@@ -270,14 +263,9 @@ def recorded_lower(container_dir: str, default: str) -> str:
 
 def recorded_plan(container_dir: str) -> dict[str, Any]:
     """What the container was created with (its plan.json); empty if it cannot be read."""
-    import json
+    from .. import planfile
 
-    try:
-        with open(os.path.join(container_dir, "plan.json")) as f:
-            plan = json.load(f)
-    except (OSError, ValueError):
-        return {}
-    return plan if isinstance(plan, dict) else {}
+    return planfile.recorded(container_dir)
 
 
 def supervised(args: runc_argv.RuncArgs, runtime: str, log_dir: str, container_dir: str) -> str:
@@ -286,14 +274,15 @@ def supervised(args: runc_argv.RuncArgs, runtime: str, log_dir: str, container_d
     `runtime` is the lower runtime the container was created with; returns the one to hand the
     call to.
     """
-    from ..supervisor.control import SupervisorGone
+    from .. import control
+    from ..control import SupervisorGone
 
     plan = recorded_plan(container_dir)
     command, container_id = args.command, args.container_id
     gone = _gone_message(container_id, log_dir)
     if command == "start":
         try:
-            reply = _request(container_dir, {"op": "start"})
+            reply = control.start(container_dir)
         except SupervisorGone:
             # As the supervisor does when its gate fails: the entrypoint never runs, and the
             # container's init (runc init, waiting for this start) is ended, so the engine sees
@@ -310,19 +299,19 @@ def supervised(args: runc_argv.RuncArgs, runtime: str, log_dir: str, container_d
         # Only the signals that end the main process concern the services.
         sig = _signal_number(args.positionals[1] if len(args.positionals) > 1 else "SIGTERM")
         if sig in GRACEFUL_SIGNALS or sig == SIGKILL:
-            message: dict[str, Any] = {"op": "stop", "force": sig == SIGKILL}
-            timeout: float | None = None
             unanswered: tuple[type[Exception], ...] = (SupervisorGone,)
-            if plan.get("init") is True or plan.get("watch_main") is True:
-                # retinue-init is PID 1, or the container has only sidecars (its own entrypoint
-                # is PID 1): the signal goes straight to the main process, and the services stop
-                # after it has exited (init tells the supervisor, or the supervisor sees the exit
-                # on its pidfd). A kill that waited for the services would eat the engine's grace
-                # period; only whether anyone will stop them is asked (answered at once, bounded
-                # anyway: no answer in time is no answer).
-                message, timeout, unanswered = {"op": "status"}, 1.0, (SupervisorGone, OSError)
             try:
-                _request(container_dir, message, timeout)
+                if plan.get("init") is True or plan.get("watch_main") is True:
+                    # retinue-init is PID 1, or the container has only sidecars (its own
+                    # entrypoint is PID 1): the signal goes straight to the main process, and the
+                    # services stop after it has exited (init tells the supervisor, or the
+                    # supervisor sees the exit on its pidfd). A kill that waited for the services
+                    # would eat the engine's grace period; only whether anyone will stop them is
+                    # asked (answered at once, bounded anyway: no answer in time is no answer).
+                    unanswered = (SupervisorGone, OSError)
+                    control.status(container_dir, timeout=1.0)
+                else:
+                    control.stop(container_dir, force=sig == SIGKILL)
             except unanswered:
                 runclog.log(args, "warning", f"{PREFIX}{gone}; its services were not stopped")
     elif command == "delete":
@@ -333,7 +322,7 @@ def supervised(args: runc_argv.RuncArgs, runtime: str, log_dir: str, container_d
             # Even --force stops the services gracefully, in reverse order, within their stop
             # timeouts: every path to the container's end stops them the same way; the lower
             # delete --force then kills what is left.
-            _request(container_dir, {"op": "delete", "force": False})
+            control.delete(container_dir, force=False)
         except SupervisorGone:
             _remove_siblings(plan, runtime, container_id)
             # With retinue-init the supervisor ends by itself right after the container stops,

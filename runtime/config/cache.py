@@ -20,9 +20,9 @@ import binascii
 import marshal
 import os
 
-from .. import CACHE_DIR as CACHE_DIR
-from .. import CONFIG_ENV as CONFIG_ENV
-from .. import DEFAULT_CONFIG as DEFAULT_CONFIG
+from ..layout import CACHE_DIR as CACHE_DIR
+from ..layout import CONFIG_ENV as CONFIG_ENV
+from ..layout import DEFAULT_CONFIG as DEFAULT_CONFIG
 
 TYPE_CHECKING = False  # typing costs ~10 ms to import; mypy reads this as True
 if TYPE_CHECKING:

@@ -47,9 +47,9 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from ..errors import ConfigError
+from ..layout import SERVICE_PREFIX
 from ..policy import graph
 from ..seccomp.config import SeccompRule, check_rules, compile_rules
-from ..spec.edits import SERVICE_PREFIX
 
 if TYPE_CHECKING:
     from ..compiled import CompiledService

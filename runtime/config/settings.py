@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from .. import config_source
+from .. import config_source, layout
 from ..errors import ConfigError
 from ..seccomp.config import SeccompRule, check_rules, compile_rules
 from ..tomlmodel import check_abs, describe_value, read_toml, structure
@@ -92,12 +92,12 @@ class Settings:
     runtime: str = ""
     policy: str = "policy.toml"
     services: str = "services"
-    state_dir: str = "/run/retinue"
+    state_dir: str = layout.DEFAULT_STATE_DIR
     # Service images (`retinue image import`), unpacked once per digest.
-    image_dir: str = "/var/lib/retinue/images"
+    image_dir: str = layout.DEFAULT_IMAGE_DIR
     # The most an imported image may declare, copy or unpack to (bytes, or K, M or G).
     image_max_size: str | int = "4G"
-    log_dir: str = "/var/log/retinue"
+    log_dir: str = layout.DEFAULT_LOG_DIR
     # Each service's log rotates at this size, keeping this many older files (SERVICE.log.N).
     log_max_bytes: int = 8 << 20
     log_keep: int = 2
@@ -126,8 +126,8 @@ class Settings:
     # What a container can make its supervisor do, per second: notify datagrams per service
     # socket (the excess is dropped and counted), seccomp notifications per container (the
     # excess waits in the kernel, on the container's own time).
-    notify_rate: float = 50.0
-    seccomp_rate: float = 500.0
+    notify_rate: float = layout.NOTIFY_RATE
+    seccomp_rate: float = layout.SECCOMP_RATE
     # Once a container's main process has exited, its services get at most this long in all to
     # stop (each within its own stop timeout) before its init exits and the kernel ends them: it
     # must fit the engine's grace period (Docker's and Kubernetes' default: 10s and 30s).

@@ -44,9 +44,10 @@ import zlib
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
+from .. import layout
 from ..errors import RetinueError
 
-DEFAULT_IMAGE_DIR = "/var/lib/retinue/images"
+DEFAULT_IMAGE_DIR = layout.DEFAULT_IMAGE_DIR
 IMAGE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}\Z")
 DIGEST = re.compile(r"sha256:[0-9a-f]{64}\Z")
 # A service names an image by name, by digest, or by name pinned to a digest.

@@ -14,9 +14,10 @@ import os
 import subprocess
 from typing import Any
 
+from .. import layout
 from ..spec.sibling import SIDECAR_DIR, SIDECAR_IMAGE, SIDECAR_SERVICE
 
-ROOT_NAME = "sidecars"
+ROOT_NAME = layout.SIDECARS
 
 
 def runtime_root(state_dir: str) -> str:
@@ -69,12 +70,12 @@ def in_use(runtime: str, root: str) -> dict[str, list[str]]:
 
 def supervised(container_dir: str) -> bool:
     """Whether the app's supervisor still answers (then the sibling is its to manage)."""
-    from ..supervisor import control
+    from .. import control
 
     if not container_dir or not os.path.isdir(container_dir):
         return False
     try:
-        control.request(os.path.join(container_dir, control.SOCKET_NAME), {"op": "status"}, 5)
+        control.status(container_dir, 5)
     except (control.SupervisorGone, OSError, ValueError):
         return False
     return True

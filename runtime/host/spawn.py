@@ -12,8 +12,8 @@ import os
 import select
 import sys
 
+from .. import control, layout, planfile
 from ..errors import RetinueError
-from ..supervisor import control
 from . import statedir
 
 TYPE_CHECKING = False  # typing costs ~10 ms on the create path
@@ -46,7 +46,7 @@ def supervisor_code(site: str) -> str:
 
 def alive(container_dir: str) -> bool:
     try:
-        control.request(os.path.join(container_dir, control.SOCKET_NAME), {"op": "status"}, 5)
+        control.status(container_dir, 5)
         return True
     except (control.SupervisorGone, OSError, ValueError):
         return False
@@ -68,7 +68,7 @@ def prepare(container_dir: str, plan: Plan, processes: dict[str, dict[str, Any]]
         # The supervisor's own log must exist before it runs: else "see supervisor.log" would
         # point at a file that cannot exist.
         fd = os.open(
-            os.path.join(log_dir, "supervisor.log"),
+            os.path.join(log_dir, layout.SUPERVISOR_LOG),
             os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
             0o600,
         )
@@ -101,11 +101,11 @@ def prepare(container_dir: str, plan: Plan, processes: dict[str, dict[str, Any]]
     try:
         # notify holds the services' notify sockets; the container gets each socket, read-only,
         # never this directory.
-        for sub in ("pids", "process", "notify"):
+        for sub in layout.CONTAINER_SUBDIRS:
             os.mkdir(os.path.join(building, sub), 0o700)
         for name, proc in processes.items():
-            _write_json(os.path.join(building, "process", f"{name}.json"), proc)
-        _write_json(os.path.join(building, "plan.json"), plan)
+            _write_json(os.path.join(building, layout.process_file(name)), proc)
+        planfile.write(building, plan)
         statedir.write_state_file(building, container_dir)
         statedir.add_marker(container_dir)
         os.rename(building, container_dir)
@@ -138,7 +138,7 @@ def spawn(container_dir: str, log_path: str, cgroup: dict[str, Any] | None = Non
     a supervisor that joined its own after its imports left ~9 MB on the caller (measured:
     its cgroup showed 0.3 MiB idle)."""
     try:
-        with open(os.path.join(container_dir, "plan.json")) as f:
+        with open(planfile.path(container_dir)) as f:
             flags = python_flags(json.load(f))
     except (OSError, ValueError, AttributeError):
         flags = PLAIN_FLAGS  # the supervisor reports what is wrong with its plan

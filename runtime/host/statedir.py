@@ -2,13 +2,24 @@
 
 Container ids are unique only within one runc `--root` (Docker's and containerd's namespaces each
 have their own), so the root is part of the key. The hot path calls `container_dir` and one
-`os.path.isdir`: nothing here may import anything.
+`os.path.isdir`: nothing here may import anything but layout (which imports nothing).
 """
 
 from __future__ import annotations
 
 import errno
 import os
+
+from .. import layout
+from ..layout import MARKERS as MARKERS
+from ..layout import NOT_ROOTS as NOT_ROOTS
+from ..layout import REGISTRY as REGISTRY
+from ..layout import SECCOMP_DIR as SECCOMP_DIR
+from ..layout import STATE_FILE as STATE_FILE
+
+TYPE_CHECKING = False  # typing costs ~10 ms to import; mypy reads this as True
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def valid_id(container_id: str) -> bool:
@@ -33,9 +44,6 @@ def container_dir(state_dir: str, root: str, container_id: str) -> str:
     return os.path.join(state_dir, root_key(root), container_id)
 
 
-SECCOMP_DIR = "/run/retinue/seccomp"
-
-
 def seccomp_listener(state_dir: str, bundle: str) -> str:
     """The seccomp agent's socket, a short hash of the bundle in a fixed root-only directory.
 
@@ -55,8 +63,7 @@ def seccomp_listener(state_dir: str, bundle: str) -> str:
 # its configuration: the entry names the container's state directory and records what it was
 # created with. The sh launcher checks `ids/<id>` with one test, without the root-key escaping it
 # cannot do cheaply.
-REGISTRY = "/run/retinue/ids"
-MARKERS = "ids"  # its name in the default state_dir, which `retinue status` skips
+# (layout.REGISTRY; its name in the default state_dir, layout.MARKERS, `retinue status` skips.)
 _ENTRY_VERSION = "1"
 
 # Beside each complete entry, `RECORDS/<root key>%<id>` holds the lower runtime alone, one line,
@@ -227,9 +234,8 @@ def private_dir(path: str) -> None:
                 raise
 
 
-# Written last into every container's state directory, only by retinue: what makes a directory
-# one (for `retinue status` and the poststop hook, which must remove nothing else).
-STATE_FILE = "retinue.state"
+# STATE_FILE is written last into every container's state directory, only by retinue: what makes
+# a directory one (for `retinue status` and the poststop hook, which must remove nothing else).
 
 
 def _state_text(container_dir: str) -> bytes:
@@ -292,7 +298,7 @@ def refuse_removal(container_dir: str) -> str | None:
     if not os.path.isabs(container_dir) or os.path.normpath(container_dir) != container_dir:
         return "not a normalized absolute path"
     state_dir, key, container_id = _split(container_dir)
-    if not valid_id(container_id) or key in ("", MARKERS, "cache", "seccomp", "sidecars"):
+    if not valid_id(container_id) or key in ("", *NOT_ROOTS):
         return "not STATE_DIR/ROOT/ID"
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
     fds: list[int] = []
@@ -385,8 +391,11 @@ def remove(container_dir: str) -> None:
     removes the seccomp listener it left behind, unless something still answers there (the
     listener path names the bundle, and another container may have been created from it).
     """
-    _remove_stale_listener(os.path.join(container_dir, "plan.json"))
-    _remove_stale_cgroup(os.path.join(container_dir, "plan.json"))
+    from .. import planfile
+
+    plan = planfile.recorded(container_dir)
+    _remove_stale_listener(plan)
+    _remove_stale_cgroup(plan)
     if not unmount_staged(container_dir):
         return
     # Out of the way at once, then emptied: the supervisor, the hook and `delete` can all be
@@ -407,10 +416,6 @@ def remove(container_dir: str) -> None:
         os.rmdir(os.path.dirname(container_dir))
     except OSError:
         pass
-
-
-# What else lives in the default state directory beside the roots' directories.
-NOT_ROOTS = ("cache", "seccomp", "sidecars", MARKERS)
 
 
 def collect_empty_roots(state_dir: str) -> list[str]:
@@ -437,7 +442,7 @@ def unmount_staged(container_dir: str) -> bool:
     """Detach the sidecar shares a supervisor killed during a sibling's create left mounted in
     its state directory (supervisor/apphandles.py); False if one is still there, and then the
     directory must not be removed: a walk would go through the mount into the app's files."""
-    if not os.path.isdir(os.path.join(container_dir, "sidecars")):
+    if not os.path.isdir(os.path.join(container_dir, layout.SIDECARS)):
         return True
     from . import mounts
 
@@ -553,30 +558,22 @@ def _exists(fd: int, name: str) -> bool:
     return True
 
 
-def _remove_stale_cgroup(plan_path: str) -> None:
+def _remove_stale_cgroup(plan: dict[str, Any]) -> None:
     """The cgroup of a supervisor that was killed (rmdir: only once nothing is left in it)."""
-    import json
-
     from . import cgroups
 
     try:
-        with open(plan_path) as f:
-            place = json.load(f).get("cgroup")
+        place = plan.get("cgroup")
         if place:
             cgroups.remove(place, timeout=0.5, if_empty=True)
     except (OSError, ValueError, AttributeError, TypeError, KeyError):
         pass
 
 
-def _remove_stale_listener(plan_path: str) -> None:
-    import json
+def _remove_stale_listener(plan: dict[str, Any]) -> None:
     import socket
 
-    try:
-        with open(plan_path) as f:
-            listener = json.load(f).get("seccomp_listener")
-    except (OSError, ValueError, AttributeError):
-        return
+    listener = plan.get("seccomp_listener")
     if not isinstance(listener, str) or not listener.startswith(SECCOMP_DIR + "/"):
         return
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)

@@ -1,5 +1,6 @@
 """What attaches to one container, and its spec with every edit applied: a pure function.
 
+select (the rules, the services) -> each source's edits -> compose (conflicts named) -> apply.
 The shim's create and `retinue plan` both call `plan`, so what plan shows is what create does.
 """
 
@@ -14,18 +15,21 @@ if TYPE_CHECKING:
     from typing import Any
 
     from ..compiled import Compiled, CompiledRule, CompiledSeccompRule, CompiledService
+    from ..spec.edits import Edits
 
 
 class Attachment:
     __slots__ = (
         "container_dir",
         "edited",
+        "edits",
         "init",
         "listener",
         "notes",
         "rules",
         "seccomp",
         "services",
+        "sources",
         "stop_budget",
     )
 
@@ -39,6 +43,10 @@ class Attachment:
     listener: str
     container_dir: str
     edited: dict[str, Any]
+    # Each source's edits (a rule, the services, init, the supervisor's hooks, seccomp), and
+    # their composition, which `edited` is the spec with.
+    sources: list[Edits]
+    edits: Edits
     notes: list[str]
     # retinue-init's settings when it becomes PID 1 ({"binary", "supervised", "wait_ms"}).
     init: dict[str, Any] | None
@@ -83,22 +91,19 @@ def plan(
     # The policy's handlers, then those the attached services bring.
     seccomp = [r for rule in rules for r in rule["seccomp"]]
     seccomp += [r for svc in services for r in svc["seccomp"]]
-    edited = edits.apply(
-        spec, rules, compiled["hook"], container_dir, services, init,
-        supervised=bool(services or seccomp),
+    listener = statedir.seccomp_listener(compiled["state_dir"], bundle) if seccomp else ""
+    sources = edits.sources(
+        rules, compiled["hook"], container_dir, services, init,
+        supervised=bool(services or seccomp), seccomp=seccomp, listener=listener,
     )
+    composed = edits.compose(sources)
+    notes: list[str] = []
+    edited = edits.apply(spec, composed, notes)
     if any(isinstance(ns, dict) and ns.get("type") == "user"
            for ns in (spec.get("linux") or {}).get("namespaces") or []):
         from ..host import userns
 
         userns.check_mount_points(spec, edited, bundle)
-    listener = ""
-    notes: list[str] = []
-    if seccomp:
-        from ..seccomp import profile
-
-        listener = statedir.seccomp_listener(compiled["state_dir"], bundle)
-        edited = profile.apply(edited, seccomp, listener, profile.metadata(seccomp), notes)
     return Attachment(
         rules=rules,
         services=services,
@@ -106,6 +111,8 @@ def plan(
         listener=listener,
         container_dir=container_dir,
         edited=edited,
+        sources=sources,
+        edits=composed,
         notes=notes,
         init=init,
         stop_budget=stop_budget,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .. import layout
 from ..errors import clip
 
 TYPE_CHECKING = False  # typing costs ~10 ms to import; mypy reads this as True
@@ -83,7 +84,7 @@ def select(rules: list[CompiledRule], spec: dict[str, Any]) -> list[CompiledRule
     return [rule for rule in rules if matches(rule, spec)]
 
 
-SERVICES_ANNOTATION = "io.retinue.services"
+SERVICES_ANNOTATION = layout.SERVICES_ANNOTATION
 SERVICES_ENV = "RETINUE_SERVICES"
 
 

@@ -8,8 +8,7 @@ and rlimits are kept, so a service is confined exactly as the container is.
 
 from __future__ import annotations
 
-from ..host.lower import DEFAULT_PATH
-from .edits import notify_socket
+from ..layout import SERVICE_PATH, notify_socket
 
 TYPE_CHECKING = False  # the shim's create path imports this; typing costs ~10 ms
 if TYPE_CHECKING:
@@ -17,9 +16,7 @@ if TYPE_CHECKING:
 
     from ..compiled import CompiledService
 
-# A service's PATH when it sets none: the conventional one, which is also a PATH-less caller's
-# (one value, lower.DEFAULT_PATH; the shim has imported lower already).
-PATH = DEFAULT_PATH
+PATH = SERVICE_PATH
 CAP_SETS = ("bounding", "effective", "permitted", "inheritable", "ambient")
 
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import posixpath
 
+from .. import layout
 from ..errors import SpecError
-from .edits import INIT_PATH, bind_mount, init_prefix
+from . import edits
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -23,13 +24,13 @@ if TYPE_CHECKING:
 
     Spec = dict[str, Any]
 
-SIDECAR_OF = "io.retinue.sidecar-of"  # the app container's id
-SIDECAR_SERVICE = "io.retinue.sidecar"  # the service's name
-SIDECAR_DIR = "io.retinue.sidecar-dir"  # the app's state directory: gone means orphaned
-SIDECAR_IMAGE = "io.retinue.image"  # the image's manifest digest
+SIDECAR_OF = layout.SIDECAR_OF
+SIDECAR_SERVICE = layout.SIDECAR_SERVICE
+SIDECAR_DIR = layout.SIDECAR_DIR
+SIDECAR_IMAGE = layout.SIDECAR_IMAGE
 CGROUP_INFIX = ".retinue-"
-PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-SHARE_OPTIONS = ("rbind", "ro", "nosuid", "nodev")
+PATH = layout.SERVICE_PATH
+SHARE_OPTIONS = edits.BIND_OPTIONS
 JOINED = ("network", "ipc", "uts")
 NS_FILE = {"network": "net", "ipc": "ipc", "uts": "uts", "user": "user"}
 MASKED = [
@@ -205,9 +206,6 @@ def sibling_spec(
             {"destination": path, "type": "bind", "source": source, "options": list(SHARE_OPTIONS)}
         )
     process = _process(app, svc, image, app_id)
-    if init is not None:
-        mounts.append(bind_mount(init, INIT_PATH))
-        process["args"] = [*init_prefix(False, 0), *process["args"]]
     linux |= {
         "namespaces": namespaces,
         "cgroupsPath": sidecar_cgroup(app_cgroup, svc["name"]),
@@ -220,7 +218,7 @@ def sibling_spec(
             linux["seccomp"] = _seccomp(linux_app["seccomp"])
         if linux_app.get("mountLabel"):
             linux["mountLabel"] = linux_app["mountLabel"]
-    return {
+    base = {
         "ociVersion": app.get("ociVersion") or "1.0.2",
         "process": process,
         "root": {"path": image["rootfs"], "readonly": True},
@@ -233,3 +231,5 @@ def sibling_spec(
             SIDECAR_IMAGE: image["digest"],
         },
     }
+    # A sibling is built whole for one container, never edited again: nothing to record.
+    return base if init is None else edits.apply(base, edits.for_init(init), record=False)

@@ -12,24 +12,22 @@ if _SSL_BLOCKED:
     sys.modules["ssl"] = None  # type: ignore[assignment]  # import ssl -> ImportError
 
 import asyncio  # noqa: E402
-import json  # noqa: E402
 import os  # noqa: E402
 
+from .. import layout, planfile  # noqa: E402
 from ..host import cgroups, statedir  # noqa: E402
 from . import retention  # noqa: E402
-from .core import Supervisor  # noqa: E402
 from .logs import DiagnosticLog  # noqa: E402
+from .server import ControlServer  # noqa: E402
+from .supervisor import Supervisor  # noqa: E402
 
 if _SSL_BLOCKED:
     del sys.modules["ssl"]
 
-PLAN = "plan.json"
-
 
 def main() -> None:
     container_dir, ready_fd = sys.argv[1], int(sys.argv[2])
-    with open(os.path.join(container_dir, PLAN)) as f:
-        plan = json.load(f)
+    plan = planfile.load(container_dir)
     log_dir = os.path.join(plan["log_dir"], plan["id"])
     # Every file it makes (logs, the seccomp agent's log) is root's alone, whatever the umask
     # of whoever ran the create.
@@ -37,7 +35,7 @@ def main() -> None:
     statedir.private_dir(log_dir)
     # Our own diagnostics (a traceback if something is very wrong) go next to the services' logs.
     fd = os.open(
-        os.path.join(log_dir, "supervisor.log"),
+        os.path.join(log_dir, layout.SUPERVISOR_LOG),
         os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
         0o600,
     )
@@ -59,7 +57,8 @@ def main() -> None:
                   file=sys.stderr, flush=True)
 
         async def run() -> None:
-            await Supervisor(container_dir, plan).run(ready_fd)
+            sup = Supervisor(container_dir, plan)
+            await sup.run(ready_fd, ControlServer(sup))
 
         asyncio.run(run())
     finally:

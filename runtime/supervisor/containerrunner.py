@@ -19,16 +19,17 @@ import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .. import layout
 from ..errors import SpecError
 from ..host import images, mounts
 from ..spec import sibling as sidecar
 from . import probes, procs
 from .apphandles import AppGone, AppHandles, ShareError
-from .runner import Run, StartFailed
+from .runner import CreateFailed, Run, StartFailed
 
 if TYPE_CHECKING:
-    from ..compiled import Plan
-    from .unit import Context, Unit
+    from ..compiled import CompiledService, Plan
+    from .container import AppContainer
 
 # Built beside the package, as compile_config finds it for the app containers.
 INIT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "libexec",
@@ -44,6 +45,15 @@ def app_cgroup(proc_cgroup: str) -> str:
 
     paths = cgroups.parse_proc_cgroup(proc_cgroup)
     return paths.get("memory") or paths.get("", "/")
+
+
+def oom_note(cgroup: str, limit: int) -> list[str]:
+    """What the service's log says of OOM kills in its sibling's cgroup (nothing if none)."""
+    kills = oom_kills(cgroup)
+    if not kills:
+        return []
+    return [f"out of memory: the kernel killed {kills} process(es) at its memory limit"
+            + (f" ({limit >> 20}M)" if limit else "")]
 
 
 def oom_kills(cgroup: str) -> int:
@@ -64,22 +74,24 @@ def oom_kills(cgroup: str) -> int:
 class ContainerRunner:
     """Runs each unit it is given as a sibling container of the app (see the module)."""
 
-    def __init__(self, ctx: Context, plan: Plan) -> None:
-        self.ctx = ctx
+    def __init__(self, container: AppContainer, plan: Plan) -> None:
+        self.container = container
         self.lower = plan["lower"]
         self.root = plan.get("sidecar_root") or os.path.join(
-            os.path.dirname(os.path.dirname(ctx.dir)), "sidecars"
+            os.path.dirname(os.path.dirname(container.dir)), layout.SIDECARS
         )
-        self.image_dir = plan.get("image_dir") or images.DEFAULT_IMAGE_DIR
+        self.image_dir = plan.get("image_dir") or layout.DEFAULT_IMAGE_DIR
         self.bundle = plan.get("bundle", "")
         self._app: dict[str, Any] | None = None
         self.digests: dict[str, str] = {}
+        # Each service's definition (exec and describe need it).
+        self.specs: dict[str, CompiledService] = {s["name"]: s for s in plan["services"]}
 
     def _argv(self, *args: str) -> list[str]:
         return [self.lower, "--root", self.root, *args]
 
-    def sid(self, unit: Unit) -> str:
-        return sidecar.sidecar_id(self.ctx.id, unit.name)
+    def sid(self, name: str) -> str:
+        return sidecar.sidecar_id(self.container.id, name)
 
     def app_spec(self) -> dict[str, Any]:
         """The app's spec as created (read once: an engine may remove the bundle later)."""
@@ -93,23 +105,24 @@ class ContainerRunner:
                 ) from None
         return self._app
 
-    async def remove(self, unit: Unit) -> None:
+    async def remove(self, name: str) -> None:
         """Whatever is left of an earlier run of this unit's sibling."""
-        await procs.run(self.ctx.reaper, self._argv("delete", "--force", self.sid(unit)),
+        await procs.run(self.container.reaper, self._argv("delete", "--force", self.sid(name)),
                         timeout=30)
 
-    async def start(self, unit: Unit) -> Run:
-        ctx = self.ctx
-        init_pid = ctx.init_pid()
+    async def start(self, name: str, spec: CompiledService, out: int) -> Run:
+        app = self.container
+        self.specs[name] = spec
+        init_pid = app.init_pid
         if init_pid is None:
             raise StartFailed(1 << 8, "could not be started (the app container has no process)")
         try:
             images.secure_store(self.image_dir)
-            image = images.resolve(self.image_dir, unit.spec["image"])
+            image = images.resolve(self.image_dir, spec["image"])
         except images.ImageError as e:
             raise StartFailed(1 << 8, f"could not be started: {e}", permanent=True) from None
-        app = self.app_spec()
-        bundle = os.path.join(ctx.dir, "sidecars", unit.name)
+        app_spec = self.app_spec()
+        bundle = os.path.join(app.dir, layout.sidecar_bundle(name))
         os.makedirs(bundle, mode=0o700, exist_ok=True)
         # What a start cut short (the supervisor killed) left; never removed recursively.
         staging = os.path.join(bundle, "share")
@@ -118,7 +131,7 @@ class ContainerRunner:
         _remove_points(staging)
         namespaces = [*sidecar.JOINED]
         view = None
-        if any(ns.get("type") == "user" for ns in (app.get("linux") or {}).get("namespaces")
+        if any(ns.get("type") == "user" for ns in (app_spec.get("linux") or {}).get("namespaces")
                or []):
             namespaces.append("user")
             # In the app's user namespace the lower runtime reaches the image through a view at
@@ -126,35 +139,35 @@ class ContainerRunner:
             view = image["rootfs"]
             image = {**image, "rootfs": self.image_dir}
         # The last run's sibling goes first: the handles are held only while this one is made.
-        await self.remove(unit)
+        await self.remove(name)
         try:
-            handles = AppHandles(init_pid, namespaces, ctx.init_exited)
+            handles = AppHandles(init_pid, namespaces, app.exited)
         except AppGone as e:
             raise StartFailed(1 << 8, f"could not be started: {e}", permanent=True) from None
         except OSError as e:
             raise StartFailed(1 << 8, f"could not be started (the app's init: {e})") from None
         try:
-            return await self._create(unit, image, app, bundle, handles, view)
+            return await self._create(name, spec, out, image, app_spec, bundle, handles, view)
         finally:
             handles.release()
 
     async def _create(
-        self, unit: Unit, image: dict[str, Any], app: dict[str, Any], bundle: str,
-        handles: AppHandles, view: str | None,
+        self, name: str, service: CompiledService, out: int, image: dict[str, Any],
+        app: dict[str, Any], bundle: str, handles: AppHandles, view: str | None,
     ) -> Run:
-        ctx = self.ctx
+        ctr = self.container
         try:
             shared = {}
-            if unit.spec["share"]:
+            if service["share"]:
                 os.mkdir(os.path.join(bundle, "share"), 0o700)
-            for i, path in enumerate(unit.spec["share"]):
+            for i, path in enumerate(service["share"]):
                 shared[path] = handles.share(
                     path, lambda p: sidecar.host_place(app, self.bundle, p),
                     os.path.join(bundle, "share", str(i)),
                 )
             spec = sidecar.sibling_spec(
-                app, dict(unit.spec), image, app_id=ctx.id, app_proc=f"/proc/{handles.pid}",
-                app_cgroup=app_cgroup(handles.cgroup_file), container_dir=ctx.dir,
+                app, dict(service), image, app_id=ctr.id, app_proc=f"/proc/{handles.pid}",
+                app_cgroup=app_cgroup(handles.cgroup_file), container_dir=ctr.dir,
                 shared=shared, init=INIT if os.path.isfile(INIT) else None,
                 ns_paths=handles.ns_paths(),
             )
@@ -167,80 +180,54 @@ class ContainerRunner:
             os.unlink(pid_file)
         except FileNotFoundError:
             pass
-        sid = self.sid(unit)
-        wfd = unit.open_output()
-        try:
-            # The sibling's stdio are create's: its output goes to the service's log.
-            argv = self._argv("create", "--bundle", bundle, "--pid-file", pid_file, sid)
-            if view:
-                argv = images.behind_view(view, self.image_dir, argv, UNSHARE)
-            pid = procs.spawn(argv, stdout=wfd)
-        finally:
-            os.close(wfd)
-        status = await ctx.reaper.wait(pid)
+        sid = self.sid(name)
+        # The sibling's stdio are create's: its output goes to the service's log.
+        argv = self._argv("create", "--bundle", bundle, "--pid-file", pid_file, sid)
+        if view:
+            argv = images.behind_view(view, self.image_dir, argv, UNSHARE)
+        pid = procs.spawn(argv, stdout=out)
+        status = await ctr.reaper.wait(pid)
         if status != 0:
-            unit.drain_output()
-            raise StartFailed(
+            # Its last line of output is appended (CreateFailed.explain).
+            raise CreateFailed(
                 status, f"could not be started ({self.lower} create {procs.describe_status(status)}"
-                f": {unit.last_output()})",
             )
-        if ctx.init_exited():
+        if ctr.exited():
             # It joined the namespaces of descriptors held since the init was checked: the
             # app's, never another process's; but the app is gone.
-            await self.remove(unit)
+            await self.remove(name)
             raise StartFailed(1 << 8, f"could not be started: {handles.gone()}", permanent=True)
         try:
             with open(pid_file) as f:
                 pid = int(f.read().strip())
         except (OSError, ValueError):
-            await self.remove(unit)
+            await self.remove(name)
             raise StartFailed(1 << 8, "could not be started (no pid file)") from None
-        pidfd = self.ctx.reaper.pidfd(pid)
-        exit_future = ctx.reaper.wait(pid)
-        status, out = await procs.run(ctx.reaper, self._argv("start", sid), timeout=30)
+        pidfd = ctr.reaper.pidfd(pid)
+        exit_future = ctr.reaper.wait(pid)
+        status, said_out = await procs.run(ctr.reaper, self._argv("start", sid), timeout=30)
         if status != 0:
             if pidfd is not None:
                 signal.pidfd_send_signal(pidfd, signal.SIGKILL)
                 os.close(pidfd)
             await exit_future
-            await self.remove(unit)
-            said = out.decode("utf-8", "replace").strip().splitlines()
+            await self.remove(name)
+            said = said_out.decode("utf-8", "replace").strip().splitlines()
             raise StartFailed(status, f"could not be started ({self.lower} start "
                               f"{procs.describe_status(status)}: {said[-1][:200] if said else ''})")
-        self.digests[unit.name] = image["digest"]
+        self.digests[name] = image["digest"]
         cgroup = spec["linux"]["cgroupsPath"]
+        limit = (service.get("resources") or {}).get("memory") or 0
+        run = Run(name, pid, pidfd, exit_future)
         # Read before the sibling is deleted (its cgroup with it): why it died is in there.
-        exit_future.add_done_callback(lambda _: self.note_oom(unit, cgroup))
-        return Run(unit.name, pid, pidfd, exit_future)
+        exit_future.add_done_callback(lambda _: run.notes.extend(oom_note(cgroup, limit)))
+        return run
 
-    def note_oom(self, unit: Unit, cgroup: str) -> None:
-        kills = oom_kills(cgroup)
-        if kills:
-            limit = (unit.spec.get("resources") or {}).get("memory") or 0
-            unit.note(
-                f"out of memory: the kernel killed {kills} process(es) at its memory limit"
-                + (f" ({limit >> 20}M)" if limit else "")
-            )
-
-    async def probe(self, unit: Unit, argv: list[str], timeout: float) -> int:
-        spec = unit.spec
-        try:
-            status, _ = await procs.run(
-                self.ctx.reaper,
-                self._argv("exec", "--user", f"{spec['uid']}:{spec['gid']}", self.sid(unit),
-                           *argv),
-                timeout=timeout,
-                keep=0,  # the probe's output is the container's, and only its status counts
-            )
-        except TimeoutError:
-            return 1
-        return status
-
-    async def command(
-        self, unit: Unit, which: str, timeout: float, output: Callable[[bytes], None]
+    async def exec(
+        self, run: Run, which: str, timeout: float, output: Callable[[bytes], None]
     ) -> tuple[int | None, str]:
         # Detached inside the sibling, as ExecRunner's: a hung command is ours to kill.
-        spec = unit.spec
+        spec = self.specs[run.name]
         argv = {
             "probe": spec.get("ready_target"),
             "health": spec.get("health_target"),
@@ -248,37 +235,31 @@ class ContainerRunner:
         }.get(which)
         if not isinstance(argv, list) or not argv:
             return None, f"no {which} command"
-        pid_file = os.path.join(self.ctx.dir, "sidecars", unit.name, f"{which}.pid")
+        pid_file = os.path.join(self.container.dir, layout.sidecar_bundle(run.name), f"{which}.pid")
         return await probes.exec_inside(
-            self.ctx.reaper,
+            self.container.reaper,
             self._argv("exec", "--detach", "--pid-file", pid_file, "--user",
-                       f"{spec['uid']}:{spec['gid']}", self.sid(unit), *argv),
+                       f"{spec['uid']}:{spec['gid']}", self.sid(run.name), *argv),
             pid_file, timeout, output,
         )
-
-    def netns(self, run: Run) -> int | None:
-        # The sibling's init is in the app's network namespace: a pidfd of it will do.
-        return run.pidfd
-
-    def signal(self, run: Run, sig: int) -> None:
-        run.signal(sig)
 
     def kill_all(self, run: Run) -> None:
         # The sibling's init is PID 1 of its own PID namespace: when it dies the kernel kills
         # every other process in it.
-        self.signal(run, signal.SIGKILL)
+        run.signal(signal.SIGKILL)
 
-    async def cleanup(self, unit: Unit) -> None:
-        await self.remove(unit)
-        bundle = os.path.join(self.ctx.dir, "sidecars", unit.name)
+    async def cleanup(self, name: str) -> None:
+        await self.remove(name)
+        bundle = os.path.join(self.container.dir, layout.sidecar_bundle(name))
         if mounts.clear(bundle):
             shutil.rmtree(bundle, ignore_errors=True)
 
-    def describe(self, unit: Unit) -> dict[str, Any]:
+    def describe(self, name: str) -> dict[str, Any]:
+        spec: dict[str, Any] = dict(self.specs.get(name) or {})
         return {
-            "image": self.digests.get(unit.name) or unit.spec.get("image"),
-            "resources": unit.spec.get("resources") or {},
-            "container": self.sid(unit),
+            "image": self.digests.get(name) or spec.get("image"),
+            "resources": spec.get("resources") or {},
+            "container": self.sid(name),
         }
 
 

@@ -2,9 +2,11 @@
 
 init connects once, before it starts the main process, to `init.sock` in the container's state
 directory (bind-mounted alone, read-only, into the container). When the main process has exited,
-init writes `exit CODE`; the supervisor stops the services in reverse dependency order within
-the container's stop budget and answers `ok`; init then exits with CODE, and the kernel ends
-whatever is left of the container.
+init writes `exit CODE`; the link calls the one callback the Supervisor gave it, which stops
+the services in reverse dependency order within the container's stop budget and returns the
+answer (`ok`, or `code N` when the supervisor itself ended the main process); init then exits
+with CODE (or N), and the kernel ends whatever is left of the container. The link itself knows
+only the `AppContainer` (container.py): whose connection to trust, and whether init still runs.
 
 Any process of the container can connect to the socket: only the connection whose peer is the
 container's init (SO_PEERCRED, a host pid the kernel fills in, compared with the pid runc
@@ -24,14 +26,15 @@ import socket
 import struct
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from . import control
+from .. import control, layout
 
 if TYPE_CHECKING:
-    from .core import Supervisor
+    from .container import AppContainer
 
-SOCKET_NAME = "init.sock"  # edits.INIT_SOCKET_NAME: the mount's source
+SOCKET_NAME = layout.INIT_SOCKET_NAME  # the source of the mount at layout.INIT_SOCKET
 _UCRED = struct.Struct("3i")
 # Connections accepted per event-loop turn.
 _ACCEPT_BATCH = 64
@@ -40,19 +43,21 @@ _ACCEPT_BATCH = 64
 class InitLink:
     """The listening socket and the one connection that counts."""
 
-    def __init__(self, sup: Supervisor) -> None:
-        self.sup = sup
+    def __init__(
+        self, container: AppContainer, main_exited: Callable[[int], Awaitable[bytes]]
+    ) -> None:
+        self.container = container
+        # Called with the main process's exit code; returns the answer for init.
+        self.main_exited = main_exited
         self.listener: socket.socket | None = None
         self.tasks: set[asyncio.Task[None]] = set()
-        # When the main process exited and with what code, once init has said so.
-        self.main_exit: tuple[float, int] | None = None
         # Messages on init's connection sent by another process (a copied descriptor).
         self.strangers = 0
         self._lookup: asyncio.Future[None] | None = None
 
     async def listen(self) -> None:
         """Bind before the lower create runs: runc bind-mounts the socket into the container."""
-        path = os.path.join(self.sup.dir, SOCKET_NAME)
+        path = os.path.join(self.container.dir, SOCKET_NAME)
         sock = socket.socket(
             socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
         )
@@ -63,6 +68,11 @@ class InitLink:
         # The largest backlog the kernel grants: strangers flooding the socket must fill more
         # than one event-loop turn's worth before init's connect has to wait (init then waits).
         sock.listen(socket.SOMAXCONN)
+        # Credentials on every message from the start: an accepted connection inherits this
+        # (the kernel copies it at accept). Set on the connection only once _serve ran, a main
+        # process that exits at once could have init's `exit N` sent in between, without
+        # credentials, and taken for a stranger's (init then waits for an answer in vain).
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self.listener = sock
         asyncio.get_running_loop().add_reader(sock.fileno(), self._accept_all)
 
@@ -100,7 +110,7 @@ class InitLink:
             if not self._may_be_init(peer):
                 conn.close()
                 continue
-            if peer == self.sup.init_pid:
+            if peer == self.container.init_pid:
                 # init connects once: from now on nobody needs the socket, and a stranger's
                 # connect is refused by the kernel at no cost to the supervisor.
                 self._stop_listening()
@@ -109,20 +119,20 @@ class InitLink:
             task.add_done_callback(self.tasks.discard)
 
     def _may_be_init(self, peer: int) -> bool:
-        init_pid = self.sup.init_pid
+        init_pid = self.container.init_pid
         # Before runc's createRuntime hook has told us init's pid, any peer might be it:
         # _serve asks runc (once) before listening to it.
         return init_pid is None or peer == init_pid
 
     async def _serve(self, conn: socket.socket, peer: int) -> None:
-        sup = self.sup
+        app = self.container
         try:
-            if sup.init_pid is None:
+            if app.init_pid is None:
                 # One `runc state` however many peers are waiting for the answer.
                 if self._lookup is None:
                     self._lookup = asyncio.ensure_future(self._ask_runc())
                 await asyncio.shield(self._lookup)
-            if sup.init_pid is None or peer != sup.init_pid or sup.init_exited():
+            if app.init_pid is None or peer != app.init_pid or app.exited():
                 return
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
             line = await self._line_from_init(conn)
@@ -130,12 +140,7 @@ class InitLink:
             if word != "exit" or not code.lstrip("-").isdigit():
                 # EOF: init died without a word (SIGKILL); its pidfd tells the rest.
                 return
-            self.main_exit = (time.monotonic(), int(code))
-            await self.stop_after_main(int(code))
-            # The supervisor ended the main process itself (fate sharing): the container's exit
-            # code says so, not the SIGTERM it got.
-            fate = getattr(sup, "fate_code", None)
-            answer = f"code {fate}\n".encode() if fate is not None else b"ok\n"
+            answer = await self.main_exited(int(code))
             await asyncio.get_running_loop().sock_sendall(conn, answer)
         except OSError:
             pass
@@ -143,9 +148,9 @@ class InitLink:
             conn.close()
 
     async def _ask_runc(self) -> None:
-        state = await self.sup.lower_state()
+        state = await self.container.lower_state()
         if state is not None:
-            await self.sup.init_from_state(state)
+            await self.container.init_from_state(state)
 
     async def _line_from_init(self, conn: socket.socket) -> bytes:
         """init's one line, or b"" at EOF. The kernel keeps bytes from different senders in
@@ -173,7 +178,7 @@ class InitLink:
                 continue
             if not chunk:
                 return b""
-            if _sender(ancillary) != self.sup.init_pid or self.sup.init_exited():
+            if _sender(ancillary) != self.container.init_pid or self.container.exited():
                 self._stranger(len(chunk))
                 continue
             data += chunk
@@ -184,32 +189,11 @@ class InitLink:
         if self.strangers == 1:
             # Once: a process that can copy init's descriptor can also write in a loop.
             print(
-                f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {self.sup.id}: ignored {size} bytes "
+                f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {self.container.id}: ignored {size} bytes "
                 "on init's connection from another process (a copied descriptor)",
                 file=sys.stderr,
                 flush=True,
             )
-
-    async def stop_after_main(self, code: int) -> None:
-        """The services, in reverse dependency order, within the container's stop budget."""
-        sup = self.sup
-        budget = float(sup.plan.get("stop_budget", 5.0))
-        sup.phase = "stopping"
-        print(
-            f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {sup.id}: the main process exited ({code}); "
-            f"stopping the services within {budget:g}s",
-            file=sys.stderr,
-            flush=True,
-        )
-        try:
-            await asyncio.wait_for(sup.stop_services(force=False), budget)
-        except TimeoutError:
-            # The stop goes on only until init exits: then the kernel kills what is left of
-            # the PID namespace. No restart may start in between.
-            for svc in sup.services.values():
-                svc.stopping = True
-                if svc.pid is not None:
-                    svc.note(f"stop budget of {budget:g}s spent: ended with the container")
 
 
 def _peer_pid(conn: socket.socket) -> int:

@@ -13,11 +13,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .. import ratelimit
-from . import control, readiness
+from .. import control, layout, ratelimit
+from . import readiness
 from .unit import Unit
 
-NOTIFY_RATE = 50.0  # datagrams a second per service socket, when the plan does not say
+NOTIFY_RATE = layout.NOTIFY_RATE  # datagrams a second per socket, when the plan does not say
 NOTIFY_BATCH = 64  # datagrams read per wake-up: a full queue never starves the loop
 NOTIFY_PAUSE = 0.1  # at least this long without reading a socket that went over its limit
 
@@ -35,7 +35,7 @@ class NotifySockets:
         for unit in units:
             if unit.spec["ready"] != "notify":
                 continue
-            path = os.path.join(self.dir, "notify", f"{unit.name}.sock")
+            path = os.path.join(self.dir, layout.notify_socket_file(unit.name))
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
             control.via_fd(path, sock.bind)

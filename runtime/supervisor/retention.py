@@ -13,17 +13,19 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Mapping
 from typing import Any
 
+from .. import layout
 from ..host import statedir
 
 RECORD = "container.json"
 # Every directory a supervisor made has it: anything else in LOG_DIR is not ours to remove.
-OURS = "supervisor.log"
+OURS = layout.SUPERVISOR_LOG
 DEFAULT_KEEP = 100
 
 
-def record(log_dir: str, plan: dict[str, Any]) -> None:
+def record(log_dir: str, plan: Mapping[str, Any]) -> None:
     """Write what `retinue logs` needs to find this directory by name once the container is gone."""
     names = {
         "id": plan["id"],

@@ -4,9 +4,18 @@ A `Unit` waits for its predecessors, starts through its `Runner`, checks readine
 start, restarts by policy within its start limit, and stops (signal, SIGCONT, timeout, SIGKILL of
 what is left) after its dependents. It sees the container only through a `Context`.
 
-States: waiting -> starting -> running -> ready, then backoff (between restarts), stopping,
-stopped, exited (ended cleanly, no restart) or failed (gave up; `reason` says why). A one-shot
-(type = "oneshot") goes starting -> running -> done (exited successfully: its dependents start).
+Its state is a `State`, changed only by `set_state` (systemd's service_set_state): the one
+writer, which refuses a change `TRANSITIONS` does not list, records it and wakes whoever waits
+for a change. Why it last failed is a `Result`, kept apart from the state (a failed unit that is
+then stopped keeps its result). What differs between a daemon and a one-shot is its `Kind`
+(kinds.py).
+
+    waiting -> starting -> running -> ready            a daemon (type = "simple")
+    waiting -> starting -> running -> done             a one-shot, exited cleanly
+    ... -> backoff -> starting                         a restart by policy
+    ... -> stopping -> stopped                         a stop (the container's or by hand)
+    ... -> exited                                      ended cleanly, not restarted
+    ... -> failed                                      gave up; `result` and `reason` say why
 
 Once ready, a unit with a liveness probe ([health]) is probed every interval, one probe at a
 time; after `failures` failures in a row its run is stopped (drain, signal) and counts as failed
@@ -19,47 +28,83 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import enum
 import os
 import signal
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from . import probes, procs, readiness
+from .kinds import KINDS
 from .logs import RotatingLog
-from .runner import Run, Runner, StartFailed
+from .runner import Run, Runner, StartFailed, last_output, note_line
 
 if TYPE_CHECKING:
     from ..compiled import CompiledService
+    from .container import AppContainer
 
 # Exits by these signals are a clean stop, not a failure (as systemd's on-failure has it).
 CLEAN_SIGNALS = frozenset({signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE})
 
 
-class Context:
-    """What a unit (and its runner) may know of its container; filled in by the Supervisor."""
+class State(enum.Enum):
+    WAITING = "waiting"  # for its predecessors, or for the container to start
+    STARTING = "starting"  # the runner is starting it
+    RUNNING = "running"  # its main process runs; not ready yet
+    READY = "ready"  # its readiness check passed
+    DONE = "done"  # a one-shot that exited cleanly
+    BACKOFF = "backoff"  # between a run's end and its restart
+    STOPPING = "stopping"  # being stopped (drain, stop signal, timeout)
+    STOPPED = "stopped"  # stopped by the container's stop or by hand
+    EXITED = "exited"  # ended cleanly, and its policy does not restart it
+    FAILED = "failed"  # gave up; `result` says why
 
-    def __init__(
-        self,
-        lower: list[str],
-        container_id: str,
-        container_dir: str,
-        init_pid: Callable[[], int | None],
-        init_exited: Callable[[], bool],
-        main_exited: Callable[[], None],
-    ) -> None:
-        self.lower = lower  # the lower runtime and its global options
-        self.id = container_id
-        self.dir = container_dir
-        self.init_pid = init_pid
-        # Polled when a run ends: the kernel ended it because the container's init died.
-        self.init_exited = init_exited
+
+W, S, R, Y, D = State.WAITING, State.STARTING, State.RUNNING, State.READY, State.DONE
+B, P, T, E, F = State.BACKOFF, State.STOPPING, State.STOPPED, State.EXITED, State.FAILED
+# Every change set_state allows. A stop reaches "stopped" from wherever the unit is; a manual
+# start ("waiting") from wherever it ended.
+TRANSITIONS: dict[State, frozenset[State]] = {
+    W: frozenset({S, F, T}),
+    S: frozenset({R, B, E, F, T}),
+    R: frozenset({Y, D, B, E, F, P, T}),
+    Y: frozenset({B, E, F, P, T}),
+    D: frozenset({T, W}),
+    B: frozenset({S, F, T}),
+    P: frozenset({B, F, T}),
+    T: frozenset({W}),
+    E: frozenset({T, W}),
+    F: frozenset({T, W}),
+}
+# The states a unit ended in by itself, which the container's stop keeps.
+ENDED = frozenset({F, E, D})
+
+
+class Result(enum.Enum):
+    """Why the unit last failed (systemd's ServiceResult); SUCCESS while it has not."""
+
+    SUCCESS = "success"
+    DEPENDENCY = "dependency"  # a service it requires failed
+    TIMEOUT = "timeout"  # not ready (a one-shot: not done) within its start timeout
+    START_LIMIT = "start-limit-hit"  # restart.burst starts within restart.interval
+    START_FAILED = "start-failed"  # could not be started, and no retry would help
+    EXIT_CODE = "exit-code"  # exited with a failing code its policy does not restart
+    SIGNAL = "signal"  # killed by a signal its policy does not restart
+    UNHEALTHY = "unhealthy"  # stopped for failing its health checks, not restarted
+
+
+class Context:
+    """What a unit may know of its container; filled in by the Supervisor."""
+
+    def __init__(self, container: AppContainer, main_exited: Callable[[], None]) -> None:
+        self.container = container
+        # Called when a run ends and the container's init turns out to have exited.
         self.main_exited = main_exited
         # Called when a unit has failed for good (fate sharing decides what that means).
         self.failed: Callable[[Unit], None] = lambda unit: None
-        # Both exist only once the supervisor's loop runs.
-        self.tg: asyncio.TaskGroup
-        self.reaper: procs.Reaper
+        self.tg: asyncio.TaskGroup  # once the supervisor's loop runs
 
 
 class Unit:
@@ -70,6 +115,7 @@ class Unit:
     ) -> None:
         self.spec = spec
         self.name: str = spec["name"]
+        self.kind = KINDS[spec.get("type", "simple")]
         self.log = log
         self.runner = runner
         self.ctx = ctx
@@ -77,7 +123,13 @@ class Unit:
         # and what must have stopped before it stops.
         self.predecessors: list[Unit] = []
         self.dependents: list[Unit] = []
-        self.state = "waiting"
+        self.state = State.WAITING
+        self.result = Result.SUCCESS
+        # The last changes of state: (monotonic time, from, to).
+        self.history: collections.deque[tuple[float, State, State]] = collections.deque(
+            maxlen=32
+        )
+        self._changed = asyncio.Event()
         self.pid: int | None = None
         # The current (or last) run; before the first, one with no process, so that a kill still
         # reaches whatever a start in flight has put in the unit's cgroup.
@@ -119,6 +171,48 @@ class Unit:
         self.control = asyncio.Lock()
         self.terminating: asyncio.Task[None] | None = None
 
+    # -- its state ------------------------------------------------------------------------------
+
+    def set_state(self, new: State) -> bool:
+        """The only writer of `state`: refuses (False, one line in supervisor.log) a change
+        TRANSITIONS does not allow, records the change and wakes whoever waits for one."""
+        old = self.state
+        if new is old:
+            return True
+        if new not in TRANSITIONS[old]:
+            print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {self.ctx.container.id}: service "
+                  f"{self.name}: refused state change {old.value} -> {new.value}",
+                  file=sys.stderr, flush=True)
+            return False
+        self.state = new
+        self.history.append((time.monotonic(), old, new))
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+        return True
+
+    def changed(self) -> Coroutine[Any, Any, bool]:
+        """Until the next change of state after this call (the event is taken now, so that a
+        change before the caller awaits it is not missed)."""
+        return self._changed.wait()
+
+    async def until_ready(self) -> tuple[bool, str]:
+        """(True, "") once ready (a one-shot: done); else (False, why it will not be), at most
+        its start timeout from now."""
+        loop = asyncio.get_running_loop()
+        timeout = self.spec["ready_timeout"]
+        deadline = loop.time() + timeout
+        while self.state not in (Y, D):
+            if self.state in (F, E, T):
+                return False, str(self.reason or self.last_exit or self.state.value)
+            left = deadline - loop.time()
+            if left <= 0:
+                return False, f"not ready after {timeout:g}s (still {self.state.value})"
+            try:
+                await asyncio.wait_for(self.changed(), left)
+            except TimeoutError:
+                pass
+        return True, ""
+
     # -- what it says -------------------------------------------------------------------------
 
     def settle(self, error: str | None) -> None:
@@ -126,42 +220,39 @@ class Unit:
             self.settled.set_result(error)
 
     def note(self, text: str) -> None:
-        self.log.write(f"retinue: {time.strftime('%Y-%m-%dT%H:%M:%S')} {text}\n".encode())
+        self.log.write(note_line(text))
 
     def last_output(self) -> str:
-        lines = [
-            line
-            for line in self.log.tail(2048).decode("utf-8", "replace").splitlines()
-            if line.strip() and not line.startswith("retinue: ")
-        ]
-        return lines[-1][:200] if lines else "(none)"
+        return last_output(self.log.tail(2048).decode("utf-8", "replace"))
 
     def status(self) -> dict[str, Any]:
         return {
             "name": self.name,
-            "state": self.state,
+            "state": self.state.value,
             "required": self.spec["required"],
             "pid": self.pid,
             "restarts": self.restarts,
             # Only while ready: a service that exited (or failed) is not "ready since" anything.
-            "ready_since": self.ready_since if self.state == "ready" else None,
+            "ready_since": self.ready_since if self.state is Y else None,
             "last_exit": self.last_exit,
             "reason": self.reason,
             "placement": self.spec.get("placement", "exec"),
-            **self.runner.describe(self),
+            **self.runner.describe(self.name),
             "type": self.spec.get("type", "simple"),
             "health": self.health,
             "probe": self.probe_result,
-            "stopped_by": self.stopped_by if self.state == "stopped" else None,
+            "stopped_by": self.stopped_by if self.state is T else None,
             # Bytes of its output lost to a full log filesystem, the container's cap or the
             # node's floor (see logs.py).
             "log_dropped": self.log.drops.total,
         }
 
-    def fail(self, reason: str, error: str) -> None:
-        """Give up for good: `reason` for status and the log, `error` for the gate."""
+    def fail(self, result: Result, reason: str, error: str) -> None:
+        """Give up for good: `result` and `reason` for status and the log, `error` for the
+        gate."""
         self.gave_up = True
-        self.state = "failed"
+        self.set_state(F)
+        self.result = result
         self.reason = reason
         self.note(reason)
         self.settle(error)
@@ -189,7 +280,8 @@ class Unit:
         for dep in self.predecessors:
             error = await asyncio.shield(dep.settled)
             if error and dep.name in self.spec["requires"]:
-                self.state = "failed"
+                self.set_state(F)
+                self.result = Result.DEPENDENCY
                 self.reason = f'dependency "{dep.name}" failed'
                 self.note(self.reason)
                 self.settle(f'service "{self.name}" not started: dependency "{dep.name}" failed')
@@ -212,10 +304,9 @@ class Unit:
         why = self.last_exit or ("still running" if self.pid else "not running")
         self.drain_output()
         self.gave_up = True
-        self.state = "failed"
-        # A one-shot that is still running has not hung "before ready": it did not finish.
-        what = "not done" if self.spec.get("type") == "oneshot" else "not ready"
-        self.reason = f"{what} after {seconds(timeout)}"
+        self.set_state(F)
+        self.result = Result.TIMEOUT
+        self.reason = f"{self.kind.deadline_word} after {seconds(timeout)}"
         self.note(f"{self.reason}: {why}")
         self.settle(
             f'service "{self.name}" {self.reason}: {why}; '
@@ -235,6 +326,7 @@ class Unit:
                     f"{seconds(spec['restart_interval'])}"
                 )
                 self.fail(
+                    Result.START_LIMIT,
                     reason,
                     f'service "{self.name}" failed: {self.last_exit}; {reason}; '
                     f"last output: {self.last_output()}",
@@ -244,7 +336,7 @@ class Unit:
                 self.restarts += 1
             self.starts.append(now)
             status = await self.run_once()
-            if not self.stopping and self.ctx.init_exited():
+            if not self.stopping and self.ctx.container.exited():
                 # The container's init died and the kernel killed the rest of its PID namespace;
                 # the service's exit may be reaped before the pidfd of init is read.
                 self.ctx.main_exited()
@@ -256,15 +348,16 @@ class Unit:
                 break
             clean = self.succeeded(status)
             policy = spec["restart"]
-            oneshot = spec.get("type") == "oneshot"
-            if clean and oneshot:
-                self.state = "done"
+            if clean and self.kind.done_on_clean_exit:
+                self.set_state(D)
+                self.result = Result.SUCCESS
                 self.reason = None
                 self.note("done")
                 self.settle(None)
                 return
             if not clean and self.prevented(status):
                 self.fail(
+                    exit_result(status),
                     f"{self.last_exit}: in prevent_exit, not restarted",
                     f'service "{self.name}" {self.last_exit} (in prevent_exit, not restarted); '
                     f"last output: {self.last_output()}",
@@ -272,7 +365,8 @@ class Unit:
                 return
             if policy == "no" or (policy == "on-failure" and clean):
                 if clean:
-                    self.state = "exited"
+                    self.set_state(E)
+                    self.result = Result.SUCCESS
                     self.reason = None
                     self.settle(
                         None
@@ -283,6 +377,7 @@ class Unit:
                     return
                 why = "failed its health checks" if self.unhealthy_stop else self.last_exit
                 self.fail(
+                    Result.UNHEALTHY if self.unhealthy_stop else exit_result(status),
                     str(why),
                     f'service "{self.name}" {why} before it was ready; '
                     f"last output: {self.last_output()}"
@@ -295,49 +390,55 @@ class Unit:
             delay = min(
                 spec["restart_max_delay"], spec["restart_delay"] * 2 ** (self.failures - 1)
             )
-            self.state = "backoff"
+            self.set_state(B)
             self.note(f"restarting in {seconds(delay)}")
             await asyncio.sleep(delay)
-        if (self.stopping or self.held) and self.state not in ("failed", "exited", "done"):
-            self.state = "stopped"
+        if (self.stopping or self.held) and self.state not in ENDED:
+            self.set_state(T)
 
     async def run_once(self) -> int:
         """Start the service once and wait for it to exit; returns its wait status."""
-        self.state = "starting"
+        self.set_state(S)
         self.ready_since = None
         self.health = None
         self.unhealthy_stop = False
         self.notified.clear()
         if self.spec["ready"] == "file":
             # What the readiness file is before this run: only a file this run makes counts.
-            init_pid = self.ctx.init_pid()
+            init_pid = self.ctx.container.init_pid
             self.file_before = (
                 readiness.file_stat(init_pid, self.spec["ready_target"]) if init_pid else None
             )
         self.launched.clear()
         try:
+            out = self.open_output()
             try:
-                run = await self.runner.start(self)
+                run = await self.runner.start(self.name, self.spec, out)
             except StartFailed as e:
+                if e.wants_output:
+                    self.drain_output()
+                    e.explain(self.log.tail(4096).decode("utf-8", "replace"))
                 self.last_exit = e.why
                 if e.permanent:
-                    self.fail(e.why, f'service "{self.name}" {e.why}')
+                    self.fail(Result.START_FAILED, e.why, f'service "{self.name}" {e.why}')
                 else:
                     # The log is where an administrator looks first: "restarting in" alone
                     # would not say what to fix.
                     self.note(e.why)
                 return e.status
+            finally:
+                os.close(out)
             self.current = run
             self.pid = run.pid
             self.started_at = time.monotonic()
-            self.state = "running"
+            self.set_state(R)
             self.note(f"started, pid {self.pid}")
             self.exit_future = run.exit
         finally:
             self.launched.set()
         # A one-shot is ready when it has exited 0: nothing to check while it runs.
         check = None
-        if self.spec.get("type") != "oneshot":
+        if self.kind.checks_readiness:
             check = self.ctx.tg.create_task(self.check_ready_then_health(run))
         try:
             status = await asyncio.shield(run.exit)
@@ -345,6 +446,8 @@ class Unit:
             if check is not None:
                 check.cancel()
         self.pid = None
+        for text in run.notes:
+            self.note(text)
         run.close()
         # What the service left behind (a daemon it forked) ends with it, as with systemd's
         # control-group kill mode: a restart starts from nothing, and a stop leaves nothing.
@@ -407,12 +510,14 @@ class Unit:
         elif kind == "notify":
             await self.notified.wait()
         elif kind == "exec":
-            while await self.runner.probe(self, target, max(interval, 5.0)) != 0:
+            while (await self.runner.exec(self.current, "probe", max(interval, 5.0), _discard))[
+                0
+            ] != 0:
                 await asyncio.sleep(interval)
         elif kind == "http":
             address, port, path = target
             while True:
-                ns = self.runner.netns(self.current)
+                ns = self.current.netns()
                 # As for tcp: an answer counts only while the service itself listens there.
                 if (
                     ns is not None
@@ -421,7 +526,7 @@ class Unit:
                 ):
                     break
                 await asyncio.sleep(interval)
-        self.state = "ready"
+        self.set_state(Y)
         self.ready_since = time.time()
         self.note("ready")
         self.settle(None)
@@ -463,13 +568,13 @@ class Unit:
         kind, target = self.spec["health"], self.spec["health_target"]
         if kind == "exec":
             out = probes.Tail()
-            status, why = await self.runner.command(self, "health", timeout, out.append)
+            status, why = await self.runner.exec(run, "health", timeout, out.append)
             last = out.last_line(120)
             detail = f": {last}" if last else ""
             if status is None:
                 return False, why
             return status == 0, procs.describe_status(status) + detail
-        ns = self.runner.netns(run)
+        ns = run.netns()
         if ns is None:
             return False, "not running"
         port = int(target) if kind == "tcp" else target[1]
@@ -486,7 +591,14 @@ class Unit:
 
     def signal(self, sig: int) -> None:
         """The current run's main process only."""
-        self.runner.signal(self.current, sig)
+        self.current.signal(sig)
+
+    def ends_with_container(self, budget: float) -> None:
+        """The container's stop budget is spent and init is about to exit: the kernel ends
+        what is left; no restart may start in between."""
+        self.stopping = True
+        if self.pid is not None:
+            self.note(f"stop budget of {budget:g}s spent: ended with the container")
 
     def kill(self) -> None:
         """SIGKILL everything of the current (or last) run; never waits."""
@@ -500,8 +612,8 @@ class Unit:
         try:
             await self.launched.wait()
             if self.pid is not None and self.exit_future is not None:
-                if self.state != "failed":  # keep why a service that gave up failed
-                    self.state = "stopping"
+                if self.state is not F:  # keep why a service that gave up failed
+                    self.set_state(P)
                 if force:
                     self.kill()
                     await asyncio.shield(self.exit_future)
@@ -517,10 +629,10 @@ class Unit:
                     await self.task
                 except asyncio.CancelledError:
                     pass
-            if self.state not in ("failed", "exited", "done"):
-                self.state = "stopped"
+            if self.state not in ENDED:
+                self.set_state(T)
             self.settle(f'service "{self.name}" stopped before it was ready')
-            await self.runner.cleanup(self)
+            await self.runner.cleanup(self.name)
         finally:
             self.stopped.set()
 
@@ -543,13 +655,13 @@ class Unit:
         timeout = spec["stop_timeout"]
         loop = asyncio.get_running_loop()
         began = loop.time()
-        if self.state not in ("failed",):  # keep why a service that gave up failed
-            self.state = "stopping"
+        if self.state is not F:  # keep why a service that gave up failed
+            self.set_state(P)
         stop_exec = spec.get("stop_exec")
         if stop_exec:
             self.note(f"draining: {' '.join(stop_exec)}")
             drain = self.ctx.tg.create_task(
-                self.runner.command(self, "drain", timeout, self.log.write)
+                self.runner.exec(self.current, "drain", timeout, self.log.write)
             )
             # The service may exit during its drain: then the drain is not waited for.
             try:
@@ -595,7 +707,7 @@ class Unit:
         self.kill()
         self.health = None
         self.stopped_by = by
-        self.state = "stopped"
+        self.set_state(T)
         self.note(f"stopped by {by}")
 
     def manual_start(self, by: str) -> None:
@@ -605,15 +717,24 @@ class Unit:
         self.starts.clear()
         self.failures = 0
         self.reason = None
+        self.result = Result.SUCCESS
         self.stopped_by = None
         self.note(f"started by {by}")
-        self.state = "waiting"
+        self.set_state(W)
         self.task = self.ctx.tg.create_task(self.run())
 
 
 # After a drain that used up the stop timeout, the stop signal still gets this long (Kubernetes
 # likewise gives SIGTERM 2 s after a preStop hook that used up the grace period).
 GRACE_AFTER_DRAIN = 2.0
+
+
+def _discard(data: bytes) -> None:
+    """A readiness probe's output: only its status counts."""
+
+
+def exit_result(status: int) -> Result:
+    return Result.SIGNAL if os.WIFSIGNALED(status) else Result.EXIT_CODE
 
 
 def is_clean(status: int) -> bool:

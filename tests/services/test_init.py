@@ -259,19 +259,19 @@ def test_plan_shows_the_init_and_a_retried_create_wraps_once(rig: Rig) -> None:
     spec = json.loads((bundle / "config.json").read_text())
     init = {"binary": "/x/retinue-init", "supervised": True, "wait_ms": 7000}
     svc = {"name": "idle", "files": "/f", "ready": "started"}
-    once = edits.apply(spec, rules, "/h", "/s/c1", [svc], init)
+    once = edits.edit(spec, rules, "/h", "/s/c1", [svc], init)
     assert once["process"]["args"] == [
         "/.retinue/init", "-s", "/.retinue/init.sock", "-t", "7000", "--", "sh", "-c", "true"
     ]
-    assert edits.apply(once, rules, "/h", "/s/c1", [svc], init) is once
+    assert edits.edit(once, rules, "/h", "/s/c1", [svc], init) is once
     # The same bundle, reused for another container: unwrapped, rewrapped, mounts not doubled.
-    other = edits.apply(once, rules, "/h", "/s/c2", [svc], init)
+    other = edits.edit(once, rules, "/h", "/s/c2", [svc], init)
     assert other["process"]["args"] == once["process"]["args"]
     assert [m["destination"] for m in other["mounts"]].count("/.retinue/init.sock") == 1
     sock_mount = next(m for m in other["mounts"] if m["destination"] == "/.retinue/init.sock")
     assert sock_mount["source"] == "/s/c2/init.sock" and "ro" in sock_mount["options"]
     # And for a container that gets no init: the container's own args again.
-    plain = edits.strip_previous(once)
+    plain = edits.undo(once)
     assert plain["process"]["args"] == ["sh", "-c", "true"]
     assert "io.retinue.init" not in plain["annotations"]
 

@@ -106,7 +106,7 @@ def resetting_server(path: Path) -> socket.socket:
 
 
 def test_request_to_a_resetting_supervisor_is_supervisor_gone(tmp_path: Path) -> None:
-    from retinue.supervisor import control
+    from retinue import control
 
     server = resetting_server(tmp_path / "control.sock")
     try:
