@@ -1,4 +1,5 @@
-"""The exceptions that carry a user-facing message to one of the edges."""
+"""The exceptions that carry a user-facing message to one of the edges, and how values are
+written in such messages (clipped, durations)."""
 
 from __future__ import annotations
 
@@ -30,3 +31,8 @@ def clip(text: str, limit: int = CLIP_CHARS) -> str:
     if len(text) <= limit:
         return text
     return f"{text[:limit]}… ({len(text)} characters)"
+
+
+def seconds(value: float) -> str:
+    """A duration as messages write it: 1.5s, 100ms (a config reads both back)."""
+    return f"{value:g}s" if value >= 1 or value == 0 else f"{value * 1000:g}ms"

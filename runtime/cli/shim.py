@@ -22,7 +22,7 @@ import os
 import sys
 
 from .. import argv as runc_argv
-from .. import layout
+from .. import config_source, layout
 from ..config import cache as confcache
 from ..errors import LowerRuntimeError, RetinueError, clip
 from ..host import lower, runclog, statedir
@@ -56,12 +56,6 @@ def _which(name: str) -> str:
 
 def _path_env() -> str:
     return os.environ.get("PATH") or lower.DEFAULT_PATH
-
-
-def config_source() -> tuple[str, bool]:
-    """The configuration file this call reads, and whether RETINUE_CONFIG named it."""
-    explicit = os.environ.get(confcache.CONFIG_ENV, "")
-    return explicit or confcache.DEFAULT_CONFIG, bool(explicit)
 
 
 def load_config() -> Compiled:

@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ..errors import ConfigError
+from ..errors import ConfigError, seconds
 from ..layout import SERVICE_PREFIX
 from ..policy import graph
 from ..seccomp.config import SeccompRule, check_rules, compile_rules
@@ -383,7 +383,7 @@ def check_service(name: str, svc: Service, source: str, files_base: str) -> list
         ):
             try:
                 if parse_duration(value) < least:
-                    err(key, f"expected at least {_seconds(least)}, got {describe_value(value)}")
+                    err(key, f"expected at least {seconds(least)}, got {describe_value(value)}")
             except ValueError:
                 err(key, f"{DURATION_HELP}, got {describe_value(value)}")
     if svc.stop.exec is not None:
@@ -509,10 +509,6 @@ def check_resources(res: Resources) -> list[str]:
 
 
 DURATION_HELP = "expected a duration like 30s, 100ms or 1m30s (at most 8760h)"
-
-
-def _seconds(value: float) -> str:
-    return f"{value:g}s" if value >= 1 or value == 0 else f"{value * 1000:g}ms"
 
 
 def check_probe_command(

@@ -23,6 +23,7 @@ import socket
 import threading
 from collections.abc import Callable
 
+from ..errors import seconds
 from . import procs, readiness
 
 CLONE_NEWNET = 0x40000000
@@ -100,7 +101,7 @@ async def tcp_connect(ns: int, address: str, port: int, timeout: float) -> tuple
             await asyncio.get_running_loop().sock_connect(sock, (address, port))
         return True, f"connected to {address}:{port}"
     except TimeoutError:
-        return False, f"no connection to {address}:{port} within {_seconds(timeout)}"
+        return False, f"no connection to {address}:{port} within {seconds(timeout)}"
     except OSError as e:
         return False, f"{address}:{port}: {_why(e)}"
     finally:
@@ -133,7 +134,7 @@ async def http_get(
                     break
                 data += chunk
     except TimeoutError:
-        return False, f"GET http://{host}:{port}{path}: no answer within {_seconds(timeout)}"
+        return False, f"GET http://{host}:{port}{path}: no answer within {seconds(timeout)}"
     except OSError as e:
         return False, f"GET http://{host}:{port}{path}: {_why(e)}"
     finally:
@@ -219,7 +220,7 @@ async def exec_inside(
             _end(started, pidfd)
             await exited
             pid = None
-            return None, f"still running after {_seconds(timeout)}: killed"
+            return None, f"still running after {seconds(timeout)}: killed"
     finally:
         # Cancelled (the service's run ended, the supervisor stops): nothing may outlive it.
         if not runc_exited:
@@ -279,5 +280,3 @@ def _kill(pid: int, sig: int) -> None:
         pass
 
 
-def _seconds(value: float) -> str:
-    return f"{value:g}s" if value >= 1 or value == 0 else f"{value * 1000:g}ms"

@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
+from ..errors import seconds
 from . import probes, procs, readiness
 from .kinds import KINDS
 from .logs import RotatingLog
@@ -741,7 +742,3 @@ def is_clean(status: int) -> bool:
     if os.WIFSIGNALED(status):
         return os.WTERMSIG(status) in CLEAN_SIGNALS
     return os.waitstatus_to_exitcode(status) == 0
-
-
-def seconds(value: float) -> str:
-    return f"{value:g}s" if value >= 1 or value == 0 else f"{value * 1000:g}ms"
