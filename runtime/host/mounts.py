@@ -24,6 +24,18 @@ def unmount(target: str) -> None:
             raise OSError(err, os.strerror(err), target)
 
 
+def remove_point(path: str) -> None:
+    """Remove a mount point once nothing is mounted on it (an empty directory or a file); one
+    still in use, or already gone, is left as it is: never a recursive removal."""
+    try:
+        if os.path.isdir(path):
+            os.rmdir(path)
+        else:
+            os.unlink(path)
+    except OSError:
+        pass
+
+
 def mounted_under(path: str) -> list[str]:
     """The mount points at or below `path` in this mount namespace, deepest first."""
     top = os.path.abspath(path).rstrip("/") or "/"

@@ -29,7 +29,7 @@ import os
 import stat
 from collections.abc import Callable
 
-from ..host.mounts import unmount
+from ..host.mounts import remove_point, unmount
 
 SYS_OPENAT2 = 437  # the same number on every architecture (added after the syscall table merge)
 RESOLVE_NO_MAGICLINKS = 0x02
@@ -195,13 +195,7 @@ class AppHandles:
         will not be)."""
         for staging in reversed(self.staged):
             unmount(staging)
-            try:
-                if os.path.isdir(staging):
-                    os.rmdir(staging)
-                else:
-                    os.unlink(staging)
-            except OSError:
-                pass
+            remove_point(staging)
         self.staged = []
         self.close()
 

@@ -271,14 +271,7 @@ def _remove_points(staging: str) -> None:
     except FileNotFoundError:
         return
     for name in names:
-        path = os.path.join(staging, name)
-        try:
-            if os.path.isdir(path):
-                os.rmdir(path)
-            else:
-                os.unlink(path)
-        except OSError:
-            pass
+        mounts.remove_point(os.path.join(staging, name))
     try:
         os.rmdir(staging)
     except OSError:
