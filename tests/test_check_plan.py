@@ -296,6 +296,52 @@ def test_plan_unknown_service_is_the_shims_error(
     assert os.listdir(runc_root) == []
 
 
+@pytest.mark.parametrize(
+    ("env", "annotations"),
+    [(["RETINUE_SERVICES=nope"], None), (None, {"io.retinue.services": "nope"})],
+)
+def test_plan_asking_for_a_service_with_nothing_defined_is_creates_answer(
+    admin: str, shim: str, make_config: ConfigFactory, make_bundle: BundleFactory,
+    runc_root: str, container_id: str, tmp_path: Path,
+    env: list[str] | None, annotations: dict[str, str] | None,
+) -> None:
+    """No rules and no services: nothing can attach, so create hands the spec to runc untouched
+    (the sh fast path too, without reading it) and `plan` says so rather than an error."""
+    make_config("", f'runtime = "{RUNC}"\n')
+    bundle = make_bundle(["true"], env=env, annotations=annotations)
+    before = fingerprint(bundle / "config.json")
+    planned = run([admin, "plan", str(bundle)])
+    assert (planned.returncode, planned.stderr) == (0, ""), planned.stderr
+    assert planned.stdout == (
+        f"{bundle / 'config.json'}: no rule selects this container; it is passed through "
+        "untouched\n"
+    )
+    created = run([shim, "--root", runc_root, "create", "--bundle", str(bundle), container_id])
+    assert created.returncode == 0, created.stderr
+    assert fingerprint(bundle / "config.json") == before
+    assert run([RUNC, "--root", runc_root, "list", "-q"]).stdout.split() == [container_id]
+
+
+def test_check_and_plan_without_a_policy_file(
+    admin: str, make_config: ConfigFactory, make_bundle: BundleFactory, tmp_path: Path
+) -> None:
+    """An explicit config.toml whose directory has no policy.toml: no rules, not an error."""
+    cfg = make_config("", f'runtime = "{RUNC}"\n')
+    (cfg.parent / "policy.toml").unlink()
+    r = run([admin, "check"])
+    assert (r.returncode, r.stderr) == (0, ""), r.stderr
+    assert f"policy:   {cfg.parent / 'policy.toml'} (0 rules)" in r.stdout.splitlines()
+    assert r.stdout.splitlines()[-1] == "ok"
+    bundle = make_bundle(["true"])
+    planned = run([admin, "plan", str(bundle)])
+    assert (planned.returncode, planned.stderr) == (0, ""), planned.stderr
+    # A policy file the configuration names is another matter: missing, it is refused by path.
+    cfg.write_text(f'runtime = "{RUNC}"\npolicy = "mine.toml"\n')
+    r = run([admin, "check"])
+    assert (r.returncode, r.stdout) == (1, "")
+    assert str(cfg.parent / "mine.toml") in r.stderr and "no such file" in r.stderr, r.stderr
+
+
 def test_plan_says_what_the_seccomp_merge_cannot_do(
     admin: str, make_config: ConfigFactory, make_bundle: BundleFactory, tmp_path: Path
 ) -> None:

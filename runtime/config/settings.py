@@ -346,7 +346,9 @@ def load(path: str | None = None) -> Config:
     policy = Policy()
     if policy_path:
         files.append(policy_path)
-        if os.path.exists(policy_path) or settings.policy != Settings.policy:
+        # Only the default name may be missing (no rules); a file the configuration names must
+        # exist. The class attribute is attrs' slot descriptor, not the default: ask attrs.
+        if os.path.exists(policy_path) or settings.policy != attrs.fields(Settings).policy.default:
             policy = structure(read_toml(policy_path), Policy, policy_path)
             _raise_if(check_policy(policy, policy_path))
             policy = _resolve_sources(policy, os.path.dirname(policy_path))

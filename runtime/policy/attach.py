@@ -63,6 +63,11 @@ def plan(
     compiled: Compiled, spec: dict[str, Any], root: str, container_id: str, bundle: str
 ) -> Attachment | None:
     """None when nothing applies: the container passes through untouched."""
+    if not compiled["rules"] and not compiled["services"]:
+        # Nothing can attach, whatever the spec asks for: shim.create passes it to the lower
+        # runtime before reading it, and the sh launcher without starting Python
+        # (select.selection_strings), so `retinue plan` must not refuse it either.
+        return None
     rules = policy.select(compiled["rules"], spec)
     try:
         names = policy.attached_services(compiled, rules, spec)
