@@ -306,6 +306,22 @@ def test_policy_naming_an_undefined_service(rig: Rig) -> None:
     )
 
 
+def test_no_policy_file_means_no_rules(rig: Rig, container_id: str) -> None:
+    """The default policy.toml may be missing: services are still chosen by the container; a
+    policy file the configuration names must exist."""
+    (rig.etc / "policy.toml").unlink()
+    rig.service("web", OK_SCRIPT)
+    code, out = check(rig)
+    assert code == 0, out
+    assert f"{rig.etc}/policy.toml (0 rules)" in out
+    r = rig.create(container_id, rig.bundle(env=["RETINUE_SERVICES=web"]))
+    assert r.returncode == 0, r.stderr
+    assert rig.state(container_id) is not None
+    assert rig.container_dir(container_id).is_dir()
+    rig.write_config('policy = "site.toml"\n')
+    assert_reports(rig, f"{rig.etc}/site.toml: no such file")
+
+
 def test_relative_files_are_relative_to_the_config_directory(rig: Rig) -> None:
     rig.service("svc", OK_SCRIPT, files="../files/svc")
     assert_reports(rig, "files: expected a host directory without '..'")
