@@ -501,6 +501,16 @@ def recorded_dirs(cgroup_paths: dict[str, Any], mountinfo: str) -> dict[str, str
     return out
 
 
+def recorded_path(cgroup_paths: dict[str, Any], mountinfo: str) -> str | None:
+    """The container's path in the hierarchy siblings are placed by (memory on v1, else the
+    v2 tree), from the cgroup paths runc recorded at create; None if neither is there."""
+    for key in ("memory", ""):
+        path = cgroup_paths.get(key)
+        for mount, d in recorded_dirs({key: path}, mountinfo).items():
+            return d[len(mount):]
+    return None
+
+
 def make_service_cgroup(dirs: dict[str, str], name: str) -> None:
     """Create the service's sub-cgroup in every hierarchy of the container."""
     for d in dirs.values():

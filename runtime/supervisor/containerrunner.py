@@ -25,7 +25,7 @@ from ..host import images, mounts
 from ..spec import sibling as sidecar
 from . import probes, procs
 from .apphandles import AppGone, AppHandles, ShareError
-from .runner import CreateFailed, Run, StartFailed
+from .runner import CreateFailed, Run, StartFailed, recorded_cgroup_paths
 
 if TYPE_CHECKING:
     from ..compiled import CompiledService, Plan
@@ -38,11 +38,16 @@ INIT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 UNSHARE = shutil.which("unshare") or "/usr/bin/unshare"
 
 
-def app_cgroup(proc_cgroup: str) -> str:
-    """The app's cgroup path in the hierarchy runc places siblings by (memory on v1), from
-    its init's /proc/PID/cgroup."""
+def app_cgroup(proc_cgroup: str, recorded: tuple[dict[str, Any], str] | None = None) -> str:
+    """The app's cgroup path in the hierarchy runc places siblings by (memory on v1): as runc
+    recorded it at create (`recorded`: runner.recorded_cgroup_paths), since something may have
+    moved the app's init since (runtime-tools does); else from its init's /proc/PID/cgroup."""
     from ..host import cgroups
 
+    if recorded is not None:
+        path = cgroups.recorded_path(*recorded)
+        if path:
+            return path
     paths = cgroups.parse_proc_cgroup(proc_cgroup)
     return paths.get("memory") or paths.get("", "/")
 
@@ -167,7 +172,8 @@ class ContainerRunner:
                 )
             spec = sidecar.sibling_spec(
                 app, dict(service), image, app_id=ctr.id, app_proc=f"/proc/{handles.pid}",
-                app_cgroup=app_cgroup(handles.cgroup_file), container_dir=ctr.dir,
+                app_cgroup=app_cgroup(handles.cgroup_file, recorded_cgroup_paths(ctr)),
+                container_dir=ctr.dir,
                 shared=shared, init=INIT if os.path.isfile(INIT) else None,
                 ns_paths=handles.ns_paths(),
             )

@@ -53,6 +53,20 @@ def last_output(log_tail: str) -> str:
     return lines[-1][:200] if lines else "(none)"
 
 
+def recorded_cgroup_paths(app: AppContainer) -> tuple[dict[str, Any], str] | None:
+    """The container's cgroup paths as runc recorded them at create (its state.json's
+    `cgroup_paths`), with this mount namespace's mountinfo to map them to hierarchies; None
+    when the lower runtime keeps no such record (crun)."""
+    try:
+        with open(os.path.join(lower_root(app.lower), app.id, "state.json")) as f:
+            paths = json.load(f).get("cgroup_paths")
+        with open("/proc/self/mountinfo") as f:
+            mountinfo = f.read()
+    except (OSError, ValueError, AttributeError):
+        return None
+    return (paths, mountinfo) if isinstance(paths, dict) else None
+
+
 class Run:
     """One start of a unit: its main process and how it ends."""
 
@@ -241,15 +255,8 @@ class ExecRunner:
         """The container's cgroups as runc recorded them at create, which is what its
         `exec --cgroup` joins (init's current cgroup may differ: something may have moved it);
         None when the lower runtime keeps no such record (crun)."""
-        app = self.container
-        try:
-            with open(os.path.join(lower_root(app.lower), app.id, "state.json")) as f:
-                paths = json.load(f).get("cgroup_paths")
-            with open("/proc/self/mountinfo") as f:
-                mountinfo = f.read()
-        except (OSError, ValueError, AttributeError):
-            return None
-        return cgroups.recorded_dirs(paths, mountinfo) if isinstance(paths, dict) else None
+        recorded = recorded_cgroup_paths(self.container)
+        return cgroups.recorded_dirs(*recorded) if recorded is not None else None
 
     def cgroup_args(self, name: str, spec: CompiledService, out: int) -> list[str]:
         """`--cgroup retinue-NAME`: the service runs in its own sub-cgroup of the container's,

@@ -81,6 +81,21 @@ def test_recorded_dirs_maps_each_path_to_its_hierarchy() -> None:
     }
 
 
+def test_recorded_path_is_the_memory_path_else_the_v2_one_in_its_hierarchy() -> None:
+    from retinue.host import cgroups
+
+    mountinfo = (
+        "30 25 0:26 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n"
+        "32 25 0:28 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n"
+    )
+    v1 = {"memory": "/sys/fs/cgroup/memory/a/c1", "": "/sys/fs/cgroup/unified/a/c1"}
+    assert cgroups.recorded_path(v1, mountinfo) == "/a/c1"
+    v2 = {"": "/sys/fs/cgroup/a/c1"}
+    assert cgroups.recorded_path(v2, "30 25 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n") \
+        == "/a/c1"
+    assert cgroups.recorded_path({"pids": "/sys/fs/cgroup/pids/a/c1"}, mountinfo) is None
+
+
 def test_kill_all_never_races_the_removal_of_service_sub_cgroups(
     rig: Rig, container_id: str
 ) -> None:

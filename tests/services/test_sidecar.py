@@ -176,6 +176,50 @@ def test_a_sidecar_past_its_memory_limit_is_oom_killed_and_restarted_the_app_unt
 IDLE = 'placement = "container"\nimage = "busybox"\ncommand = ["sleep", "1000"]\n'
 
 
+def test_a_sidecar_lands_beside_the_apps_recorded_cgroup_after_something_moved_init(
+    rig: Rig, container_id: str, layouts: dict[str, Path]
+) -> None:
+    """runtime-tools' validation moves a created container's init before start; the sidecar's
+    cgroup goes beside the app's cgroup as runc recorded it (where the app's accounting and,
+    under CRI, the pod's are), not beside wherever init happens to be."""
+    setup(rig, layouts, "busybox")
+    sidecar(rig, "idle", IDLE)
+    bundle = rig.bundle(main_args(f"ev main; {FOREVER}"), env=["RETINUE_SERVICES=idle"])
+    r = rig.create(container_id, bundle)
+    assert r.returncode == 0, (r.stderr, rig.log_entries())
+    init = int(rig.state(container_id)["pid"])  # type: ignore[index]
+
+    def memory_cgroup(pid: int) -> str:
+        with open(f"/proc/{pid}/cgroup") as f:
+            return next(x for x in f.read().splitlines() if ":memory:" in x).split(":", 2)[2]
+
+    recorded = memory_cgroup(init)
+    memory = Path("/sys/fs/cgroup/memory")
+    elsewhere = memory / f"retinue-test-moved-{container_id}"
+    elsewhere.mkdir()
+    try:
+        (elsewhere / "cgroup.procs").write_text(str(init))
+        assert memory_cgroup(init) != recorded
+        r = rig.rt("start", container_id)
+        assert r.returncode == 0, (r.stderr, rig.log_entries())
+        status = rig.service_status(container_id, "idle")
+        assert status["state"] == "ready", (status, rig.service_log(container_id, "idle"))
+        side_pid = int(sibling_state(rig, f"{container_id}.idle")["pid"])  # type: ignore[call-overload]
+        assert memory_cgroup(side_pid) == f"{recorded}.retinue-idle"
+    finally:
+        assert rig.rt("delete", "--force", container_id).returncode == 0
+        wait_for(lambda: siblings(rig) == [], timeout=20)
+        deadline = time.monotonic() + 10
+        while elsewhere.exists():
+            try:
+                elsewhere.rmdir()
+            except OSError:
+                assert time.monotonic() < deadline, (elsewhere / "cgroup.procs").read_text()
+                time.sleep(0.05)
+    assert cgroup_dirs_named(f"{container_id}.retinue-") == []
+    assert cgroup_dirs_named(f"retinue-test-moved-{container_id}") == []
+
+
 def test_two_containers_share_one_unpacked_image_and_rm_refuses_it(
     rig: Rig, layouts: dict[str, Path]
 ) -> None:
