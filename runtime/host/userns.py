@@ -14,6 +14,7 @@ import os
 import stat
 
 from ..errors import RetinueError
+from ..spec.bundle import has_user_namespace
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -55,10 +56,9 @@ def check_mount_points(spec: dict[str, Any], edited: dict[str, Any], bundle: str
     """Raise RetinueError naming the first mount point retinue added that the container's root
     could not create in its rootfs. Unknown cases (symlinks on the way, a point under another
     mount, no mapping for root, idmapped mounts) pass: runc decides there."""
-    linux = edited.get("linux") or {}
-    if not any(isinstance(ns, dict) and ns.get("type") == "user"
-               for ns in linux.get("namespaces") or []):
+    if not has_user_namespace(edited):
         return
+    linux = edited.get("linux") or {}
     uids, gids = linux.get("uidMappings") or [], linux.get("gidMappings") or []
     root_uid, root_gid = _host_id(uids, 0), _host_id(gids, 0)
     root = (edited.get("root") or {}).get("path")

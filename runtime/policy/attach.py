@@ -104,8 +104,7 @@ def plan(
     composed = edits.compose(sources)
     notes: list[str] = []
     edited = edits.apply(spec, composed, notes)
-    if any(isinstance(ns, dict) and ns.get("type") == "user"
-           for ns in (spec.get("linux") or {}).get("namespaces") or []):
+    if bundle_file.has_user_namespace(spec):
         from ..host import userns
 
         userns.check_mount_points(spec, edited, bundle)

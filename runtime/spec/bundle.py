@@ -423,6 +423,13 @@ def parse(path: str, raw: bytes) -> dict[str, Any]:
     return spec
 
 
+def has_user_namespace(spec: dict[str, Any]) -> bool:
+    """Whether the spec gives the container a user namespace (`linux.namespaces`)."""
+    linux = spec.get("linux")
+    namespaces = linux.get("namespaces") if isinstance(linux, dict) else None
+    return any(isinstance(ns, dict) and ns.get("type") == "user" for ns in namespaces or [])
+
+
 def load(bundle: str) -> tuple[str, dict[str, Any]]:
     path, raw = read(bundle)
     return path, parse(path, raw)

@@ -23,6 +23,7 @@ from .. import layout
 from ..errors import SpecError
 from ..host import images, mounts
 from ..spec import sibling as sidecar
+from ..spec.bundle import has_user_namespace
 from . import probes, procs
 from .apphandles import AppGone, AppHandles, ShareError
 from .runner import CreateFailed, Run, StartFailed, recorded_cgroup_paths
@@ -136,8 +137,7 @@ class ContainerRunner:
         _remove_points(staging)
         namespaces = [*sidecar.JOINED]
         view = None
-        if any(ns.get("type") == "user" for ns in (app_spec.get("linux") or {}).get("namespaces")
-               or []):
+        if has_user_namespace(app_spec):
             namespaces.append("user")
             # In the app's user namespace the lower runtime reaches the image through a view at
             # the store's own path (images.behind_view): the store stays root-only.
