@@ -23,7 +23,7 @@ def test_only_the_tree_that_holds_the_listener_owns_it() -> None:
         pass_fds=(listener.fileno(),), start_new_session=True,
     )
     try:
-        assert readiness.tcp_listening(bystander.pid, port)  # same netns: it sees the port
+        assert readiness.listening_inodes(bystander.pid, port)  # same netns: it sees the port
         assert not readiness.tcp_listening_owned(bystander.pid, port)
         assert readiness.tcp_listening_owned(os.getpid(), port)
         # The holder's shell and its child both inherited the fd.

@@ -16,11 +16,6 @@ import stat
 TCP_LISTEN = "0A"
 
 
-def tcp_listening(pid: int, port: int) -> bool:
-    """Whether something listens on `port` in the network namespace of `pid`."""
-    return bool(listening_inodes(pid, port))
-
-
 def tcp_listening_owned(pid: int, port: int) -> bool:
     """Whether `pid` or one of its descendants holds a socket listening on `port` (in the
     network namespace of `pid`)."""
